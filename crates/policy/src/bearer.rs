@@ -1,0 +1,134 @@
+//! Bearer token extraction from the `Authorization` header (RFC 6750 §2.1).
+//!
+//! `credentials = "Bearer" 1*SP b64token`, the scheme matched case-insensitively
+//! (RFC 9110 §11.1). Exactly one header and exactly one token are accepted.
+
+use crate::reason::{Reason, Rejection};
+
+/// Extracts the bearer token from the `Authorization` header values of a request.
+///
+/// `values` yields each `Authorization` field line's raw bytes. `max_len` caps the
+/// token size; a larger token is refused before any parsing.
+pub fn extract<'a, I>(values: I, max_len: usize) -> Result<&'a str, Rejection>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let mut values = values.into_iter();
+    let Some(value) = values.next() else {
+        return Err(Rejection::new(
+            Reason::TokenMissing,
+            "no Authorization header; send `Authorization: Bearer <token>`",
+        ));
+    };
+    if values.next().is_some() {
+        return Err(Rejection::new(
+            Reason::RequestMalformed,
+            "more than one Authorization header",
+        ));
+    }
+    let value = trim_ows(value);
+    let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
+        Some(i) => (&value[..i], &value[i..]),
+        None => (value, &value[value.len()..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        let shown = if scheme.len() <= 16 && scheme.iter().all(u8::is_ascii_alphanumeric) {
+            String::from_utf8_lossy(scheme).into_owned()
+        } else {
+            "an unknown scheme".to_owned()
+        };
+        return Err(Rejection::new(
+            Reason::TokenMissing,
+            format!("Authorization uses {shown}; a Bearer token is required"),
+        ));
+    }
+    let token = trim_ows(rest);
+    if token.is_empty() {
+        return Err(Rejection::new(
+            Reason::RequestMalformed,
+            "Bearer scheme without a token",
+        ));
+    }
+    if token.contains(&b' ') || token.contains(&b'\t') {
+        return Err(Rejection::new(
+            Reason::RequestMalformed,
+            "more than one token after the Bearer scheme",
+        ));
+    }
+    if token.len() > max_len {
+        return Err(Rejection::new(
+            Reason::TokenTooLarge,
+            format!("token is {} bytes; the limit is {max_len}", token.len()),
+        ));
+    }
+    if !is_b64token(token) {
+        return Err(Rejection::new(
+            Reason::RequestMalformed,
+            "token contains characters outside the RFC 6750 b64token set",
+        ));
+    }
+    // b64token is ASCII, so this cannot fail; map defensively all the same.
+    std::str::from_utf8(token)
+        .map_err(|_| Rejection::new(Reason::RequestMalformed, "token is not ASCII"))
+}
+
+/// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(token: &[u8]) -> bool {
+    let body_end = token
+        .iter()
+        .rposition(|&b| b != b'=')
+        .map_or(0, |i| i + 1);
+    body_end > 0
+        && token[..body_end]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(values: &[&str]) -> Result<String, Reason> {
+        extract(values.iter().map(|v| v.as_bytes()), 64)
+            .map(str::to_owned)
+            .map_err(|r| r.reason)
+    }
+
+    #[test]
+    fn cases() {
+        let table: &[(&[&str], Result<&str, Reason>)] = &[
+            (&[], Err(Reason::TokenMissing)),
+            (&["Bearer abc.def.ghi"], Ok("abc.def.ghi")),
+            (&["bearer abc"], Ok("abc")),
+            (&["BEARER   abc  "], Ok("abc")),
+            (&["Basic dXNlcjpwYXNz"], Err(Reason::TokenMissing)),
+            (&["Bearer"], Err(Reason::RequestMalformed)),
+            (&["Bearer "], Err(Reason::RequestMalformed)),
+            (&["Bearer a b"], Err(Reason::RequestMalformed)),
+            (&["Bearer a", "Bearer b"], Err(Reason::RequestMalformed)),
+            (&["Bearer a,b"], Err(Reason::RequestMalformed)),
+            (&["Bearer ===="], Err(Reason::RequestMalformed)),
+            (&["Bearer abc=="], Ok("abc==")),
+            (&["Bearer a=b"], Err(Reason::RequestMalformed)),
+        ];
+        for (input, want) in table {
+            assert_eq!(run(input), want.map(str::to_owned), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn too_large() {
+        let long = format!("Bearer {}", "a".repeat(65));
+        assert_eq!(run(&[&long]), Err(Reason::TokenTooLarge));
+    }
+}

@@ -1,0 +1,24 @@
+//! Pure, synchronous enforcement decisions for the Portcullis gateway.
+//!
+//! Given the request parts, the client address, a route's compiled rules and an
+//! issuer's key snapshot, these functions return allow or a [`Rejection`] naming
+//! its [`Reason`]. Nothing here opens a socket or awaits, so the proxy and the
+//! `diagnose` command run exactly the same code, and it can be fuzzed and
+//! benchmarked alone.
+
+pub mod access;
+pub mod bearer;
+pub mod ip;
+pub mod jws;
+pub mod keys;
+pub mod reason;
+pub mod time;
+pub mod verify;
+
+pub use access::{AccessRules, ClaimCheck, ClaimRule};
+pub use ip::{CidrSet, ClientIp, IpRules, IpSource, IpVerdict, resolve_client_ip};
+pub use jsonwebtoken::Algorithm;
+pub use jws::{JoseHeader, UnverifiedToken};
+pub use keys::{Curve, KeyError, KeySnapshot, VerifyingKey};
+pub use reason::{Challenge, Reason, Rejection};
+pub use verify::{DEFAULT_ALGORITHMS, IssuerRules, VerifiedClaims};

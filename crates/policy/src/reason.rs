@@ -1,0 +1,285 @@
+//! The reason catalogue: one stable, machine-readable name per cause of rejection.
+//!
+//! The same code is the `reason` of the problem+json body, the `reason` label of
+//! `portcullis_auth_decisions_total`, the access-log field and the failing line of
+//! `portcullis diagnose`. Codes are never renamed once released.
+
+use std::fmt;
+
+/// Every cause for which Portcullis refuses a request.
+///
+/// Not `#[non_exhaustive]` on purpose: the one mapping to responses in the proxy
+/// is an exhaustive `match`, so a new variant forces a decision there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No bearer token was presented (RFC 6750 §3.1: no error code).
+    TokenMissing,
+    /// The request itself is malformed: bad scheme syntax, two tokens, two headers.
+    RequestMalformed,
+    /// The token is not a well-formed compact JWS / JWT.
+    TokenMalformed,
+    /// The token exceeds the configured size cap.
+    TokenTooLarge,
+    /// The `alg` header is not on the issuer's allow-list.
+    AlgorithmNotAllowed,
+    /// No key of the issuer matches the token's `kid` / algorithm.
+    KeyUnknown,
+    /// The signature does not verify against the selected key.
+    SignatureInvalid,
+    /// `iss` is missing or names no configured issuer of this route.
+    IssuerMismatch,
+    /// `aud` does not contain an audience the route accepts.
+    AudienceMismatch,
+    /// `exp` is in the past (beyond the leeway).
+    TokenExpired,
+    /// `nbf` (or `iat`) is in the future (beyond the leeway).
+    TokenNotYetValid,
+    /// Required scopes are absent.
+    ScopeInsufficient,
+    /// A claim rule of the route does not hold.
+    ClaimMismatch,
+    /// The client IP is denied (or not allowed) by a network rule.
+    IpDenied,
+    /// The issuer has no usable keys and none are cached: the IdP is unreachable.
+    IdpUnavailable,
+    /// No route matches the request.
+    RouteNotFound,
+    /// A route matches the path but not the method.
+    MethodNotAllowed,
+    /// The request body exceeds the route's limit.
+    BodyTooLarge,
+    /// The request headers exceed the limit.
+    HeadersTooLarge,
+    /// No upstream target could be connected.
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The upstream answered with something that is not valid HTTP, or reset mid-way.
+    UpstreamProtocolError,
+    /// The gateway is shedding load or shutting down.
+    Overloaded,
+}
+
+/// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// No challenge header: the rejection is not about the token.
+    None,
+    /// `Bearer realm="…"` with no error code (no credentials were sent).
+    Bare,
+    /// `error="invalid_request"`.
+    InvalidRequest,
+    /// `error="invalid_token"`.
+    InvalidToken,
+    /// `error="insufficient_scope"`.
+    InsufficientScope,
+}
+
+impl Reason {
+    /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
+    pub const ALL: [Reason; 23] = [
+        Reason::TokenMissing,
+        Reason::RequestMalformed,
+        Reason::TokenMalformed,
+        Reason::TokenTooLarge,
+        Reason::AlgorithmNotAllowed,
+        Reason::KeyUnknown,
+        Reason::SignatureInvalid,
+        Reason::IssuerMismatch,
+        Reason::AudienceMismatch,
+        Reason::TokenExpired,
+        Reason::TokenNotYetValid,
+        Reason::ScopeInsufficient,
+        Reason::ClaimMismatch,
+        Reason::IpDenied,
+        Reason::IdpUnavailable,
+        Reason::RouteNotFound,
+        Reason::MethodNotAllowed,
+        Reason::BodyTooLarge,
+        Reason::HeadersTooLarge,
+        Reason::UpstreamUnreachable,
+        Reason::UpstreamTimeout,
+        Reason::UpstreamProtocolError,
+        Reason::Overloaded,
+    ];
+
+    /// The stable snake_case code.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::TokenMissing => "token_missing",
+            Reason::RequestMalformed => "request_malformed",
+            Reason::TokenMalformed => "token_malformed",
+            Reason::TokenTooLarge => "token_too_large",
+            Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Reason::KeyUnknown => "key_unknown",
+            Reason::SignatureInvalid => "signature_invalid",
+            Reason::IssuerMismatch => "issuer_mismatch",
+            Reason::AudienceMismatch => "audience_mismatch",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::ScopeInsufficient => "scope_insufficient",
+            Reason::ClaimMismatch => "claim_mismatch",
+            Reason::IpDenied => "ip_denied",
+            Reason::IdpUnavailable => "idp_unavailable",
+            Reason::RouteNotFound => "route_not_found",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::HeadersTooLarge => "headers_too_large",
+            Reason::UpstreamUnreachable => "upstream_unreachable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UpstreamProtocolError => "upstream_protocol_error",
+            Reason::Overloaded => "overloaded",
+        }
+    }
+
+    /// The HTTP status code this reason is answered with.
+    pub const fn status(self) -> u16 {
+        match self {
+            Reason::TokenMissing
+            | Reason::TokenMalformed
+            | Reason::TokenTooLarge
+            | Reason::AlgorithmNotAllowed
+            | Reason::KeyUnknown
+            | Reason::SignatureInvalid
+            | Reason::IssuerMismatch
+            | Reason::AudienceMismatch
+            | Reason::TokenExpired
+            | Reason::TokenNotYetValid => 401,
+            Reason::RequestMalformed => 400,
+            Reason::ScopeInsufficient | Reason::ClaimMismatch | Reason::IpDenied => 403,
+            Reason::IdpUnavailable | Reason::Overloaded => 503,
+            Reason::RouteNotFound => 404,
+            Reason::MethodNotAllowed => 405,
+            Reason::BodyTooLarge => 413,
+            Reason::HeadersTooLarge => 431,
+            Reason::UpstreamUnreachable | Reason::UpstreamProtocolError => 502,
+            Reason::UpstreamTimeout => 504,
+        }
+    }
+
+    /// The RFC 6750 challenge that accompanies this reason.
+    pub const fn challenge(self) -> Challenge {
+        match self {
+            Reason::TokenMissing => Challenge::Bare,
+            Reason::RequestMalformed => Challenge::InvalidRequest,
+            Reason::TokenMalformed
+            | Reason::TokenTooLarge
+            | Reason::AlgorithmNotAllowed
+            | Reason::KeyUnknown
+            | Reason::SignatureInvalid
+            | Reason::IssuerMismatch
+            | Reason::AudienceMismatch
+            | Reason::TokenExpired
+            | Reason::TokenNotYetValid => Challenge::InvalidToken,
+            Reason::ScopeInsufficient | Reason::ClaimMismatch => Challenge::InsufficientScope,
+            Reason::IpDenied
+            | Reason::IdpUnavailable
+            | Reason::RouteNotFound
+            | Reason::MethodNotAllowed
+            | Reason::BodyTooLarge
+            | Reason::HeadersTooLarge
+            | Reason::UpstreamUnreachable
+            | Reason::UpstreamTimeout
+            | Reason::UpstreamProtocolError
+            | Reason::Overloaded => Challenge::None,
+        }
+    }
+
+    /// A short human title for the problem+json `title` member.
+    pub const fn title(self) -> &'static str {
+        match self {
+            Reason::TokenMissing => "Bearer token required",
+            Reason::RequestMalformed => "Malformed request",
+            Reason::TokenMalformed => "Malformed token",
+            Reason::TokenTooLarge => "Token too large",
+            Reason::AlgorithmNotAllowed => "Token algorithm not allowed",
+            Reason::KeyUnknown => "Token signing key unknown",
+            Reason::SignatureInvalid => "Token signature invalid",
+            Reason::IssuerMismatch => "Token issuer not accepted",
+            Reason::AudienceMismatch => "Token audience not accepted",
+            Reason::TokenExpired => "Token expired",
+            Reason::TokenNotYetValid => "Token not yet valid",
+            Reason::ScopeInsufficient => "Insufficient scope",
+            Reason::ClaimMismatch => "Token claims not accepted",
+            Reason::IpDenied => "Client address not allowed",
+            Reason::IdpUnavailable => "Authorization server unavailable",
+            Reason::RouteNotFound => "No route",
+            Reason::MethodNotAllowed => "Method not allowed",
+            Reason::BodyTooLarge => "Request body too large",
+            Reason::HeadersTooLarge => "Request headers too large",
+            Reason::UpstreamUnreachable => "Upstream unreachable",
+            Reason::UpstreamTimeout => "Upstream timeout",
+            Reason::UpstreamProtocolError => "Upstream protocol error",
+            Reason::Overloaded => "Gateway overloaded",
+        }
+    }
+
+    /// Looks a code up by its stable name.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == code)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A per-request denial: the reason and a human detail that never contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The catalogue reason.
+    pub reason: Reason,
+    /// A precise human-readable explanation (e.g. `token expired 3m12s ago`).
+    pub detail: String,
+    /// For `scope_insufficient`: the scopes the route requires, for the challenge.
+    pub required_scope: Option<String>,
+}
+
+impl Rejection {
+    /// A rejection with a detail message.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+            required_scope: None,
+        }
+    }
+
+    /// Adds the scope list for an `insufficient_scope` challenge.
+    pub fn with_required_scope(mut self, scope: impl Into<String>) -> Self {
+        self.required_scope = Some(scope.into());
+        self
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.as_str()), "duplicate code {r}");
+            assert_eq!(Reason::from_code(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn token_problems_are_401_invalid_token() {
+        assert_eq!(Reason::TokenExpired.status(), 401);
+        assert_eq!(Reason::TokenExpired.challenge(), Challenge::InvalidToken);
+        assert_eq!(Reason::TokenMissing.challenge(), Challenge::Bare);
+        assert_eq!(Reason::ScopeInsufficient.status(), 403);
+        assert_eq!(Reason::IpDenied.challenge(), Challenge::None);
+        assert_eq!(Reason::IdpUnavailable.status(), 503);
+    }
+}
