@@ -1,0 +1,664 @@
+//! Turns the serde mirror into the validated model, collecting every problem.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use portcullis_jwks::{JwksSettings, KeySource};
+use portcullis_policy::verify::parse_algorithm;
+use portcullis_policy::{AccessRules, Algorithm, CidrSet, ClaimCheck, ClaimRule, DEFAULT_ALGORITHMS, IpRules, IssuerRules};
+
+use crate::interpolate::{expand, read_secret_file, resolve_path};
+use crate::model::*;
+use crate::raw::*;
+
+/// Default traffic listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9091";
+
+/// Headers the gateway itself sets; a client copy is always stripped, and a claim
+/// header may not take one of these names.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "forwarded",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+];
+
+pub(crate) struct Ctx<'a> {
+    pub problems: Vec<(String, String)>,
+    pub base: PathBuf,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.problems.push((path.into(), msg.into()));
+    }
+
+    fn expand(&mut self, path: &str, text: &str) -> Option<String> {
+        match expand(text, self.env) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(path, e);
+                None
+            }
+        }
+    }
+
+    fn read_file(&mut self, path: &str, file: &str) -> Option<(PathBuf, Vec<u8>)> {
+        let file = self.expand(path, file)?;
+        let full = resolve_path(&self.base, &file);
+        match std::fs::read(&full) {
+            Ok(bytes) => Some((full, bytes)),
+            Err(e) => {
+                self.err(path, format!("cannot read {}: {e}", full.display()));
+                None
+            }
+        }
+    }
+
+    fn nets(&mut self, path: &str, list: &[String]) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            match parse_net(s) {
+                Ok(n) => out.push(n),
+                Err(e) => self.err(format!("{path}[{i}]"), e),
+            }
+        }
+        out
+    }
+}
+
+/// Parses a CIDR, or a bare address as a /32 or /128.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        if n.trunc() != n {
+            return Err(format!(
+                "{s} has host bits set; did you mean {}?",
+                n.trunc()
+            ));
+        }
+        return Ok(n);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+}
+
+pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option<GatewayConfig> {
+    let listen = compile_listen(raw.listen.unwrap_or_default(), ctx);
+    let admin = compile_admin(raw.admin.unwrap_or_default(), ctx);
+    let limits = compile_limits(raw.limits.unwrap_or_default());
+    let logging = compile_logging(raw.logging.unwrap_or_default(), ctx);
+    let network = compile_network(raw.network.unwrap_or_default(), ctx);
+    let tc = raw.token_cache.unwrap_or_default();
+    let token_cache = TokenCacheConfig {
+        enabled: tc.enabled.unwrap_or(true),
+        max_entries: tc.max_entries.unwrap_or(100_000),
+        max_ttl: tc.max_ttl.map_or(Duration::from_secs(300), |d| d.0),
+    };
+    if raw.workers == Some(0) {
+        ctx.err("workers", "must be at least 1 (leave it out for one per core)");
+    }
+    let mut issuers = BTreeMap::new();
+    for (name, ri) in raw.issuers {
+        if let Some(ic) = compile_issuer(&name, ri, ctx) {
+            issuers.insert(name, Arc::new(ic));
+        }
+    }
+    let mut upstreams = BTreeMap::new();
+    for (name, ru) in raw.upstreams {
+        if let Some(uc) = compile_upstream(&name, ru, ctx) {
+            upstreams.insert(name, Arc::new(uc));
+        }
+    }
+    if raw.routes.is_empty() {
+        ctx.err("routes", "no routes: the gateway would answer every request with 404");
+    }
+    let mut routes = Vec::new();
+    let mut names = HashSet::new();
+    for (i, rr) in raw.routes.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !names.insert(rr.name.clone()) {
+            ctx.err(format!("{path}.name"), format!("duplicate route name {:?}", rr.name));
+        }
+        if let Some(rc) = compile_route(&path, rr, &issuers, &upstreams, &limits, ctx) {
+            routes.push(Arc::new(rc));
+        }
+    }
+    if !ctx.problems.is_empty() {
+        return None;
+    }
+    let mut config = GatewayConfig {
+        source: source.to_owned(),
+        listen: listen?,
+        admin: admin?,
+        workers: raw.workers,
+        limits,
+        logging,
+        network,
+        token_cache,
+        issuers,
+        upstreams,
+        routes,
+        warnings: Vec::new(),
+    };
+    config.warnings = crate::lint::warnings(&config);
+    Some(config)
+}
+
+fn compile_listen(rl: RawListen, ctx: &mut Ctx<'_>) -> Option<ListenConfig> {
+    let addr = rl.address.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let address = parse_addr(ctx, "listen.address", addr);
+    let tls = rl.tls.and_then(|t| {
+        let (cert_file, cert_pem) = ctx.read_file("listen.tls.cert_file", &t.cert_file)?;
+        let (key_file, key_pem) = ctx.read_file("listen.tls.key_file", &t.key_file)?;
+        if !String::from_utf8_lossy(&cert_pem).contains("-----BEGIN CERTIFICATE-----") {
+            ctx.err("listen.tls.cert_file", format!("{} holds no PEM certificate", cert_file.display()));
+        }
+        if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
+            ctx.err("listen.tls.key_file", format!("{} holds no PEM private key", key_file.display()));
+        }
+        Some(TlsFiles { cert_file, key_file, cert_pem, key_pem: Secret(key_pem) })
+    });
+    Some(ListenConfig { address: address?, tls })
+}
+
+fn compile_admin(ra: RawAdmin, ctx: &mut Ctx<'_>) -> Option<Option<SocketAddr>> {
+    if ra.enabled == Some(false) {
+        return Some(None);
+    }
+    let addr = ra.address.as_deref().unwrap_or(DEFAULT_ADMIN);
+    parse_addr(ctx, "admin.address", addr).map(Some)
+}
+
+fn parse_addr(ctx: &mut Ctx<'_>, path: &str, text: &str) -> Option<SocketAddr> {
+    let text = ctx.expand(path, text)?;
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            ctx.err(path, format!("{text:?} is not an address:port (e.g. 127.0.0.1:8080 or [::]:8443)"));
+            None
+        }
+    }
+}
+
+fn compile_limits(rl: RawLimits) -> Limits {
+    Limits {
+        max_header_bytes: rl.max_header_bytes.map_or(64 << 10, |s| s.0 as usize),
+        max_body_bytes: rl.max_body.map_or(10 << 20, |s| s.0),
+        header_read_timeout: rl.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        request_timeout: rl.request_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        max_connections: rl.max_connections.unwrap_or(10_000),
+        max_in_flight: rl.max_in_flight.unwrap_or(10_000),
+        shutdown_grace: rl.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+    }
+}
+
+fn compile_logging(rl: RawLogging, ctx: &mut Ctx<'_>) -> Logging {
+    let format = match rl.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            ctx.err("logging.format", format!("{other:?} is not a format; use text or json"));
+            LogFormat::Text
+        }
+    };
+    let subject = match rl.subject.as_deref() {
+        None | Some("hash") => SubjectLogging::Hash,
+        Some("omit") => SubjectLogging::Omit,
+        Some("plain") => SubjectLogging::Plain,
+        Some(other) => {
+            ctx.err("logging.subject", format!("{other:?} is not a choice; use hash, omit or plain"));
+            SubjectLogging::Hash
+        }
+    };
+    Logging {
+        level: rl.level.unwrap_or_else(|| "info".to_owned()),
+        format,
+        access_log: rl.access_log.unwrap_or(true),
+        subject,
+    }
+}
+
+fn compile_network(rn: RawNetwork, ctx: &mut Ctx<'_>) -> Network {
+    let trusted = ctx.nets("network.trusted_proxies", &rn.trusted_proxies);
+    let allow = ctx.nets("network.allow", &rn.allow);
+    let deny = ctx.nets("network.deny", &rn.deny);
+    Network {
+        trusted_proxies: CidrSet::new(&trusted),
+        rules: IpRules::new(&allow, &deny),
+    }
+}
+
+fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<IssuerConfig> {
+    let path = format!("issuers.{name}");
+    let issuer = ctx.expand(&format!("{path}.issuer"), &ri.issuer)?;
+    if issuer.is_empty() {
+        ctx.err(format!("{path}.issuer"), "must not be empty");
+    }
+    let secret = match (&ri.secret, &ri.secret_file) {
+        (Some(s), None) => ctx.expand(&format!("{path}.secret"), s).map(String::into_bytes),
+        (None, Some(f)) => {
+            let f = ctx.expand(&format!("{path}.secret_file"), f)?;
+            match read_secret_file(&resolve_path(&ctx.base, &f)) {
+                Ok(s) => Some(s.into_bytes()),
+                Err(e) => {
+                    ctx.err(format!("{path}.secret_file"), e);
+                    None
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            ctx.err(&path, "set secret or secret_file, not both");
+            None
+        }
+        (None, None) => None,
+    };
+    let sources = [
+        ri.discovery == Some(true),
+        ri.jwks_uri.is_some(),
+        ri.static_keys_file.is_some(),
+        secret.is_some() || ri.secret.is_some() || ri.secret_file.is_some(),
+    ];
+    let n_sources = sources.iter().filter(|s| **s).count();
+    if n_sources > 1 {
+        ctx.err(&path, "choose one key source: discovery, jwks_uri, static_keys_file or secret");
+        return None;
+    }
+    let source = if let Some(uri) = &ri.jwks_uri {
+        KeySource::JwksUri(ctx.expand(&format!("{path}.jwks_uri"), uri)?)
+    } else if let Some(file) = &ri.static_keys_file {
+        let (p, bytes) = ctx.read_file(&format!("{path}.static_keys_file"), file)?;
+        if String::from_utf8_lossy(&bytes).contains("-----BEGIN") {
+            KeySource::StaticPem { path: p, pem: bytes }
+        } else {
+            KeySource::StaticJwks { path: p, document: bytes }
+        }
+    } else if let Some(s) = secret {
+        KeySource::Secret(s)
+    } else if n_sources == 0 && ri.discovery == Some(false) {
+        ctx.err(&path, "discovery is off and no jwks_uri, static_keys_file or secret is set");
+        return None;
+    } else {
+        KeySource::Discovery
+    };
+    let is_secret = matches!(source, KeySource::Secret(_));
+    let algorithms = compile_algorithms(&path, ri.algorithms.as_deref(), is_secret, ctx);
+    let d = JwksSettings::default();
+    let rj = ri.jwks.unwrap_or_default();
+    let jwks = JwksSettings {
+        min_ttl: rj.min_ttl.map_or(d.min_ttl, |v| v.0),
+        max_ttl: rj.max_ttl.map_or(d.max_ttl, |v| v.0),
+        default_ttl: rj.default_ttl.map_or(d.default_ttl, |v| v.0),
+        max_stale: rj.max_stale.map_or(d.max_stale, |v| v.0),
+        min_refetch_interval: rj.min_refetch_interval.map_or(d.min_refetch_interval, |v| v.0),
+        unknown_kid_ttl: rj.unknown_kid_ttl.map_or(d.unknown_kid_ttl, |v| v.0),
+        connect_timeout: rj.connect_timeout.map_or(d.connect_timeout, |v| v.0),
+        timeout: rj.timeout.map_or(d.timeout, |v| v.0),
+        max_bytes: rj.max_size.map_or(d.max_bytes, |v| v.0 as usize),
+        retries: rj.retries.unwrap_or(d.retries),
+        allow_http: rj.allow_http.unwrap_or(d.allow_http),
+        allow_symmetric_keys: rj.allow_symmetric_keys.unwrap_or(d.allow_symmetric_keys),
+        ca_file: rj.ca_file.map(|f| resolve_path(&ctx.base, &f)),
+    };
+    if jwks.min_ttl > jwks.max_ttl {
+        ctx.err(format!("{path}.jwks.min_ttl"), "is larger than max_ttl");
+    }
+    if let Some(ca) = &jwks.ca_file
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        ctx.err(format!("{path}.jwks.ca_file"), format!("cannot read {}: {e}", ca.display()));
+    }
+    if source.is_remote() {
+        let url = match &source {
+            KeySource::JwksUri(u) => u.clone(),
+            _ => issuer.clone(),
+        };
+        check_fetch_url(&format!("{path}.{}", if ri.jwks_uri.is_some() { "jwks_uri" } else { "issuer" }), &url, jwks.allow_http, ctx);
+    }
+    Some(IssuerConfig {
+        name: name.to_owned(),
+        rules: IssuerRules {
+            issuer,
+            algorithms,
+            leeway_secs: ri.leeway.map_or(60, |d| d.0.as_secs() as i64),
+            required_typ: ri.required_typ,
+            scope_claim: ri.scope_claim,
+        },
+        source,
+        jwks,
+        max_token_bytes: ri.max_token_size.map_or(8 << 10, |s| s.0 as usize),
+    })
+}
+
+fn check_fetch_url(path: &str, url: &str, allow_http: bool, ctx: &mut Ctx<'_>) {
+    match url.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("https") => {}
+        Ok(u) if u.scheme_str() == Some("http") => {
+            let host = u.host().unwrap_or("");
+            let loopback = host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback && !allow_http {
+                ctx.err(path, format!("{url} is plain http to a non-loopback host; use https or set jwks.allow_http: true"));
+            }
+        }
+        _ => ctx.err(path, format!("{url:?} is not an http(s) URL")),
+    }
+}
+
+fn compile_algorithms(path: &str, list: Option<&[String]>, is_secret: bool, ctx: &mut Ctx<'_>) -> Vec<Algorithm> {
+    let Some(list) = list else {
+        return if is_secret { vec![Algorithm::HS256] } else { DEFAULT_ALGORITHMS.to_vec() };
+    };
+    let mut out = Vec::new();
+    for (i, name) in list.iter().enumerate() {
+        let p = format!("{path}.algorithms[{i}]");
+        match parse_algorithm(name) {
+            None if name.eq_ignore_ascii_case("none") => ctx.err(p, "alg none is never allowed"),
+            None => ctx.err(p, format!("{name:?} is not a supported algorithm (RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512)")),
+            Some(a @ (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)) if !is_secret => {
+                ctx.err(p, format!("{a:?} needs a shared secret issuer; HMAC next to public keys allows algorithm confusion"));
+            }
+            Some(a) if is_secret && !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
+                ctx.err(p, format!("{a:?} is asymmetric; an issuer with a secret takes HS256/384/512 only"));
+            }
+            Some(a) => out.push(a),
+        }
+    }
+    if list.is_empty() {
+        ctx.err(path.to_owned() + ".algorithms", "is empty: no token could ever verify");
+    }
+    out
+}
+
+fn compile_upstream(name: &str, ru: RawUpstream, ctx: &mut Ctx<'_>) -> Option<UpstreamConfig> {
+    let path = format!("upstreams.{name}");
+    if ru.targets.is_empty() {
+        ctx.err(format!("{path}.targets"), "needs at least one target URL");
+    }
+    let mut targets = Vec::new();
+    for (i, t) in ru.targets.iter().enumerate() {
+        let p = format!("{path}.targets[{i}]");
+        let Some(t) = ctx.expand(&p, t) else { continue };
+        match parse_target(&t) {
+            Ok(target) => targets.push(target),
+            Err(e) => ctx.err(p, e),
+        }
+    }
+    let ca_pem = ru.ca_file.as_deref().and_then(|f| ctx.read_file(&format!("{path}.ca_file"), f)).map(|(_, b)| b);
+    let credential = ru.credential.and_then(|c| compile_credential(&format!("{path}.credential"), c, ctx));
+    let health = ru.health.unwrap_or_default();
+    let retry = ru.retry.unwrap_or_default();
+    Some(UpstreamConfig {
+        name: name.to_owned(),
+        targets,
+        connect_timeout: ru.connect_timeout.map_or(Duration::from_secs(3), |d| d.0),
+        response_header_timeout: ru.response_header_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        idle_timeout: ru.idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
+        http2: ru.http2.unwrap_or(false),
+        ca_pem,
+        max_failures: health.max_failures.unwrap_or(3).max(1),
+        cooldown: health.cooldown.map_or(Duration::from_secs(10), |d| d.0),
+        attempts: retry.attempts.unwrap_or(2).clamp(1, 10),
+        retry_idempotent: retry.idempotent.unwrap_or(false),
+        credential,
+        health_path: ru.health_path,
+    })
+}
+
+/// Splits a target URL into scheme, authority and base path.
+pub fn parse_target(t: &str) -> Result<Target, String> {
+    let uri: http::Uri = t.parse().map_err(|_| format!("{t:?} is not a URL"))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{t:?} must start with http:// or https://")),
+    };
+    let authority = uri.authority().cloned().ok_or_else(|| format!("{t:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("target URLs may not carry credentials; use credential: instead".to_owned());
+    }
+    if uri.query().is_some() {
+        return Err(format!("{t:?} may not have a query string"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Target { https, authority, base_path })
+}
+
+fn compile_credential(path: &str, rc: RawCredential, ctx: &mut Ctx<'_>) -> Option<Credential> {
+    let header = match HeaderName::try_from(rc.header.as_str()) {
+        Ok(h) => h,
+        Err(_) => {
+            ctx.err(format!("{path}.header"), format!("{:?} is not a valid header name", rc.header));
+            return None;
+        }
+    };
+    let value = match (rc.value, rc.value_file) {
+        (Some(v), None) => ctx.expand(&format!("{path}.value"), &v)?,
+        (None, Some(f)) => {
+            let f = ctx.expand(&format!("{path}.value_file"), &f)?;
+            match read_secret_file(&resolve_path(&ctx.base, &f)) {
+                Ok(v) => v,
+                Err(e) => {
+                    ctx.err(format!("{path}.value_file"), e);
+                    return None;
+                }
+            }
+        }
+        _ => {
+            ctx.err(path, "set exactly one of value or value_file");
+            return None;
+        }
+    };
+    match HeaderValue::try_from(value) {
+        Ok(mut v) => {
+            v.set_sensitive(true);
+            Some(Credential { header, value: Secret(v) })
+        }
+        Err(_) => {
+            ctx.err(format!("{path}.value"), "the value is not a valid header value (control characters?)");
+            None
+        }
+    }
+}
+
+fn compile_route(
+    path: &str,
+    rr: RawRoute,
+    issuers: &BTreeMap<String, Arc<IssuerConfig>>,
+    upstreams: &BTreeMap<String, Arc<UpstreamConfig>>,
+    limits: &Limits,
+    ctx: &mut Ctx<'_>,
+) -> Option<RouteConfig> {
+    if rr.name.is_empty() || !rr.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        ctx.err(format!("{path}.name"), "must be non-empty letters, digits, '-', '_' or '.' (it is a metric label)");
+    }
+    if rr.name == "unmatched" {
+        ctx.err(format!("{path}.name"), "\"unmatched\" is reserved for requests no route matches");
+    }
+    if !upstreams.contains_key(&rr.upstream) {
+        let hint = did_you_mean(&rr.upstream, upstreams.keys().map(String::as_str));
+        ctx.err(format!("{path}.upstream"), format!("unknown upstream {:?}{hint}", rr.upstream));
+    }
+    let matcher = compile_match(&format!("{path}.match"), rr.matcher, ctx);
+    let rewrite = rr.rewrite.map(|rw| {
+        let strip = rw.strip_prefix.unwrap_or_default();
+        let replace = rw.replace_prefix.unwrap_or_default();
+        if strip.is_empty() && replace.is_empty() {
+            ctx.err(format!("{path}.rewrite"), "set strip_prefix and/or replace_prefix");
+        }
+        if !replace.is_empty() && !replace.starts_with('/') {
+            ctx.err(format!("{path}.rewrite.replace_prefix"), "must start with /");
+        }
+        Rewrite { strip_prefix: strip, replace_prefix: replace }
+    });
+    let ip = rr.ip.unwrap_or_default();
+    let allow = ctx.nets(&format!("{path}.ip.allow"), &ip.allow);
+    let deny = ctx.nets(&format!("{path}.ip.deny"), &ip.deny);
+    let auth = match (rr.public, rr.auth) {
+        (Some(true), None) => RouteAuth::Public,
+        (Some(true), Some(_)) => {
+            ctx.err(format!("{path}.public"), "a public route cannot also have an auth block");
+            RouteAuth::Public
+        }
+        (_, Some(ra)) => RouteAuth::Protected(Box::new(compile_auth(&format!("{path}.auth"), ra, issuers, ctx)?)),
+        (_, None) => {
+            ctx.err(path, "has no auth block and is not marked public: true (routes fail closed)");
+            return None;
+        }
+    };
+    Some(RouteConfig {
+        name: rr.name,
+        matcher: matcher?,
+        upstream: rr.upstream,
+        rewrite,
+        preserve_host: rr.preserve_host.unwrap_or(false),
+        max_body_bytes: rr.max_body.map_or(limits.max_body_bytes, |s| s.0),
+        timeout: rr.timeout.map(|d| d.0),
+        ip_rules: IpRules::new(&allow, &deny),
+        auth,
+    })
+}
+
+fn compile_match(path: &str, rm: RawMatch, ctx: &mut Ctx<'_>) -> Option<RouteMatch> {
+    let host = rm.host.map(|h| {
+        let h = h.to_ascii_lowercase();
+        match h.strip_prefix("*.") {
+            Some(rest) if !rest.is_empty() && !rest.contains('*') => HostMatch::Suffix(format!(".{rest}")),
+            _ if h.contains('*') || h.is_empty() => {
+                ctx.err(format!("{path}.host"), "wildcards are only allowed as a leading *. (e.g. *.example.com)");
+                HostMatch::Exact(h)
+            }
+            _ => HostMatch::Exact(h),
+        }
+    });
+    let path_match = match (rm.path, rm.path_prefix) {
+        (Some(p), None) => PathMatch::Exact(p),
+        (None, Some(p)) => PathMatch::Prefix(p),
+        (None, None) => PathMatch::Prefix("/".to_owned()),
+        (Some(_), Some(_)) => {
+            ctx.err(path, "set path or path_prefix, not both");
+            return None;
+        }
+    };
+    let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path_match;
+    if !p.starts_with('/') {
+        ctx.err(format!("{path}.path"), format!("{p:?} must start with /"));
+    }
+    let methods = rm.methods.map(|list| {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, m)| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    ctx.err(format!("{path}.methods[{i}]"), format!("{m:?} is not an HTTP method"));
+                    None
+                }
+            })
+            .collect()
+    });
+    Some(RouteMatch { host, path: path_match, methods })
+}
+
+fn compile_auth(
+    path: &str,
+    ra: RawAuth,
+    issuers: &BTreeMap<String, Arc<IssuerConfig>>,
+    ctx: &mut Ctx<'_>,
+) -> Option<ProtectedRoute> {
+    if ra.issuers.is_empty() {
+        ctx.err(format!("{path}.issuers"), "name at least one issuer");
+    }
+    let mut by_iss = BTreeMap::new();
+    for (i, name) in ra.issuers.iter().enumerate() {
+        match issuers.get(name) {
+            Some(ic) => {
+                by_iss.insert(ic.rules.issuer.clone(), Arc::clone(ic));
+            }
+            None => {
+                let hint = did_you_mean(name, issuers.keys().map(String::as_str));
+                ctx.err(format!("{path}.issuers[{i}]"), format!("unknown issuer {name:?}{hint}"));
+            }
+        }
+    }
+    if ra.audiences.is_empty() {
+        ctx.err(format!("{path}.audiences"), "required: without an audience, a token minted for another API would pass");
+    }
+    let scopes = ra.scopes.unwrap_or_default();
+    let mut claims = Vec::new();
+    for (i, rc) in ra.claims.into_iter().enumerate() {
+        let check = match (rc.equals, rc.one_of, rc.contains) {
+            (Some(v), None, None) => ClaimCheck::Equals(v),
+            (None, Some(v), None) => ClaimCheck::OneOf(v),
+            (None, None, Some(v)) => ClaimCheck::Contains(v),
+            _ => {
+                ctx.err(format!("{path}.claims[{i}]"), "set exactly one of equals, one_of or contains");
+                continue;
+            }
+        };
+        claims.push(ClaimRule { claim: rc.claim, check });
+    }
+    let mode = match ra.mode.as_deref() {
+        None | Some("enforce") => AuthMode::Enforce,
+        Some("report") => AuthMode::Report,
+        Some(other) => {
+            ctx.err(format!("{path}.mode"), format!("{other:?} is not a mode; use enforce or report"));
+            AuthMode::Enforce
+        }
+    };
+    let mut claim_headers = Vec::new();
+    for (claim, header) in ra.claim_headers {
+        let p = format!("{path}.claim_headers.{claim}");
+        match HeaderName::try_from(header.as_str()) {
+            Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => {
+                ctx.err(p, format!("{h} is set by the gateway itself"));
+            }
+            Ok(h) => claim_headers.push((claim, h)),
+            Err(_) => ctx.err(p, format!("{header:?} is not a valid header name")),
+        }
+    }
+    Some(ProtectedRoute {
+        issuers: by_iss,
+        access: AccessRules {
+            audiences: ra.audiences,
+            scopes_all_of: scopes.all_of,
+            scopes_any_of: scopes.any_of,
+            claims,
+        },
+        mode,
+        forward_token: ra.forward_token.unwrap_or(false),
+        claim_headers,
+    })
+}
+
+/// ` (did you mean "x"?)` when a candidate is close, else empty.
+pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min()
+        .map(|(_, c)| format!(" (did you mean {c:?}?)"))
+        .unwrap_or_default()
+}
+
+/// The folder relative paths in a config resolve against.
+pub fn base_dir(file: &Path) -> PathBuf {
+    file.parent().map(Path::to_path_buf).unwrap_or_default()
+}

@@ -1,0 +1,55 @@
+//! Non-fatal findings `portcullis validate` prints: a route that can never match,
+//! public routes, allow lists that deny covers, upstreams no route uses.
+
+use std::collections::HashSet;
+
+use crate::model::{GatewayConfig, RouteAuth, RouteMatch};
+use portcullis_policy::IpRules;
+
+/// Every warning for a compiled configuration.
+pub fn warnings(config: &GatewayConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for (j, later) in config.routes.iter().enumerate() {
+        if let Some(earlier) = config.routes[..j].iter().find(|e| covers(&e.matcher, &later.matcher)) {
+            out.push(format!(
+                "routes[{j}] ({}) can never match: routes {:?} has the same host and path and takes all its methods",
+                later.name, earlier.name
+            ));
+        }
+        if matches!(later.auth, RouteAuth::Public) {
+            out.push(format!("routes[{j}] ({}) is public: requests pass without a token", later.name));
+        }
+        if deny_covers_allow(&later.ip_rules) {
+            out.push(format!("routes[{j}] ({}): the ip deny list covers the whole allow list; no client can pass", later.name));
+        }
+    }
+    if deny_covers_allow(&config.network.rules) {
+        out.push("network: the deny list covers the whole allow list; no client can pass".to_owned());
+    }
+    let used: HashSet<&str> = config.routes.iter().map(|r| r.upstream.as_str()).collect();
+    for name in config.upstreams.keys() {
+        if !used.contains(name.as_str()) {
+            out.push(format!("upstreams.{name} is not used by any route"));
+        }
+    }
+    out
+}
+
+/// Whether `a` matches every request `b` matches, with the same specificity (so
+/// the earlier of the two always wins).
+fn covers(a: &RouteMatch, b: &RouteMatch) -> bool {
+    a.host == b.host
+        && a.path == b.path
+        && match (&a.methods, &b.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(am), Some(bm)) => bm.iter().all(|m| am.contains(m)),
+        }
+}
+
+fn deny_covers_allow(rules: &IpRules) -> bool {
+    !rules.allow.is_empty()
+        && rules.allow.nets().iter().all(|a| {
+            rules.deny.nets().iter().any(|d| d.contains(a))
+        })
+}

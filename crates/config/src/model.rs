@@ -1,0 +1,314 @@
+//! The validated, immutable configuration the gateway runs on.
+//!
+//! Built only by [`crate::compile`]; every reference is resolved, every CIDR parsed,
+//! every secret interpolated. Secrets print as `***` in `Debug`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use portcullis_jwks::{JwksSettings, KeySource};
+use portcullis_policy::{AccessRules, CidrSet, IpRules, IssuerRules};
+
+/// A value that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(pub T);
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The file it was read from (for messages).
+    pub source: String,
+    /// The traffic listener.
+    pub listen: ListenConfig,
+    /// The admin listener (metrics, health, reload), if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Runtime worker threads; `None` means one per core.
+    pub workers: Option<usize>,
+    /// Size limits, timeouts, lifecycle.
+    pub limits: Limits,
+    /// Log level, format and access-log options.
+    pub logging: Logging,
+    /// Global client-address handling.
+    pub network: Network,
+    /// The verified-token cache.
+    pub token_cache: TokenCacheConfig,
+    /// Issuers by name.
+    pub issuers: BTreeMap<String, Arc<IssuerConfig>>,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<UpstreamConfig>>,
+    /// Routes, in the order they were written.
+    pub routes: Vec<Arc<RouteConfig>>,
+    /// Non-fatal findings (shadowed routes, unused upstreams, public routes…).
+    pub warnings: Vec<String>,
+}
+
+/// Where the gateway accepts traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    /// Address and port.
+    pub address: SocketAddr,
+    /// TLS termination, when configured.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for TLS termination (already read and checked at load time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain path.
+    pub cert_file: PathBuf,
+    /// Private key path.
+    pub key_file: PathBuf,
+    /// Certificate chain PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key PEM.
+    pub key_pem: Secret<Vec<u8>>,
+}
+
+/// Limits and lifecycle settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum total size of the request head.
+    pub max_header_bytes: usize,
+    /// Default maximum request body (a route may override).
+    pub max_body_bytes: u64,
+    /// Time allowed to receive the request head (slowloris defence).
+    pub header_read_timeout: Duration,
+    /// Default total time for the upstream to send response headers.
+    pub request_timeout: Duration,
+    /// Maximum simultaneous downstream connections.
+    pub max_connections: usize,
+    /// Maximum requests in flight before shedding with 503.
+    pub max_in_flight: usize,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// `tracing` filter directive, e.g. `info`.
+    pub level: String,
+    /// Text or JSON.
+    pub format: LogFormat,
+    /// Whether to write one access-log line per request.
+    pub access_log: bool,
+    /// How the token subject appears in the access log.
+    pub subject: SubjectLogging,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Whether and how the `sub` claim is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectLogging {
+    /// Not logged.
+    Omit,
+    /// A SHA-256 prefix of the subject (default).
+    Hash,
+    /// The subject as is.
+    Plain,
+}
+
+/// Global client-address handling.
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    /// Peers whose `X-Forwarded-For` / `Forwarded` are believed.
+    pub trusted_proxies: CidrSet,
+    /// Global allow/deny, checked before a route's own.
+    pub rules: IpRules,
+}
+
+/// The verified-token cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCacheConfig {
+    /// Whether verified tokens are cached.
+    pub enabled: bool,
+    /// Maximum cached tokens.
+    pub max_entries: usize,
+    /// Upper bound on how long a verified token is reused.
+    pub max_ttl: Duration,
+}
+
+/// One issuer: how its tokens are checked and where its keys come from.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// The name routes use.
+    pub name: String,
+    /// Token rules (exact issuer, algorithms, leeway, typ, scope claim).
+    pub rules: IssuerRules,
+    /// Where keys come from.
+    pub source: KeySource,
+    /// Cache and fetch settings.
+    pub jwks: JwksSettings,
+    /// Largest accepted token.
+    pub max_token_bytes: usize,
+}
+
+/// One upstream service.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The name routes use.
+    pub name: String,
+    /// Targets, tried round-robin.
+    pub targets: Vec<Target>,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// Time for the upstream to send its response head.
+    pub response_header_timeout: Duration,
+    /// How long pooled connections stay idle.
+    pub idle_timeout: Duration,
+    /// Speak HTTP/2 to this upstream.
+    pub http2: bool,
+    /// Extra CA bundle (PEM) for https targets.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Passive health: failures in a row before a target is set aside.
+    pub max_failures: u32,
+    /// Passive health: how long a failing target is set aside.
+    pub cooldown: Duration,
+    /// Attempts per request (1 = no retry).
+    pub attempts: u32,
+    /// Whether idempotent methods may be retried after a failure past connect.
+    pub retry_idempotent: bool,
+    /// A credential injected into every forwarded request.
+    pub credential: Option<Credential>,
+    /// A path `diagnose` probes.
+    pub health_path: Option<String>,
+}
+
+/// One upstream target URL, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `http` or `https`.
+    pub https: bool,
+    /// `host:port` authority.
+    pub authority: http::uri::Authority,
+    /// Path prefix prepended to forwarded paths (without trailing slash), may be empty.
+    pub base_path: String,
+}
+
+impl Target {
+    /// The scheme as a string.
+    pub fn scheme(&self) -> &'static str {
+        if self.https { "https" } else { "http" }
+    }
+}
+
+/// A header set on every request to an upstream, e.g. a provider API key.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The header name.
+    pub header: HeaderName,
+    /// The value, marked sensitive.
+    pub value: Secret<HeaderValue>,
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The route's name (a metric label).
+    pub name: String,
+    /// What it matches.
+    pub matcher: RouteMatch,
+    /// The upstream it forwards to.
+    pub upstream: String,
+    /// Path rewrite.
+    pub rewrite: Option<Rewrite>,
+    /// Keep the client's Host header.
+    pub preserve_host: bool,
+    /// Maximum request body.
+    pub max_body_bytes: u64,
+    /// Upstream response-header timeout for this route.
+    pub timeout: Option<Duration>,
+    /// The route's own allow/deny lists.
+    pub ip_rules: IpRules,
+    /// Authentication and authorization.
+    pub auth: RouteAuth,
+}
+
+/// What a route matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// Host match, if any.
+    pub host: Option<HostMatch>,
+    /// Path match.
+    pub path: PathMatch,
+    /// Allowed methods (`None`: any).
+    pub methods: Option<Vec<Method>>,
+}
+
+/// A host match (lower-case, port ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com`.
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: any single-or-multi label subdomain.
+    Suffix(String),
+}
+
+/// A path match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The path equals this.
+    Exact(String),
+    /// The path starts with this, at a segment boundary when it ends without `/`.
+    Prefix(String),
+}
+
+/// A path rewrite: strip a prefix and put another in its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Removed from the start of the path.
+    pub strip_prefix: String,
+    /// Put in its place (may be empty).
+    pub replace_prefix: String,
+}
+
+/// Whether and how a route is protected.
+#[derive(Debug, Clone)]
+pub enum RouteAuth {
+    /// `public: true`: no token required.
+    Public,
+    /// Tokens required.
+    Protected(Box<ProtectedRoute>),
+}
+
+/// Token requirements of a protected route.
+#[derive(Debug, Clone)]
+pub struct ProtectedRoute {
+    /// Accepted issuers by their `iss` value (looked up, not tried in turn).
+    pub issuers: BTreeMap<String, Arc<IssuerConfig>>,
+    /// Audience, scopes and claim rules.
+    pub access: AccessRules,
+    /// Enforce, or only report would-deny decisions.
+    pub mode: AuthMode,
+    /// Forward the client's Authorization header to the upstream.
+    pub forward_token: bool,
+    /// Claims copied into request headers (claim name, header).
+    pub claim_headers: Vec<(String, HeaderName)>,
+}
+
+/// Enforcement mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Reject failing requests.
+    Enforce,
+    /// Let them through; log and count a would-deny.
+    Report,
+}

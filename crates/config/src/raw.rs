@@ -1,0 +1,238 @@
+//! Serde mirror of `gateway.yaml`: plain types, unknown keys refused.
+//!
+//! These types only describe the text. [`crate::compile`] turns them into the
+//! validated model, resolving references and reporting every problem at once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<RawListen>,
+    pub admin: Option<RawAdmin>,
+    pub workers: Option<usize>,
+    pub limits: Option<RawLimits>,
+    pub logging: Option<RawLogging>,
+    pub network: Option<RawNetwork>,
+    pub token_cache: Option<RawTokenCache>,
+    #[serde(default)]
+    pub issuers: BTreeMap<String, RawIssuer>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub address: Option<String>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<ByteSize>,
+    pub max_body: Option<ByteSize>,
+    pub header_read_timeout: Option<HumanDuration>,
+    pub request_timeout: Option<HumanDuration>,
+    pub max_connections: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub shutdown_grace: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub level: Option<String>,
+    pub format: Option<String>,
+    pub access_log: Option<bool>,
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenCache {
+    pub enabled: Option<bool>,
+    pub max_entries: Option<usize>,
+    pub max_ttl: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: String,
+    pub discovery: Option<bool>,
+    pub jwks_uri: Option<String>,
+    pub static_keys_file: Option<String>,
+    pub secret: Option<String>,
+    pub secret_file: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub leeway: Option<HumanDuration>,
+    pub required_typ: Option<String>,
+    pub scope_claim: Option<String>,
+    pub max_token_size: Option<ByteSize>,
+    pub jwks: Option<RawJwks>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwks {
+    pub min_ttl: Option<HumanDuration>,
+    pub max_ttl: Option<HumanDuration>,
+    pub default_ttl: Option<HumanDuration>,
+    pub max_stale: Option<HumanDuration>,
+    pub min_refetch_interval: Option<HumanDuration>,
+    pub unknown_kid_ttl: Option<HumanDuration>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub max_size: Option<ByteSize>,
+    pub retries: Option<u32>,
+    pub allow_http: Option<bool>,
+    pub allow_symmetric_keys: Option<bool>,
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    #[serde(default)]
+    pub targets: Vec<String>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub response_header_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<HumanDuration>,
+    pub http2: Option<bool>,
+    pub ca_file: Option<String>,
+    pub health: Option<RawHealth>,
+    pub retry: Option<RawRetry>,
+    pub credential: Option<RawCredential>,
+    pub health_path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub max_failures: Option<u32>,
+    pub cooldown: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    pub idempotent: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
+    pub header: String,
+    pub value: Option<String>,
+    pub value_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    pub upstream: String,
+    pub rewrite: Option<RawRewrite>,
+    pub preserve_host: Option<bool>,
+    pub max_body: Option<ByteSize>,
+    pub timeout: Option<HumanDuration>,
+    pub public: Option<bool>,
+    pub auth: Option<RawAuth>,
+    pub ip: Option<RawIp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    pub strip_prefix: Option<String>,
+    pub replace_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIp {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub scopes: Option<RawScopes>,
+    #[serde(default)]
+    pub claims: Vec<RawClaimRule>,
+    pub mode: Option<String>,
+    pub forward_token: Option<bool>,
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScopes {
+    #[serde(default)]
+    pub all_of: Vec<String>,
+    #[serde(default)]
+    pub any_of: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimRule {
+    pub claim: String,
+    pub equals: Option<serde_json::Value>,
+    pub one_of: Option<Vec<serde_json::Value>>,
+    pub contains: Option<serde_json::Value>,
+}

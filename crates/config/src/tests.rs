@@ -1,0 +1,123 @@
+//! Unit tests of loading and validating configuration text.
+
+use super::*;
+use std::path::PathBuf;
+
+const GOOD: &str = r#"
+listen:
+  address: 127.0.0.1:0
+issuers:
+  dev:
+    issuer: http://127.0.0.1:9000/
+upstreams:
+  llm:
+    targets: [http://127.0.0.1:9001]
+    credential:
+      header: authorization
+      value: "Bearer ${API_KEY}"
+routes:
+  - name: chat
+    match: { path_prefix: /v1/ }
+    upstream: llm
+    auth:
+      issuers: [dev]
+      audiences: [api]
+      scopes: { all_of: [chat:write] }
+      claim_headers: { sub: X-Portcullis-Subject }
+  - name: health
+    match: { path: /healthz, methods: [GET] }
+    upstream: llm
+    public: true
+"#;
+
+fn env(name: &str) -> Option<String> {
+    (name == "API_KEY").then(|| "sk-live-123".to_owned())
+}
+
+fn load(text: &str) -> Result<GatewayConfig, ConfigError> {
+    load_str(text, "gateway.yaml", &PathBuf::from("."), &env)
+}
+
+#[test]
+fn good_config_compiles() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.routes.len(), 2);
+    let RouteAuth::Protected(p) = &c.routes[0].auth else { panic!("protected") };
+    assert!(p.issuers.contains_key("http://127.0.0.1:9000/"));
+    let cred = c.upstreams["llm"].credential.as_ref().unwrap();
+    assert_eq!(cred.value.0, "Bearer sk-live-123");
+    assert!(!format!("{c:?}").contains("sk-live-123"), "secret leaked into Debug");
+    assert!(c.warnings.iter().any(|w| w.contains("public")));
+}
+
+#[test]
+fn errors_have_file_line_column_and_path() {
+    let bad = GOOD.replace("upstream: llm\n    auth", "upstream: opena\n    auth");
+    let err = load(&bad).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("gateway.yaml:16:5: routes[0].upstream: unknown upstream \"opena\""), "{text}");
+}
+
+#[test]
+fn unknown_key_suggests() {
+    let bad = GOOD.replace("upstream: llm\n    public", "upstrem: llm\n    public");
+    let err = load(&bad).unwrap_err().to_string();
+    assert!(err.contains("unknown key `upstrem` (did you mean \"upstream\"?)"), "{err}");
+    assert!(err.contains("gateway.yaml:24:5: routes[1].upstrem"), "{err}");
+}
+
+#[test]
+fn all_problems_reported_at_once() {
+    let bad = GOOD
+        .replace("audiences: [api]", "audiences: []")
+        .replace("issuers: [dev]", "issuers: [dve]")
+        .replace("${API_KEY}", "${MISSING_KEY}");
+    let err = load(&bad).unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.problems.len(), 3, "{text}");
+    assert!(text.contains("environment variable MISSING_KEY is not set"));
+    assert!(text.contains("unknown issuer \"dve\" (did you mean \"dev\"?)"));
+    assert!(text.contains("audiences: required"));
+}
+
+#[test]
+fn route_without_auth_fails_closed() {
+    let bad = GOOD.replace("    public: true\n", "");
+    let err = load(&bad).unwrap_err().to_string();
+    assert!(err.contains("routes[1]: has no auth block and is not marked public"), "{err}");
+}
+
+#[test]
+fn rejects_alg_none_and_hmac_next_to_keys() {
+    let bad = GOOD.replace("issuer: http://127.0.0.1:9000/", "issuer: http://127.0.0.1:9000/\n    algorithms: [none, HS256]");
+    let err = load(&bad).unwrap_err().to_string();
+    assert!(err.contains("alg none is never allowed"), "{err}");
+    assert!(err.contains("HS256 needs a shared secret issuer"), "{err}");
+}
+
+#[test]
+fn bad_cidr_and_units() {
+    let bad = GOOD.replace(
+        "listen:\n",
+        "network:\n  allow: [10.0.0.1/8, nonsense]\nlimits:\n  max_body: 10 parsecs\nlisten:\n",
+    );
+    let err = load(&bad).unwrap_err().to_string();
+    assert!(err.contains("unknown size unit"), "{err}");
+    let bad = GOOD.replace("listen:\n", "network:\n  allow: [10.0.0.1/8, nonsense]\nlisten:\n");
+    let err = load(&bad).unwrap_err().to_string();
+    assert!(err.contains("network.allow[0]: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?"), "{err}");
+    assert!(err.contains("network.allow[1]"), "{err}");
+}
+
+#[test]
+fn plain_http_jwks_refused_off_loopback() {
+    let bad = GOOD.replace("http://127.0.0.1:9000/", "http://idp.example.com/");
+    let err = load(&bad).unwrap_err().to_string();
+    assert!(err.contains("plain http to a non-loopback host"), "{err}");
+}
+
+#[test]
+fn bad_yaml_is_located() {
+    let err = load("routes: [\n  - name: a\n").unwrap_err();
+    assert!(err.problems[0].line.is_some(), "{err}");
+}
