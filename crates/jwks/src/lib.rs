@@ -8,6 +8,27 @@
 //!
 //! [`KeySnapshot`]: portcullis_policy::KeySnapshot
 
+pub mod cache;
+pub mod discovery;
+pub mod fetch;
+pub mod observe;
+pub mod parse;
 pub mod settings;
+pub mod tls;
 
+pub use cache::{KeyCache, KeyState, KeyStatus, KidLookup};
+pub use fetch::{FetchError, Fetcher};
+pub use observe::{JwksObserver, NoopObserver};
+pub use parse::{DocumentError, SkippedKey};
 pub use settings::{JwksSettings, KeySource};
+
+/// Why a key cache could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Fetch(FetchError),
+    /// A static key document is unusable.
+    #[error(transparent)]
+    Document(DocumentError),
+}

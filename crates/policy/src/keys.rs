@@ -158,6 +158,31 @@ impl VerifyingKey {
         Self::finish(kid, "oct", alg, verifiers)
     }
 
+    /// A public key in DER (SubjectPublicKeyInfo, or PKCS#1 for RSA), as read from a
+    /// PEM file. Every allowed asymmetric algorithm the key parses for is kept.
+    pub fn from_public_key_der(
+        kid: Option<String>,
+        der: &[u8],
+        allowed: &[Algorithm],
+    ) -> Result<Self, KeyError> {
+        let mut verifiers = Vec::new();
+        let mut kty = "RSA";
+        for &a in allowed {
+            let (alg, family): (&'static dyn sig::VerificationAlgorithm, &'static str) = match a {
+                Algorithm::ES256 => (&sig::ECDSA_P256_SHA256_FIXED, "EC"),
+                Algorithm::ES384 => (&sig::ECDSA_P384_SHA384_FIXED, "EC"),
+                Algorithm::EdDSA => (&sig::ED25519, "OKP"),
+                a if RSA_ALGS.contains(&a) => (rsa_params(a), "RSA"),
+                _ => continue,
+            };
+            if let Ok(parsed) = ParsedPublicKey::new(alg, der) {
+                kty = family;
+                verifiers.push((a, Verifier::Public(parsed)));
+            }
+        }
+        Self::finish(kid, kty, None, verifiers)
+    }
+
     fn finish(
         kid: Option<String>,
         kty: &'static str,
