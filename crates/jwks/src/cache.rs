@@ -248,15 +248,15 @@ impl KeyCache {
         if self.fetcher.is_none() {
             return KidLookup::Unknown;
         }
-        let now = Instant::now();
-        if let Some(k) = kid
-            && let Some(seen) = self.unknown_kids.get(k)
-            && now.duration_since(*seen) < self.settings.unknown_kid_ttl
-        {
+        if self.remembered_unknown(kid) {
             return KidLookup::Unknown;
         }
         let seen_attempts = self.fetch_attempts();
         let _flight = self.flight.lock().await;
+        // A flight that finished while we waited has already answered for this kid.
+        if self.remembered_unknown(kid) {
+            return KidLookup::Unknown;
+        }
         if self.fetch_attempts() == seen_attempts && !self.rate_limited() {
             let _ = self.fetch_once().await;
         }
@@ -270,6 +270,11 @@ impl KeyCache {
             self.unknown_kids.insert(k.to_owned(), Instant::now());
         }
         KidLookup::Unknown
+    }
+
+    fn remembered_unknown(&self, kid: Option<&str>) -> bool {
+        kid.and_then(|k| self.unknown_kids.get(k).map(|seen| seen.elapsed() < self.settings.unknown_kid_ttl))
+            .unwrap_or(false)
     }
 
     fn rate_limited(&self) -> bool {

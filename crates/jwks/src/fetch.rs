@@ -107,7 +107,7 @@ impl Fetcher {
             })?),
             None => None,
         };
-        let tls = client_config(ca.as_deref(), false).map_err(|e| FetchError::BadUrl {
+        let tls = client_config(ca.as_deref()).map_err(|e| FetchError::BadUrl {
             url: "(tls)".to_owned(),
             why: e.to_string(),
         })?;

@@ -19,7 +19,7 @@ pub enum TlsConfigError {
 }
 
 /// A rustls client configuration trusting the webpki roots and `extra_ca_pem`.
-pub fn client_config(extra_ca_pem: Option<&[u8]>, alpn_h2: bool) -> Result<rustls::ClientConfig, TlsConfigError> {
+pub fn client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_ca_pem {
@@ -34,14 +34,9 @@ pub fn client_config(extra_ca_pem: Option<&[u8]>, alpn_h2: bool) -> Result<rustl
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    // ALPN is left empty: hyper-rustls sets it from the enabled HTTP versions.
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = if alpn_h2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    Ok(config)
+        .with_no_client_auth())
 }
