@@ -147,7 +147,7 @@ pub struct TokenCacheConfig {
 }
 
 /// One issuer: how its tokens are checked and where its keys come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IssuerConfig {
     /// The name routes use.
     pub name: String,
@@ -162,7 +162,7 @@ pub struct IssuerConfig {
 }
 
 /// One upstream service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// The name routes use.
     pub name: String,
@@ -211,7 +211,7 @@ impl Target {
 }
 
 /// A header set on every request to an upstream, e.g. a provider API key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Credential {
     /// The header name.
     pub header: HeaderName,

@@ -25,7 +25,7 @@ pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
 ];
 
 /// What one issuer's tokens must satisfy, compiled from configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerRules {
     /// The exact `iss` value.
     pub issuer: String,

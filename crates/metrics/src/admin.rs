@@ -1,0 +1,99 @@
+//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`, and `POST /-/reload`.
+//! It is separate from the traffic listener and binds to loopback by default.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::recorder::Metrics;
+
+/// Whether the gateway is ready, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Ready to serve.
+    pub ready: bool,
+    /// One line per check (`issuer dev: fresh`).
+    pub checks: Vec<String>,
+}
+
+/// A boxed future, for the reload hook.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the admin endpoints consult.
+#[derive(Clone)]
+pub struct AdminHooks {
+    /// The exporter.
+    pub metrics: Arc<Metrics>,
+    /// Computes readiness and refreshes scrape-time gauges.
+    pub readiness: Arc<dyn Fn() -> Readiness + Send + Sync>,
+    /// Called before each scrape to refresh gauges computed on demand.
+    pub before_scrape: Arc<dyn Fn() + Send + Sync>,
+    /// Reloads the configuration; `Ok(summary)` or `Err(errors)`.
+    pub reload: Option<Arc<dyn Fn() -> BoxFuture<Result<String, String>> + Send + Sync>>,
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+async fn handle(req: http::Request<Incoming>, hooks: AdminHooks) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            (hooks.before_scrape)();
+            text(StatusCode::OK, hooks.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain; charset=utf-8"),
+        (&Method::GET, "/readyz") => {
+            let r = (hooks.readiness)();
+            let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let mut body = if r.ready { "ready\n".to_owned() } else { "not ready\n".to_owned() };
+            for c in r.checks {
+                body.push_str(&c);
+                body.push('\n');
+            }
+            text(status, body, "text/plain; charset=utf-8")
+        }
+        (&Method::POST, "/-/reload") => match &hooks.reload {
+            Some(reload) => match reload().await {
+                Ok(summary) => text(StatusCode::OK, summary + "\n", "text/plain; charset=utf-8"),
+                Err(errors) => text(StatusCode::UNPROCESSABLE_ENTITY, errors + "\n", "text/plain; charset=utf-8"),
+            },
+            None => text(StatusCode::NOT_IMPLEMENTED, "reload is not available\n".into(), "text/plain; charset=utf-8"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found: /metrics /healthz /readyz POST /-/reload\n".into(), "text/plain; charset=utf-8"),
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` resolves.
+pub async fn serve_admin(listener: TcpListener, hooks: AdminHooks, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let hooks = hooks.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let hooks = hooks.clone();
+                async move { Ok::<_, Infallible>(handle(req, hooks).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,212 @@
+//! Typed recorders with label handles resolved once per route / upstream / issuer,
+//! so the request path never looks a label set up in a map.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::Method;
+use prometheus::{Histogram, IntCounter};
+
+use crate::families::Families;
+
+/// Methods with their own label; anything else is `other`.
+const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Room for the reason catalogue plus `none`.
+const REASON_SLOTS: usize = 64;
+
+fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+fn class_index(status: u16) -> usize {
+    ((status / 100).clamp(1, 5) - 1) as usize
+}
+
+/// The Prometheus exporter: every family plus resolved handles.
+pub struct Metrics {
+    families: Families,
+}
+
+/// Handles of one route.
+pub struct RouteMetrics {
+    route: Arc<str>,
+    families: Arc<Metrics>,
+    requests: [OnceLock<IntCounter>; 40],
+    duration: Histogram,
+    decisions: Vec<OnceLock<IntCounter>>,
+    would_deny: Vec<OnceLock<IntCounter>>,
+}
+
+/// Handles of one upstream.
+pub struct UpstreamMetrics {
+    upstream: Arc<str>,
+    families: Arc<Metrics>,
+    latency: Histogram,
+    errors: [OnceLock<IntCounter>; 4],
+}
+
+/// Kinds of upstream failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// TCP/TLS connect failed.
+    Connect,
+    /// No response head in time.
+    Timeout,
+    /// Connection reset or closed mid-exchange.
+    Reset,
+    /// Invalid HTTP from the upstream.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+impl Metrics {
+    /// Creates the exporter with its own registry and sets `portcullis_build_info`.
+    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+        let families = Families::new()?;
+        families.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Ok(Arc::new(Metrics { families }))
+    }
+
+    /// The families, for exporters and scrape-time gauges.
+    pub fn families(&self) -> &Families {
+        &self.families
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode_to_string(&self.families.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding error: {e}\n"))
+    }
+
+    /// Resolves the handles of a route (call when a config is compiled).
+    pub fn route(self: &Arc<Self>, name: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics {
+            route: Arc::from(name),
+            families: Arc::clone(self),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            duration: self.families.request_duration.with_label_values(&[name]),
+            decisions: (0..REASON_SLOTS * 2).map(|_| OnceLock::new()).collect(),
+            would_deny: (0..REASON_SLOTS).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    /// Resolves the handles of an upstream.
+    pub fn upstream(self: &Arc<Self>, name: &str) -> Arc<UpstreamMetrics> {
+        Arc::new(UpstreamMetrics {
+            upstream: Arc::from(name),
+            families: Arc::clone(self),
+            latency: self.families.upstream_latency.with_label_values(&[name]),
+            errors: std::array::from_fn(|_| OnceLock::new()),
+        })
+    }
+
+    /// A token-cache event: `hit`, `miss` or `eviction`.
+    pub fn token_cache(&self, result: &'static str, n: u64) {
+        self.families.token_cache.with_label_values(&[result]).inc_by(n);
+    }
+
+    /// The clock offset `now - iat` of an accepted token.
+    pub fn clock_offset(&self, issuer: &str, seconds: f64) {
+        self.families.clock_offset.with_label_values(&[issuer]).observe(seconds);
+    }
+
+    /// A configuration load finished.
+    pub fn config_reload(&self, success: bool) {
+        let outcome = if success { "success" } else { "failure" };
+        self.families.config_reloads.with_label_values(&[outcome]).inc();
+        if success {
+            self.families.config_last_success.set(unix_now());
+        }
+    }
+}
+
+/// Seconds since the Unix epoch as a float.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl RouteMetrics {
+    /// The route label.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// One finished request.
+    pub fn request(&self, method: &Method, status: u16, seconds: f64) {
+        let (mi, ci) = (method_index(method), class_index(status));
+        self.requests[mi * 5 + ci]
+            .get_or_init(|| {
+                self.families
+                    .families
+                    .requests
+                    .with_label_values(&[&self.route, METHODS[mi], CLASSES[ci]])
+            })
+            .inc();
+        self.duration.observe(seconds);
+    }
+
+    /// One authorization decision. `reason_index` is the reason's position in the
+    /// catalogue (0 for `none` on allow).
+    pub fn decision(&self, allowed: bool, reason_index: usize, reason: &'static str) {
+        let slot = reason_index.min(REASON_SLOTS - 1) * 2 + usize::from(allowed);
+        let outcome = if allowed { "allow" } else { "deny" };
+        self.decisions[slot]
+            .get_or_init(|| self.families.families.auth_decisions.with_label_values(&[&self.route, outcome, reason]))
+            .inc();
+    }
+
+    /// A report-only route let through a request enforcement would deny.
+    pub fn would_deny(&self, reason_index: usize, reason: &'static str) {
+        self.would_deny[reason_index.min(REASON_SLOTS - 1)]
+            .get_or_init(|| self.families.families.would_deny.with_label_values(&[&self.route, reason]))
+            .inc();
+    }
+}
+
+impl UpstreamMetrics {
+    /// The upstream label.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// Time to response headers.
+    pub fn latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    /// A failure.
+    pub fn error(&self, kind: UpstreamErrorKind) {
+        let i = kind as usize;
+        self.errors[i]
+            .get_or_init(|| {
+                self.families
+                    .families
+                    .upstream_errors
+                    .with_label_values(&[&self.upstream, kind.as_str()])
+            })
+            .inc();
+    }
+}
