@@ -201,7 +201,6 @@ fn compile_limits(rl: RawLimits) -> Limits {
         max_header_bytes: rl.max_header_bytes.map_or(64 << 10, |s| s.0 as usize),
         max_body_bytes: rl.max_body.map_or(10 << 20, |s| s.0),
         header_read_timeout: rl.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
-        request_timeout: rl.request_timeout.map_or(Duration::from_secs(60), |d| d.0),
         max_connections: rl.max_connections.unwrap_or(10_000),
         max_in_flight: rl.max_in_flight.unwrap_or(10_000),
         shutdown_grace: rl.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),

@@ -83,8 +83,6 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Time allowed to receive the request head (slowloris defence).
     pub header_read_timeout: Duration,
-    /// Default total time for the upstream to send response headers.
-    pub request_timeout: Duration,
     /// Maximum simultaneous downstream connections.
     pub max_connections: usize,
     /// Maximum requests in flight before shedding with 503.

@@ -55,7 +55,6 @@ pub struct RawLimits {
     pub max_header_bytes: Option<ByteSize>,
     pub max_body: Option<ByteSize>,
     pub header_read_timeout: Option<HumanDuration>,
-    pub request_timeout: Option<HumanDuration>,
     pub max_connections: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub shutdown_grace: Option<HumanDuration>,

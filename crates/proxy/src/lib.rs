@@ -1,1 +1,21 @@
-//! placeholder
+//! The Portcullis gateway: listeners, TLS, the request pipeline (one ordered list
+//! of steps in `pipeline.rs`), the route table, upstream pools and forwarding, and
+//! the one mapping of rejections to responses (`reject.rs`).
+
+pub mod authn;
+pub mod body;
+pub mod forward;
+pub mod gateway;
+pub mod headers;
+pub mod observe;
+pub mod pipeline;
+pub mod reject;
+pub mod route_table;
+pub mod runtime;
+pub mod server;
+pub mod token_cache;
+pub mod upstream;
+
+pub use gateway::{ApplyReport, Gateway};
+pub use pipeline::ConnInfo;
+pub use server::{serve, tls_acceptor};

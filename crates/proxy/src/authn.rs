@@ -1,0 +1,117 @@
+//! The authenticate step: bearer extraction, the verified-token cache, and JWT
+//! verification on the issuer's current key snapshot. The only step that may
+//! await, and only when keys are missing (one single-flight refresh, then verify
+//! again); in steady state it reads a snapshot lock-free.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use portcullis_jwks::KidLookup;
+use portcullis_policy::verify::{check_header, printable, verify};
+use portcullis_policy::{Reason, Rejection, UnverifiedToken, VerifiedClaims, bearer, jws};
+use portcullis_metrics::Metrics;
+
+use crate::runtime::{CompiledRoute, IssuerRuntime};
+use crate::token_cache::{TokenCache, token_key};
+
+/// Verified claims and the issuer's leeway (for later time re-checks).
+pub struct Authenticated {
+    /// The claims.
+    pub claims: Arc<VerifiedClaims>,
+}
+
+/// Authenticates a request for `route`.
+pub async fn authenticate(
+    route: &CompiledRoute,
+    headers: &HeaderMap,
+    cache: &TokenCache,
+    metrics: &Metrics,
+    now: i64,
+) -> Result<Authenticated, Rejection> {
+    let values = headers.get_all(http::header::AUTHORIZATION).iter().map(|v| v.as_bytes());
+    let token = bearer::extract(values, route.max_token_bytes)?;
+    let key = token_key(token);
+    if let Some(claims) = cache.get(&key, |iss| route.issuers.get(iss).map(|i| Arc::clone(&i.keys))) {
+        metrics.token_cache("hit", 1);
+        let leeway = route.issuers.get(&*claims.issuer).map_or(0, |i| i.config.rules.leeway_secs);
+        claims.check_time(now, leeway)?;
+        return Ok(Authenticated { claims });
+    }
+    metrics.token_cache("miss", 1);
+    let unverified = jws::decode(token)?;
+    let issuer = select_issuer(route, &unverified)?;
+    if token.len() > issuer.config.max_token_bytes {
+        return Err(Rejection::new(
+            Reason::TokenTooLarge,
+            format!("token is {} bytes; issuer {} allows {}", token.len(), issuer.config.name, issuer.config.max_token_bytes),
+        ));
+    }
+    let generation = issuer.keys.state().generation;
+    let claims = Arc::new(verify_with_refresh(issuer, &unverified, now).await?);
+    let generation_now = issuer.keys.state().generation;
+    if let Some(iat) = claims.issued_at {
+        metrics.clock_offset(&issuer.config.rules.issuer, (now - iat) as f64);
+    }
+    // Cache only what was verified against the key set still in force.
+    if generation == generation_now {
+        let evicted = cache.insert(key, Arc::clone(&claims), Arc::clone(&issuer.keys), generation, now);
+        if evicted > 0 {
+            metrics.token_cache("eviction", evicted);
+        }
+    }
+    Ok(Authenticated { claims })
+}
+
+/// The route's issuer for the token's `iss`: a map lookup, never a trial of each.
+fn select_issuer<'a>(route: &'a CompiledRoute, token: &UnverifiedToken<'_>) -> Result<&'a Arc<IssuerRuntime>, Rejection> {
+    let Some(iss) = token.issuer() else {
+        return Err(Rejection::new(Reason::IssuerMismatch, "token has no iss claim"));
+    };
+    route.issuers.get(iss).ok_or_else(|| {
+        let mut accepted: Vec<&str> = route.issuers.keys().map(String::as_str).collect();
+        accepted.sort_unstable();
+        Rejection::new(
+            Reason::IssuerMismatch,
+            format!("iss {} is not accepted on this route; accepted: {}", printable(iss), accepted.join(", ")),
+        )
+    })
+}
+
+/// Verifies on the current snapshot; on a missing key set or an unknown kid, one
+/// single-flight refresh, then once more.
+pub async fn verify_with_refresh(
+    issuer: &IssuerRuntime,
+    token: &UnverifiedToken<'_>,
+    now: i64,
+) -> Result<VerifiedClaims, Rejection> {
+    let rules = &issuer.config.rules;
+    // Header checks first, so `alg: none` or a foreign algorithm never costs a fetch.
+    check_header(token, rules)?;
+    let kid = token.header.kid.as_deref();
+    let snapshot = match issuer.keys.usable_snapshot() {
+        Some(s) => s,
+        None => {
+            issuer.keys.refresh_for_kid(kid).await;
+            issuer.keys.usable_snapshot().ok_or_else(|| idp_unavailable(issuer))?
+        }
+    };
+    match verify(token, rules, &snapshot, now) {
+        Err(r) if r.reason == Reason::KeyUnknown => match issuer.keys.refresh_for_kid(kid).await {
+            KidLookup::Found => {
+                let fresh = issuer.keys.usable_snapshot().ok_or_else(|| idp_unavailable(issuer))?;
+                verify(token, rules, &fresh, now)
+            }
+            KidLookup::Unknown => Err(r),
+        },
+        other => other,
+    }
+}
+
+fn idp_unavailable(issuer: &IssuerRuntime) -> Rejection {
+    let state = issuer.keys.state();
+    let why = state.last_error.as_deref().unwrap_or("no key set fetched yet");
+    Rejection::new(
+        Reason::IdpUnavailable,
+        format!("no usable keys for issuer {}: {why}", issuer.config.name),
+    )
+}

@@ -1,0 +1,177 @@
+//! The gateway's shared state: the live [`Runtime`] behind an `ArcSwap` (each
+//! request keeps the generation it started with), the token cache, the in-flight
+//! counter, and the bridge from JWKS events to metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use portcullis_config::GatewayConfig;
+use portcullis_jwks::{JwksObserver, KeyStatus};
+use portcullis_metrics::{Metrics, Readiness};
+use portcullis_policy::{Reason, Rejection};
+
+use crate::runtime::Runtime;
+use crate::token_cache::TokenCache;
+
+/// Exports key-fetcher events as metrics.
+pub struct MetricsObserver {
+    metrics: Arc<Metrics>,
+}
+
+impl JwksObserver for MetricsObserver {
+    fn fetched(&self, issuer: &str, outcome: &'static str, elapsed: Duration) {
+        let f = self.metrics.families();
+        f.jwks_fetches.with_label_values(&[issuer, outcome]).inc();
+        f.jwks_fetch_duration.with_label_values(&[issuer]).observe(elapsed.as_secs_f64());
+    }
+
+    fn key_set(&self, issuer: &str, keys: usize, fetched_at: SystemTime) {
+        let f = self.metrics.families();
+        f.jwks_keys.with_label_values(&[issuer]).set(keys as i64);
+        let at = fetched_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        f.jwks_last_success.with_label_values(&[issuer]).set(at);
+    }
+
+    fn skipped_key(&self, issuer: &str, _kid: &str, _reason: &str) {
+        self.metrics.families().jwks_skipped.with_label_values(&[issuer]).inc();
+    }
+}
+
+/// What a configuration swap did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Issuers whose key caches were kept.
+    pub issuers_kept: Vec<String>,
+    /// Settings that cannot change without a restart and were left as they were.
+    pub not_applied: Vec<String>,
+}
+
+/// Shared state of a running gateway.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    metrics: Arc<Metrics>,
+    observer: Arc<dyn JwksObserver>,
+    token_cache: TokenCache,
+    in_flight: AtomicUsize,
+}
+
+/// Holds an in-flight slot; released on drop.
+pub struct InFlight<'a> {
+    gw: &'a Gateway,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gw.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.gw.metrics.families().in_flight.dec();
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway from a validated configuration. Must run inside a Tokio
+    /// runtime (key caches start their refreshers).
+    pub fn new(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
+        let observer: Arc<dyn JwksObserver> = Arc::new(MetricsObserver { metrics: Arc::clone(&metrics) });
+        let tc = config.token_cache;
+        let runtime = Runtime::build(config, None, &metrics, &observer)?;
+        metrics.config_reload(true);
+        Ok(Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+            token_cache: TokenCache::new(tc.enabled, tc.max_entries, tc.max_ttl),
+            metrics,
+            observer,
+            in_flight: AtomicUsize::new(0),
+        }))
+    }
+
+    /// The live configuration generation.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// The exporter.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The verified-token cache.
+    pub fn token_cache(&self) -> &TokenCache {
+        &self.token_cache
+    }
+
+    /// Takes an in-flight slot, or refuses with `overloaded` past `max_in_flight`.
+    pub fn admit(&self) -> Result<InFlight<'_>, Rejection> {
+        let max = self.runtime.load().config.limits.max_in_flight;
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.families().in_flight.inc();
+        let guard = InFlight { gw: self };
+        if now > max {
+            return Err(Rejection::new(Reason::Overloaded, format!("more than {max} requests in flight")));
+        }
+        Ok(guard)
+    }
+
+    /// Swaps in a new configuration. Requests in flight finish on the one they
+    /// started with. Listener settings cannot change live: they are reported.
+    pub fn apply(&self, config: GatewayConfig) -> Result<ApplyReport, String> {
+        let old = self.runtime();
+        let mut not_applied = Vec::new();
+        if config.listen != old.config.listen {
+            not_applied.push("listen (address or TLS): restart to change".to_owned());
+        }
+        if config.admin != old.config.admin {
+            not_applied.push("admin.address: restart to change".to_owned());
+        }
+        if config.workers != old.config.workers {
+            not_applied.push("workers: restart to change".to_owned());
+        }
+        let tc = config.token_cache;
+        let new = Runtime::build(config, Some(&old), &self.metrics, &self.observer)?;
+        let issuers_kept = new
+            .issuers
+            .iter()
+            .filter(|(name, rt)| old.issuers.get(*name).is_some_and(|o| Arc::ptr_eq(&o.keys, &rt.keys)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.token_cache.configure(tc.enabled, tc.max_entries, tc.max_ttl);
+        self.runtime.store(Arc::new(new));
+        self.metrics.config_reload(true);
+        Ok(ApplyReport { issuers_kept, not_applied })
+    }
+
+    /// Ready when every issuer has usable keys (fresh, or stale within `max_stale`).
+    pub fn readiness(&self) -> Readiness {
+        let rt = self.runtime();
+        let mut ready = true;
+        let mut checks = vec![format!("config: {} ({} routes)", rt.config.source, rt.config.routes.len())];
+        for (name, issuer) in &rt.issuers {
+            let status = issuer.keys.status();
+            let ok = matches!(status, KeyStatus::Fresh | KeyStatus::Stale);
+            ready &= ok;
+            let state = issuer.keys.state();
+            let err = state.last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default();
+            checks.push(format!("issuer {name}: {} with {} keys{err}", status.as_str(), state.snapshot.len()));
+        }
+        Readiness { ready, checks }
+    }
+
+    /// Refreshes gauges computed at scrape time (key age and status per issuer).
+    pub fn update_scrape_gauges(&self) {
+        let rt = self.runtime();
+        let f = self.metrics.families();
+        let now = Instant::now();
+        for issuer in rt.issuers.values() {
+            let label = issuer.config.rules.issuer.as_str();
+            let state = issuer.keys.state();
+            if let Some(age) = state.age(now) {
+                f.jwks_key_age.with_label_values(&[label]).set(age.as_secs_f64());
+            }
+            let current = state.status(now, issuer.keys.settings().max_stale);
+            for s in [KeyStatus::Pending, KeyStatus::Fresh, KeyStatus::Stale, KeyStatus::Failed] {
+                f.jwks_status.with_label_values(&[label, s.as_str()]).set(i64::from(s == current));
+            }
+        }
+    }
+}

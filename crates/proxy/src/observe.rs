@@ -1,0 +1,161 @@
+//! The observe step: one access-log line and the metrics of each request, from
+//! what the other steps recorded in a [`Trace`]. Never the token; the subject only
+//! as configured (hashed by default); the path without its query string.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request};
+use hyper::body::Incoming;
+use portcullis_config::{GatewayConfig, SubjectLogging};
+use portcullis_policy::{Reason, Rejection};
+use sha2::{Digest, Sha256};
+
+use crate::gateway::Gateway;
+use crate::pipeline::{describe_client, millis};
+use crate::runtime::{CompiledRoute, Runtime};
+
+/// The authorization outcome of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Decision {
+    /// Not reached (no route, network rule, or earlier failure).
+    #[default]
+    NotEvaluated,
+    /// A public route.
+    Public,
+    /// Token valid and rules satisfied.
+    Allowed,
+    /// A report-only route let through a request enforcement would deny.
+    WouldDeny(Reason),
+}
+
+/// What the steps learned about a request.
+pub struct Trace {
+    /// The method.
+    pub method: Method,
+    /// The path without the query (only kept when access logging is on).
+    pub path: Option<String>,
+    /// The matched route.
+    pub route: Option<Arc<CompiledRoute>>,
+    /// The client address.
+    pub client_ip: Option<IpAddr>,
+    /// The authorization outcome.
+    pub decision: Decision,
+    /// The rejection, if the request was refused.
+    pub rejection: Option<Rejection>,
+    /// Time to upstream response headers.
+    pub upstream_latency: Option<Duration>,
+    /// The token subject, for the access log.
+    pub subject: Option<String>,
+    /// For 405: the methods allowed.
+    pub allow: Option<String>,
+}
+
+impl Trace {
+    /// Starts a trace for `req`.
+    pub fn new(req: &Request<Incoming>, keep_path: bool) -> Self {
+        Trace {
+            method: req.method().clone(),
+            path: keep_path.then(|| req.uri().path().to_owned()),
+            route: None,
+            client_ip: None,
+            decision: Decision::NotEvaluated,
+            rejection: None,
+            upstream_latency: None,
+            subject: None,
+            allow: None,
+        }
+    }
+}
+
+/// Index of a reason for per-route metric slots (0 `none`, 1 `public`).
+fn reason_slot(r: Reason) -> usize {
+    Reason::ALL.iter().position(|x| *x == r).map_or(0, |i| i + 2)
+}
+
+/// Whether a reason is an authorization decision (token or network rule).
+fn is_auth_reason(r: Reason) -> bool {
+    matches!(
+        r,
+        Reason::TokenMissing
+            | Reason::RequestMalformed
+            | Reason::TokenMalformed
+            | Reason::TokenTooLarge
+            | Reason::AlgorithmNotAllowed
+            | Reason::KeyUnknown
+            | Reason::SignatureInvalid
+            | Reason::IssuerMismatch
+            | Reason::AudienceMismatch
+            | Reason::TokenExpired
+            | Reason::TokenNotYetValid
+            | Reason::ScopeInsufficient
+            | Reason::ClaimMismatch
+            | Reason::IpDenied
+            | Reason::IdpUnavailable
+    )
+}
+
+/// Records metrics and the access-log line.
+pub fn record(gw: &Gateway, runtime: &Runtime, trace: &Trace, request_id: &HeaderValue, status: u16, elapsed: Duration) {
+    let route_metrics = trace.route.as_ref().map_or(&runtime.unmatched, |r| &r.metrics);
+    route_metrics.request(&trace.method, status, elapsed.as_secs_f64());
+    let rejected = trace.rejection.as_ref().map(|r| r.reason);
+    match (trace.decision, rejected) {
+        (Decision::Allowed, _) => route_metrics.decision(true, 0, "none"),
+        (Decision::Public, _) => route_metrics.decision(true, 1, "public"),
+        (Decision::WouldDeny(r), _) => route_metrics.would_deny(reason_slot(r), r.as_str()),
+        (Decision::NotEvaluated, Some(r)) if is_auth_reason(r) => route_metrics.decision(false, reason_slot(r), r.as_str()),
+        (Decision::NotEvaluated, _) => {}
+    }
+    let config = &runtime.config;
+    if config.logging.access_log {
+        access_log(gw, config, trace, request_id, status, elapsed);
+    }
+}
+
+fn access_log(_gw: &Gateway, config: &GatewayConfig, trace: &Trace, request_id: &HeaderValue, status: u16, elapsed: Duration) {
+    let route = trace.route.as_ref().map_or("unmatched", |r| r.config.name.as_str());
+    let upstream = trace.route.as_ref().map_or("-", |r| r.config.upstream.as_str());
+    let outcome = match (trace.decision, &trace.rejection) {
+        (Decision::Allowed, _) => "allow",
+        (Decision::Public, _) => "public",
+        (Decision::WouldDeny(_), _) => "would_deny",
+        (Decision::NotEvaluated, Some(_)) => "deny",
+        (Decision::NotEvaluated, None) => "-",
+    };
+    let reason = match (trace.decision, &trace.rejection) {
+        (Decision::WouldDeny(r), _) => r.as_str(),
+        (_, Some(r)) => r.reason.as_str(),
+        _ => "-",
+    };
+    let detail = trace.rejection.as_ref().map_or("", |r| r.detail.as_str());
+    let subject = match (config.logging.subject, &trace.subject) {
+        (SubjectLogging::Plain, Some(s)) => s.clone(),
+        (SubjectLogging::Hash, Some(s)) => hash_subject(s),
+        _ => "-".to_owned(),
+    };
+    tracing::info!(
+        target: "portcullis::access",
+        request_id = request_id.to_str().unwrap_or("-"),
+        route,
+        method = %trace.method,
+        path = trace.path.as_deref().unwrap_or("-"),
+        status,
+        duration_ms = millis(elapsed),
+        upstream,
+        upstream_ms = trace.upstream_latency.map_or(-1.0, millis),
+        outcome,
+        reason,
+        detail,
+        client_ip = %describe_client(trace.client_ip),
+        subject = %subject,
+    );
+}
+
+/// `sha256:` and the first 16 hex digits of the subject's SHA-256.
+pub fn hash_subject(subject: &str) -> String {
+    let digest = Sha256::digest(subject.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}

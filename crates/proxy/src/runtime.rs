@@ -1,0 +1,148 @@
+//! One configuration generation, compiled for the request path: the route table,
+//! issuer key caches, upstream pools and metric handles. Immutable once built; a
+//! reload builds a new one beside it, reusing the caches and pools of issuers and
+//! upstreams whose settings did not change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::HeaderName;
+use portcullis_config::{GatewayConfig, IssuerConfig, ProtectedRoute, RouteAuth, RouteConfig};
+use portcullis_jwks::{JwksObserver, KeyCache};
+use portcullis_metrics::{Metrics, RouteMetrics};
+
+use crate::route_table::RouteTable;
+use crate::upstream::UpstreamPool;
+
+/// An issuer and its key cache.
+pub struct IssuerRuntime {
+    /// Its configuration.
+    pub config: Arc<IssuerConfig>,
+    /// Its keys.
+    pub keys: Arc<KeyCache>,
+}
+
+/// A route ready for the request path.
+pub struct CompiledRoute {
+    /// Its configuration.
+    pub config: Arc<RouteConfig>,
+    /// Its metric handles.
+    pub metrics: Arc<RouteMetrics>,
+    /// Its upstream.
+    pub upstream: Arc<UpstreamPool>,
+    /// Accepted issuers by `iss`.
+    pub issuers: HashMap<String, Arc<IssuerRuntime>>,
+    /// The largest token any accepted issuer takes.
+    pub max_token_bytes: usize,
+    /// Claim header names (stripped from client requests).
+    pub claim_headers: Vec<HeaderName>,
+}
+
+impl CompiledRoute {
+    /// The protection settings, `None` for a public route.
+    pub fn protected(&self) -> Option<&ProtectedRoute> {
+        match &self.config.auth {
+            RouteAuth::Public => None,
+            RouteAuth::Protected(p) => Some(p),
+        }
+    }
+}
+
+/// A compiled configuration generation.
+pub struct Runtime {
+    /// The validated configuration.
+    pub config: Arc<GatewayConfig>,
+    /// The route matcher.
+    pub table: RouteTable<Arc<CompiledRoute>>,
+    /// Issuers by name.
+    pub issuers: BTreeMap<String, Arc<IssuerRuntime>>,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
+    /// Metric handles for requests no route matches.
+    pub unmatched: Arc<RouteMetrics>,
+}
+
+impl Runtime {
+    /// Compiles `config`, reusing issuer caches and upstream pools of `previous`
+    /// whose settings are unchanged. New key caches get a background refresher.
+    pub fn build(
+        config: GatewayConfig,
+        previous: Option<&Runtime>,
+        metrics: &Arc<Metrics>,
+        observer: &Arc<dyn JwksObserver>,
+    ) -> Result<Runtime, String> {
+        let mut issuers = BTreeMap::new();
+        for (name, ic) in &config.issuers {
+            let reused = previous
+                .and_then(|p| p.issuers.get(name))
+                .filter(|old| *old.config == **ic)
+                .cloned();
+            let runtime = match reused {
+                Some(r) => r,
+                None => {
+                    let keys = KeyCache::new(
+                        ic.rules.issuer.clone(),
+                        ic.source.clone(),
+                        ic.jwks.clone(),
+                        ic.rules.algorithms.clone(),
+                        Arc::clone(observer),
+                    )
+                    .map_err(|e| format!("issuers.{name}: {e}"))?;
+                    let keys = Arc::new(keys);
+                    keys.spawn_refresher();
+                    Arc::new(IssuerRuntime { config: Arc::clone(ic), keys })
+                }
+            };
+            issuers.insert(name.clone(), runtime);
+        }
+        let mut upstreams = BTreeMap::new();
+        for (name, uc) in &config.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|old| **old.config() == **uc)
+                .cloned();
+            let pool = match reused {
+                Some(p) => p,
+                None => Arc::new(UpstreamPool::new(Arc::clone(uc), metrics.upstream(name)).map_err(|e| format!("upstreams.{name}: {e}"))?),
+            };
+            upstreams.insert(name.clone(), pool);
+        }
+        let by_iss: HashMap<&str, &Arc<IssuerRuntime>> =
+            issuers.values().map(|i| (i.config.rules.issuer.as_str(), i)).collect();
+        let mut compiled = Vec::with_capacity(config.routes.len());
+        for rc in &config.routes {
+            let upstream = upstreams
+                .get(&rc.upstream)
+                .cloned()
+                .ok_or_else(|| format!("route {}: unknown upstream {}", rc.name, rc.upstream))?;
+            let (route_issuers, max_token_bytes, claim_headers) = match &rc.auth {
+                RouteAuth::Public => (HashMap::new(), 8 << 10, Vec::new()),
+                RouteAuth::Protected(p) => {
+                    let map: HashMap<String, Arc<IssuerRuntime>> = p
+                        .issuers
+                        .keys()
+                        .filter_map(|iss| by_iss.get(iss.as_str()).map(|r| (iss.clone(), Arc::clone(r))))
+                        .collect();
+                    let max = map.values().map(|i| i.config.max_token_bytes).max().unwrap_or(8 << 10);
+                    (map, max, p.claim_headers.iter().map(|(_, h)| h.clone()).collect())
+                }
+            };
+            let route = CompiledRoute {
+                config: Arc::clone(rc),
+                metrics: metrics.route(&rc.name),
+                upstream,
+                issuers: route_issuers,
+                max_token_bytes,
+                claim_headers,
+            };
+            compiled.push((rc.matcher.clone(), Arc::new(route)));
+        }
+        Ok(Runtime {
+            table: RouteTable::new(compiled),
+            unmatched: metrics.route("unmatched"),
+            config: Arc::new(config),
+            issuers,
+            upstreams,
+        })
+    }
+}

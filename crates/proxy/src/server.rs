@@ -1,0 +1,200 @@
+//! The traffic listener: accept loop, optional TLS termination (ALPN h2 and
+//! http/1.1), HTTP/1.1 and HTTP/2 auto-detection (h2c prior knowledge included),
+//! connection limits, the slowloris header timeout, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portcullis_config::{Limits, TlsFiles};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::gateway::Gateway;
+use crate::pipeline::{ConnInfo, handle};
+
+/// Builds the rustls server configuration from PEM files (ALPN: h2, http/1.1).
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files.cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", files.cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&files.key_pem.0).map_err(|e| format!("{}: {e}", files.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own head buffer is larger than our limit, so an oversized head
+    // reaches the pipeline and gets a problem+json 431 rather than a bare close.
+    let buf = (limits.max_header_bytes * 2).max(16 << 10);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(buf)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(buf as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+/// Serves traffic on `listener` until `shutdown` resolves, then stops accepting,
+/// lets in-flight requests (streams included) finish for up to the configured
+/// grace period, and returns.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = gateway.runtime().config.limits.clone();
+    let builder = Arc::new(http_builder(&limits));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tracker = tokio_util_tracker::Tracker::default();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            gateway.metrics().families().rejected_connections.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = Arc::clone(&gateway);
+        let builder = Arc::clone(&builder);
+        let tls = tls.clone();
+        let stop = stop_rx.clone();
+        let token = tracker.enter();
+        tokio::spawn(async move {
+            gw.metrics().families().open_connections.inc();
+            serve_connection(&gw, &builder, stream, peer, tls, stop, limits.header_read_timeout).await;
+            gw.metrics().families().open_connections.dec();
+            drop(permit);
+            drop(token);
+        });
+    }
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(limits.shutdown_grace, tracker.wait_idle()).await.is_err() {
+        tracing::warn!(grace_s = limits.shutdown_grace.as_secs_f64(), "shutdown grace period over; closing remaining connections");
+    }
+}
+
+async fn serve_connection(
+    gw: &Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    handshake_timeout: Duration,
+) {
+    match tls {
+        None => drive(gw, builder, TokioIo::new(stream), ConnInfo { peer, https: false }, stop).await,
+        Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => drive(gw, builder, TokioIo::new(tls_stream), ConnInfo { peer, https: true }, stop).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+}
+
+async fn drive<I>(gw: &Arc<Gateway>, builder: &auto::Builder<TokioExecutor>, io: I, info: ConnInfo, mut stop: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let gw = Arc::clone(gw);
+    let svc = service_fn(move |req| {
+        let gw = Arc::clone(&gw);
+        async move { Ok::<_, Infallible>(handle(&gw, info, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// A counter of live connections that can be awaited until zero.
+mod tokio_util_tracker {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+
+    #[derive(Default, Clone)]
+    pub struct Tracker {
+        inner: Arc<(AtomicUsize, Notify)>,
+    }
+
+    pub struct Token {
+        inner: Arc<(AtomicUsize, Notify)>,
+    }
+
+    impl Tracker {
+        pub fn enter(&self) -> Token {
+            self.inner.0.fetch_add(1, Ordering::AcqRel);
+            Token { inner: Arc::clone(&self.inner) }
+        }
+
+        pub async fn wait_idle(&self) {
+            loop {
+                let notified = self.inner.1.notified();
+                if self.inner.0.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+
+    impl Drop for Token {
+        fn drop(&mut self) {
+            if self.inner.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.inner.1.notify_waiters();
+            }
+        }
+    }
+}
