@@ -1,0 +1,170 @@
+//! `portcullis run` and `validate`: load the configuration, start the gateway and
+//! admin listeners, reload on SIGHUP or `POST /-/reload`, drain on SIGTERM/SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use portcullis_config::GatewayConfig;
+use portcullis_metrics::{AdminHooks, Metrics, serve_admin};
+use portcullis_proxy::Gateway;
+use tokio::net::TcpListener;
+
+use crate::summary::summarise;
+
+/// `portcullis validate`: exit 0 with warnings, or 1 with every error.
+pub fn validate(path: &Path) -> ExitCode {
+    match portcullis_config::load(path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                println!("warning: {w}");
+            }
+            println!("{}: OK ({} routes, {} issuers, {} upstreams)", path.display(), config.routes.len(), config.issuers.len(), config.upstreams.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `portcullis run`.
+pub fn main(path: &Path) -> anyhow::Result<()> {
+    let config = portcullis_config::load(path).map_err(|e| anyhow!("{e}"))?;
+    crate::logging::init(&config.logging);
+    let runtime = build_runtime(config.workers)?;
+    runtime.block_on(run(path.to_path_buf(), config, shutdown_signal()))
+}
+
+/// A Tokio runtime with `workers` threads (default: one per core).
+pub fn build_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().context("cannot start the Tokio runtime")
+}
+
+/// Reloads the configuration file and swaps it in, or keeps the old one.
+#[derive(Clone)]
+pub struct Reloader {
+    path: PathBuf,
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    /// Loads, validates and applies the file; the error text lists every problem.
+    pub fn reload(&self) -> Result<String, String> {
+        let config = match portcullis_config::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.config_reload(false);
+                tracing::error!(errors = %e, "configuration reload refused; the running configuration stays");
+                return Err(e.to_string());
+            }
+        };
+        let warnings = config.warnings.clone();
+        match self.gateway.apply(config) {
+            Ok(report) => {
+                for w in &report.not_applied {
+                    tracing::warn!(setting = %w, "not applied by a reload");
+                }
+                let msg = format!(
+                    "reloaded {}: issuers with kept key caches: [{}]; not applied: [{}]; warnings: {}",
+                    self.path.display(),
+                    report.issuers_kept.join(", "),
+                    report.not_applied.join("; "),
+                    warnings.len()
+                );
+                tracing::info!("{msg}");
+                Ok(msg)
+            }
+            Err(e) => {
+                self.metrics.config_reload(false);
+                tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves.
+pub async fn run(path: PathBuf, config: GatewayConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    tracing::info!(config = %path.display(), "effective configuration:\n{}", summarise(&config));
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let metrics = Metrics::new().map_err(|e| anyhow!("metrics: {e}"))?;
+    let listen = config.listen.clone();
+    let admin_addr = config.admin;
+    let gateway = Gateway::new(config, Arc::clone(&metrics)).map_err(|e| anyhow!(e))?;
+    let tls = listen.tls.as_ref().map(portcullis_proxy::tls_acceptor).transpose().map_err(|e| anyhow!("TLS: {e}"))?;
+    let listener = TcpListener::bind(listen.address).await.with_context(|| format!("cannot listen on {}", listen.address))?;
+    let reloader = Reloader { path, gateway: Arc::clone(&gateway), metrics: Arc::clone(&metrics) };
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = admin_addr {
+        let admin = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
+        let hooks = admin_hooks(&gateway, &metrics, &reloader);
+        tokio::spawn(serve_admin(admin, hooks, async move {
+            let _ = admin_stop_rx.await;
+        }));
+        tracing::info!(%addr, "admin listener: /metrics /healthz /readyz POST /-/reload");
+    }
+    tokio::spawn(reload_on_sighup(reloader));
+    tracing::info!(address = %listen.address, tls = listen.tls.is_some(), "gateway listening");
+    portcullis_proxy::serve(gateway, listener, tls, shutdown).await;
+    let _ = admin_stop_tx.send(());
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+fn admin_hooks(gateway: &Arc<Gateway>, metrics: &Arc<Metrics>, reloader: &Reloader) -> AdminHooks {
+    let (g1, g2) = (Arc::clone(gateway), Arc::clone(gateway));
+    let r = reloader.clone();
+    AdminHooks {
+        metrics: Arc::clone(metrics),
+        readiness: Arc::new(move || g1.readiness()),
+        before_scrape: Arc::new(move || g2.update_scrape_gauges()),
+        reload: Some(Arc::new(move || {
+            let r = r.clone();
+            Box::pin(async move { tokio::task::spawn_blocking(move || r.reload()).await.unwrap_or_else(|e| Err(e.to_string())) })
+        })),
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(reloader: Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let r = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_reloader: Reloader) {}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
