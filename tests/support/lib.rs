@@ -1,1 +1,194 @@
-//! Shared helpers of the end-to-end tests: starts gateways, authorization servers and upstreams on 127.0.0.1:0.
+//! Shared helpers of the end-to-end tests: each test starts its own development
+//! authorization server, demo upstream and gateway on 127.0.0.1:0, and talks
+//! HTTP to them over real sockets.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+pub use portcullis_devkit::{AuthServer, DemoUpstream, JwksFault, SigningKey};
+use portcullis_metrics::Metrics;
+use portcullis_proxy::Gateway;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// A configuration template; `{ISSUER}` and `{UPSTREAM}` are filled in.
+pub const BASE_CONFIG: &str = r#"
+listen: { address: "127.0.0.1:0" }
+admin: { enabled: false }
+logging: { access_log: false }
+issuers:
+  dev:
+    issuer: "{ISSUER}"
+    jwks_uri: "{ISSUER}jwks"
+    jwks: { min_refetch_interval: 0s, retries: 0, timeout: 2s }
+upstreams:
+  llm:
+    targets: ["{UPSTREAM}"]
+    response_header_timeout: 5s
+    credential: { header: x-api-key, value: "sk-test-upstream-secret" }
+routes:
+  - name: chat
+    match: { path_prefix: /v1/chat/ }
+    upstream: llm
+    auth:
+      issuers: [dev]
+      audiences: [portcullis-demo]
+      scopes: { all_of: [chat:write] }
+      claim_headers: { sub: X-Portcullis-Subject, tenant: X-Tenant }
+  - name: open
+    match: { path_prefix: /public/ }
+    upstream: llm
+    public: true
+"#;
+
+/// A gateway with its own authorization server and upstream.
+pub struct TestEnv {
+    /// The development authorization server.
+    pub auth: AuthServer,
+    /// The demo upstream.
+    pub upstream: DemoUpstream,
+    /// The gateway's address.
+    pub addr: SocketAddr,
+    /// The gateway.
+    pub gateway: Arc<Gateway>,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    /// Resolves when the server loop has returned.
+    pub stopped: Option<oneshot::Receiver<()>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (Null when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The `reason` of a problem+json body.
+    pub fn reason(&self) -> String {
+        self.json()["reason"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+}
+
+/// Fills the template placeholders.
+pub fn render(template: &str, auth: &AuthServer, upstream: &DemoUpstream) -> String {
+    template.replace("{ISSUER}", auth.issuer()).replace("{UPSTREAM}", &upstream.url())
+}
+
+impl TestEnv {
+    /// Starts everything with `template`.
+    pub async fn start(template: &str) -> TestEnv {
+        let auth = AuthServer::start("127.0.0.1:0".parse().unwrap()).await.expect("auth server");
+        let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap()).await.expect("upstream");
+        let yaml = render(template, &auth, &upstream);
+        Self::start_with(auth, upstream, &yaml).await
+    }
+
+    /// Starts a gateway for an already rendered configuration.
+    pub async fn start_with(auth: AuthServer, upstream: DemoUpstream, yaml: &str) -> TestEnv {
+        let config = portcullis_config::load_str(yaml, "test.yaml", Path::new("."), &|_| None)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let metrics = Metrics::new().expect("metrics");
+        let gateway = Gateway::new(config, Arc::clone(&metrics)).expect("gateway");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let gw = Arc::clone(&gateway);
+        tokio::spawn(async move {
+            portcullis_proxy::serve(gw, listener, None, async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+            let _ = done_tx.send(());
+        });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        TestEnv { auth, upstream, addr, gateway, metrics, stop: Some(stop_tx), stopped: Some(done_rx), client }
+    }
+
+    /// `http://addr` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Begins a graceful shutdown.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// A token from the dev issuer with `scope` and extra claims (null removes one).
+    pub fn token(&self, scope: &str, extra: Value) -> String {
+        self.auth.mint(scope, extra).expect("mint")
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+        let mut req = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).expect("request");
+        let resp = tokio::time::timeout(Duration::from_secs(20), self.client.request(req))
+            .await
+            .expect("gateway answered in time")
+            .expect("gateway answered");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Reply { status: parts.status, headers: parts.headers, body }
+    }
+
+    /// GET with headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers, Bytes::new()).await
+    }
+
+    /// GET with a bearer token.
+    pub async fn get_with_token(&self, path: &str, token: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.get(path, &[("authorization", &auth)]).await
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns what came back (until close
+/// or `timeout`).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
