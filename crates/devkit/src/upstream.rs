@@ -1,5 +1,6 @@
 //! The demo upstream: an OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`
-//! with and without `stream: true`) plus test endpoints that echo what arrived,
+//! with and without `stream: true`) plus test endpoints (matched on the last path
+//! segment, so any prefix reaches them) that echo what arrived,
 //! stream slowly, stall, abort mid-body, count uploads and upgrade connections.
 
 use std::net::SocketAddr;
@@ -68,22 +69,22 @@ async fn route(req: Request<Incoming>, peer: SocketAddr) -> hyper::Response<DevB
             "data": [{"id": "portcullis-demo-1", "object": "model", "owned_by": "portcullis"}],
         })),
         (Method::POST, "/v1/chat/completions") => chat(req).await,
-        (_, "/sse") => {
+        (_, p) if p.ends_with("/sse") => {
             let chunks = query_param(&req, "chunks").unwrap_or(5);
             let interval = query_param(&req, "interval_ms").unwrap_or(100);
             let events = (0..chunks).map(|i| format!("data: {{\"n\":{i}}}\n\n")).collect();
             sse(events, Duration::from_millis(interval), true)
         }
-        (_, "/upload") => upload(req).await,
-        (_, "/abort") => abort_mid_body(),
-        (_, "/upgrade") => upgrade(req),
-        (_, p) if p.starts_with("/slow") => {
+        (_, p) if p.ends_with("/upload") => upload(req).await,
+        (_, p) if p.ends_with("/abort") => abort_mid_body(),
+        (_, p) if p.ends_with("/upgrade") => upgrade(req),
+        (_, p) if p.ends_with("/slow") => {
             let ms = query_param(&req, "ms").unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             json_response(200, &json!({"slept_ms": ms}))
         }
-        (_, p) if p.starts_with("/status/") => {
-            let code = p.trim_start_matches("/status/").parse().unwrap_or(500);
+        (_, p) if p.contains("/status/") => {
+            let code = p.rsplit('/').next().and_then(|c| c.parse().ok()).unwrap_or(500);
             json_response(code, &json!({"status": code}))
         }
         _ => echo(req, peer).await,
