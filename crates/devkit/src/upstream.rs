@@ -188,11 +188,13 @@ fn sse(events: Vec<String>, interval: Duration, first_immediately: bool) -> hype
 
 /// Sends the head and part of the body, then fails the body: the connection is cut.
 fn abort_mid_body() -> hyper::Response<DevBody> {
-    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
-        Ok(Frame::data(Bytes::from_static(b"partial "))),
-        Err(std::io::Error::other("upstream aborted mid-body")),
-    ];
-    let stream = futures_util::stream::iter(frames);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"partial ")))).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = tx.send(Err(std::io::Error::other("upstream aborted mid-body"))).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut r = hyper::Response::new(StreamBody::new(stream).boxed());
     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000"));
     r
