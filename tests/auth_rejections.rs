@@ -2,6 +2,8 @@
 //! development authorization server and a counting upstream that proves rejected
 //! requests never arrive.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 use portcullis_devkit::{SigningKey, b64, now_unix, unsigned_token};
 use portcullis_tests::{BASE_CONFIG, JwksFault, TestEnv};
 use serde_json::{Value, json};
@@ -38,60 +40,263 @@ async fn each_reason_code_and_rfc6750_case() {
     // HS256 with the RSA public key as the HMAC secret: the classic confusion attack.
     let public_jwk = key.public_jwk().to_string();
     let confused = SigningKey::hmac("dev-rsa-1", public_jwk.as_bytes())
-        .sign_with_header(&json!({"alg": "HS256", "kid": "dev-rsa-1"}), &claims(json!({})))
+        .sign_with_header(
+            &json!({"alg": "HS256", "kid": "dev-rsa-1"}),
+            &claims(json!({})),
+        )
         .unwrap();
     let tampered = re_sign_payload(&good, &claims(json!({"scope": "chat:write admin"})));
     let segments: Vec<&str> = good.split('.').collect();
 
     let cases = vec![
-        Case { name: "no header", headers: vec![], status: 401, reason: "token_missing", challenge: Some("Bearer realm=\"portcullis\"") },
-        Case { name: "basic scheme", headers: vec!["Basic dXNlcjpwYXNz".into()], status: 401, reason: "token_missing", challenge: Some("Bearer realm=\"portcullis\"") },
-        Case { name: "two tokens", headers: vec![format!("Bearer {good} {good}")], status: 400, reason: "request_malformed", challenge: Some("error=\"invalid_request\"") },
-        Case { name: "two headers", headers: vec![format!("Bearer {good}"), format!("Bearer {good}")], status: 400, reason: "request_malformed", challenge: Some("error=\"invalid_request\"") },
-        Case { name: "empty bearer", headers: vec!["Bearer".into()], status: 400, reason: "request_malformed", challenge: Some("invalid_request") },
-        Case { name: "alg none", headers: bearer(&unsigned_token(&claims(json!({})))), status: 401, reason: "algorithm_not_allowed", challenge: Some("error=\"invalid_token\"") },
-        Case { name: "HS256 with the RSA public key", headers: bearer(&confused), status: 401, reason: "algorithm_not_allowed", challenge: Some("invalid_token") },
-        Case { name: "unknown kid", headers: bearer(&stranger.sign(&claims(json!({}))).unwrap()), status: 401, reason: "key_unknown", challenge: Some("invalid_token") },
-        Case { name: "wrong key, right kid", headers: bearer(&impostor.sign(&claims(json!({}))).unwrap()), status: 401, reason: "signature_invalid", challenge: Some("invalid_token") },
-        Case { name: "tampered payload", headers: bearer(&tampered), status: 401, reason: "signature_invalid", challenge: Some("invalid_token") },
-        Case { name: "truncated", headers: bearer(&format!("{}.{}", segments[0], segments[1])), status: 401, reason: "token_malformed", challenge: Some("2 segments") },
-        Case { name: "five segments", headers: bearer(&format!("{good}.a.b")), status: 401, reason: "token_malformed", challenge: Some("JWE") },
-        Case { name: "non-base64url segment", headers: bearer(&format!("{}.{}+/.{}", segments[0], segments[1], segments[2])), status: 401, reason: "token_malformed", challenge: Some("base64url") },
-        Case { name: "oversized", headers: bearer(&"a".repeat(9000)), status: 401, reason: "token_too_large", challenge: Some("invalid_token") },
-        Case { name: "expired", headers: bearer(&env.token("chat:write", json!({"exp": now - 600}))), status: 401, reason: "token_expired", challenge: Some("token expired 10m") },
-        Case { name: "nbf in the future", headers: bearer(&env.token("chat:write", json!({"nbf": now + 600}))), status: 401, reason: "token_not_yet_valid", challenge: Some("not valid for another") },
-        Case { name: "iat in the future", headers: bearer(&env.token("chat:write", json!({"iat": now + 600}))), status: 401, reason: "token_not_yet_valid", challenge: Some("clock skew") },
-        Case { name: "wrong iss", headers: bearer(&env.token("chat:write", json!({"iss": "http://evil.example/"}))), status: 401, reason: "issuer_mismatch", challenge: Some("not accepted") },
-        Case { name: "no iss", headers: bearer(&env.token("chat:write", json!({"iss": null}))), status: 401, reason: "issuer_mismatch", challenge: Some("no iss") },
-        Case { name: "wrong aud", headers: bearer(&env.token("chat:write", json!({"aud": "other-api"}))), status: 401, reason: "audience_mismatch", challenge: Some("other-api") },
-        Case { name: "missing exp", headers: bearer(&env.token("chat:write", json!({"exp": null}))), status: 401, reason: "token_malformed", challenge: Some("no exp") },
-        Case { name: "exp of the wrong type", headers: bearer(&env.token("chat:write", json!({"exp": "tomorrow"}))), status: 401, reason: "token_malformed", challenge: Some("NumericDate") },
-        Case { name: "crit header", headers: bearer(&key.sign_with_header(&json!({"alg": "RS256", "kid": "dev-rsa-1", "crit": ["exp"]}), &claims(json!({}))).unwrap()), status: 401, reason: "token_malformed", challenge: Some("crit") },
-        Case { name: "missing scope", headers: bearer(&env.token("chat:read", json!({}))), status: 403, reason: "scope_insufficient", challenge: Some("error=\"insufficient_scope\", error_description=\"scope_insufficient: missing scope chat:write\", scope=\"chat:write\"") },
+        Case {
+            name: "no header",
+            headers: vec![],
+            status: 401,
+            reason: "token_missing",
+            challenge: Some("Bearer realm=\"portcullis\""),
+        },
+        Case {
+            name: "basic scheme",
+            headers: vec!["Basic dXNlcjpwYXNz".into()],
+            status: 401,
+            reason: "token_missing",
+            challenge: Some("Bearer realm=\"portcullis\""),
+        },
+        Case {
+            name: "two tokens",
+            headers: vec![format!("Bearer {good} {good}")],
+            status: 400,
+            reason: "request_malformed",
+            challenge: Some("error=\"invalid_request\""),
+        },
+        Case {
+            name: "two headers",
+            headers: vec![format!("Bearer {good}"), format!("Bearer {good}")],
+            status: 400,
+            reason: "request_malformed",
+            challenge: Some("error=\"invalid_request\""),
+        },
+        Case {
+            name: "empty bearer",
+            headers: vec!["Bearer".into()],
+            status: 400,
+            reason: "request_malformed",
+            challenge: Some("invalid_request"),
+        },
+        Case {
+            name: "alg none",
+            headers: bearer(&unsigned_token(&claims(json!({})))),
+            status: 401,
+            reason: "algorithm_not_allowed",
+            challenge: Some("error=\"invalid_token\""),
+        },
+        Case {
+            name: "HS256 with the RSA public key",
+            headers: bearer(&confused),
+            status: 401,
+            reason: "algorithm_not_allowed",
+            challenge: Some("invalid_token"),
+        },
+        Case {
+            name: "unknown kid",
+            headers: bearer(&stranger.sign(&claims(json!({}))).unwrap()),
+            status: 401,
+            reason: "key_unknown",
+            challenge: Some("invalid_token"),
+        },
+        Case {
+            name: "wrong key, right kid",
+            headers: bearer(&impostor.sign(&claims(json!({}))).unwrap()),
+            status: 401,
+            reason: "signature_invalid",
+            challenge: Some("invalid_token"),
+        },
+        Case {
+            name: "tampered payload",
+            headers: bearer(&tampered),
+            status: 401,
+            reason: "signature_invalid",
+            challenge: Some("invalid_token"),
+        },
+        Case {
+            name: "truncated",
+            headers: bearer(&format!("{}.{}", segments[0], segments[1])),
+            status: 401,
+            reason: "token_malformed",
+            challenge: Some("2 segments"),
+        },
+        Case {
+            name: "five segments",
+            headers: bearer(&format!("{good}.a.b")),
+            status: 401,
+            reason: "token_malformed",
+            challenge: Some("JWE"),
+        },
+        Case {
+            name: "non-base64url segment",
+            headers: bearer(&format!(
+                "{}.{}+/.{}",
+                segments[0], segments[1], segments[2]
+            )),
+            status: 401,
+            reason: "token_malformed",
+            challenge: Some("base64url"),
+        },
+        Case {
+            name: "oversized",
+            headers: bearer(&"a".repeat(9000)),
+            status: 401,
+            reason: "token_too_large",
+            challenge: Some("invalid_token"),
+        },
+        Case {
+            name: "expired",
+            headers: bearer(&env.token("chat:write", json!({"exp": now - 600}))),
+            status: 401,
+            reason: "token_expired",
+            challenge: Some("token expired 10m"),
+        },
+        Case {
+            name: "nbf in the future",
+            headers: bearer(&env.token("chat:write", json!({"nbf": now + 600}))),
+            status: 401,
+            reason: "token_not_yet_valid",
+            challenge: Some("not valid for another"),
+        },
+        Case {
+            name: "iat in the future",
+            headers: bearer(&env.token("chat:write", json!({"iat": now + 600}))),
+            status: 401,
+            reason: "token_not_yet_valid",
+            challenge: Some("clock skew"),
+        },
+        Case {
+            name: "wrong iss",
+            headers: bearer(&env.token("chat:write", json!({"iss": "http://evil.example/"}))),
+            status: 401,
+            reason: "issuer_mismatch",
+            challenge: Some("not accepted"),
+        },
+        Case {
+            name: "no iss",
+            headers: bearer(&env.token("chat:write", json!({"iss": null}))),
+            status: 401,
+            reason: "issuer_mismatch",
+            challenge: Some("no iss"),
+        },
+        Case {
+            name: "wrong aud",
+            headers: bearer(&env.token("chat:write", json!({"aud": "other-api"}))),
+            status: 401,
+            reason: "audience_mismatch",
+            challenge: Some("other-api"),
+        },
+        Case {
+            name: "missing exp",
+            headers: bearer(&env.token("chat:write", json!({"exp": null}))),
+            status: 401,
+            reason: "token_malformed",
+            challenge: Some("no exp"),
+        },
+        Case {
+            name: "exp of the wrong type",
+            headers: bearer(&env.token("chat:write", json!({"exp": "tomorrow"}))),
+            status: 401,
+            reason: "token_malformed",
+            challenge: Some("NumericDate"),
+        },
+        Case {
+            name: "crit header",
+            headers: bearer(
+                &key.sign_with_header(
+                    &json!({"alg": "RS256", "kid": "dev-rsa-1", "crit": ["exp"]}),
+                    &claims(json!({})),
+                )
+                .unwrap(),
+            ),
+            status: 401,
+            reason: "token_malformed",
+            challenge: Some("crit"),
+        },
+        Case {
+            name: "missing scope",
+            headers: bearer(&env.token("chat:read", json!({}))),
+            status: 403,
+            reason: "scope_insufficient",
+            challenge: Some(
+                "error=\"insufficient_scope\", error_description=\"scope_insufficient: missing scope chat:write\", scope=\"chat:write\"",
+            ),
+        },
     ];
 
     for case in &cases {
         let before = env.upstream.requests();
-        let headers: Vec<(&str, &str)> = case.headers.iter().map(|v| ("authorization", v.as_str())).collect();
+        let headers: Vec<(&str, &str)> = case
+            .headers
+            .iter()
+            .map(|v| ("authorization", v.as_str()))
+            .collect();
         let reply = env.get("/v1/chat/x", &headers).await;
-        assert_eq!(reply.status.as_u16(), case.status, "{}: {:?}", case.name, reply.json());
-        assert_eq!(reply.reason(), case.reason, "{}: {:?}", case.name, reply.json());
+        assert_eq!(
+            reply.status.as_u16(),
+            case.status,
+            "{}: {:?}",
+            case.name,
+            reply.json()
+        );
+        assert_eq!(
+            reply.reason(),
+            case.reason,
+            "{}: {:?}",
+            case.name,
+            reply.json()
+        );
         let body = reply.json();
-        assert!(body["request_id"].as_str().is_some_and(|id| Some(id.to_owned()) == reply.header("x-request-id")), "{}", case.name);
-        assert_eq!(reply.header("content-type").as_deref(), Some("application/problem+json"));
+        assert!(
+            body["request_id"]
+                .as_str()
+                .is_some_and(|id| Some(id.to_owned()) == reply.header("x-request-id")),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            reply.header("content-type").as_deref(),
+            Some("application/problem+json")
+        );
         if let Some(want) = case.challenge {
             let got = reply.header("www-authenticate").unwrap_or_default();
-            assert!(got.contains(want), "{}: challenge {got:?} lacks {want:?}", case.name);
+            assert!(
+                got.contains(want),
+                "{}: challenge {got:?} lacks {want:?}",
+                case.name
+            );
         }
-        assert_eq!(env.upstream.requests(), before, "{}: a rejected request reached the upstream", case.name);
+        assert_eq!(
+            env.upstream.requests(),
+            before,
+            "{}: a rejected request reached the upstream",
+            case.name
+        );
         // Never the token in a body or a challenge.
         if let Some(v) = case.headers.first() {
             let token = v.trim_start_matches("Bearer ");
             if token.len() > 20 {
                 let text = String::from_utf8_lossy(&reply.body);
                 let sig = token.rsplit('.').next().unwrap_or("");
-                assert!(sig.len() < 8 || !text.contains(sig), "{}: token signature leaked", case.name);
-                assert!(!reply.header("www-authenticate").unwrap_or_default().contains(token), "{}", case.name);
+                assert!(
+                    sig.len() < 8 || !text.contains(sig),
+                    "{}: token signature leaked",
+                    case.name
+                );
+                assert!(
+                    !reply
+                        .header("www-authenticate")
+                        .unwrap_or_default()
+                        .contains(token),
+                    "{}",
+                    case.name
+                );
             }
         }
     }
@@ -101,17 +306,32 @@ async fn each_reason_code_and_rfc6750_case() {
 async fn accepted_variants_reach_the_upstream() {
     let env = TestEnv::start(BASE_CONFIG).await;
     let now = now_unix();
-    let mut scp = env.auth.claims("", json!({"scp": ["chat:read", "chat:write"]}));
+    let mut scp = env
+        .auth
+        .claims("", json!({"scp": ["chat:read", "chat:write"]}));
     scp.as_object_mut().unwrap().remove("scope");
     let accepted = [
         ("valid", env.token("chat:write", json!({}))),
-        ("expired within leeway", env.token("chat:write", json!({"exp": now - 30}))),
-        ("aud array", env.token("chat:write", json!({"aud": ["x", "portcullis-demo"]}))),
+        (
+            "expired within leeway",
+            env.token("chat:write", json!({"exp": now - 30})),
+        ),
+        (
+            "aud array",
+            env.token("chat:write", json!({"aud": ["x", "portcullis-demo"]})),
+        ),
         ("scp array", env.auth.signing_key().sign(&scp).unwrap()),
     ];
     for (name, token) in &accepted {
         let before = env.upstream.requests();
-        let reply = env.send(http::Method::GET, "/v1/chat/x", &[("authorization", &format!("bearer {token}"))], "").await;
+        let reply = env
+            .send(
+                http::Method::GET,
+                "/v1/chat/x",
+                &[("authorization", &format!("bearer {token}"))],
+                "",
+            )
+            .await;
         assert_eq!(reply.status, 200, "{name}: {:?}", reply.json());
         assert_eq!(env.upstream.requests(), before + 1, "{name}");
     }
@@ -120,7 +340,12 @@ async fn accepted_variants_reach_the_upstream() {
 #[tokio::test]
 async fn rotated_in_key_is_fetched_and_accepted() {
     let env = TestEnv::start(BASE_CONFIG).await;
-    assert_eq!(env.get_with_token("/v1/chat/x", &env.token("chat:write", json!({}))).await.status, 200);
+    assert_eq!(
+        env.get_with_token("/v1/chat/x", &env.token("chat:write", json!({})))
+            .await
+            .status,
+        200
+    );
     env.auth.rotate_in(SigningKey::ec("dev-ec-2").unwrap());
     let es256 = env.token("chat:write", json!({}));
     let reply = env.get_with_token("/v1/chat/x", &es256).await;
@@ -129,22 +354,38 @@ async fn rotated_in_key_is_fetched_and_accepted() {
     env.auth.remove_key("dev-rsa-1");
     let ed = SigningKey::ed25519("dev-ed-3").unwrap();
     env.auth.rotate_in(ed);
-    let reply = env.get_with_token("/v1/chat/x", &env.token("chat:write", json!({}))).await;
-    assert_eq!(reply.status, 200, "EdDSA after a second rotation: {:?}", reply.json());
+    let reply = env
+        .get_with_token("/v1/chat/x", &env.token("chat:write", json!({})))
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "EdDSA after a second rotation: {:?}",
+        reply.json()
+    );
 }
 
 #[tokio::test]
 async fn idp_unavailable_is_503_with_retry_after() {
-    let auth = portcullis_tests::AuthServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let auth = portcullis_tests::AuthServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     auth.set_fault(JwksFault::Status(500));
-    let upstream = portcullis_tests::DemoUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let upstream = portcullis_tests::DemoUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let yaml = portcullis_tests::render(BASE_CONFIG, &auth, &upstream);
     let env = TestEnv::start_with(auth, upstream, &yaml).await;
-    let reply = env.get_with_token("/v1/chat/x", &env.token("chat:write", json!({}))).await;
+    let reply = env
+        .get_with_token("/v1/chat/x", &env.token("chat:write", json!({})))
+        .await;
     assert_eq!(reply.status, 503, "{:?}", reply.json());
     assert_eq!(reply.reason(), "idp_unavailable");
     assert_eq!(reply.header("retry-after").as_deref(), Some("5"));
-    assert!(reply.header("www-authenticate").is_none(), "not a token problem");
+    assert!(
+        reply.header("www-authenticate").is_none(),
+        "not a token problem"
+    );
     assert_eq!(env.upstream.requests(), 0);
 }
 
@@ -172,14 +413,36 @@ routes:
 #[tokio::test]
 async fn claim_rules_and_any_of_scopes() {
     let env = TestEnv::start(CLAIMS_CONFIG).await;
-    let ok = env.token("chat:admin", json!({"tenant": "acme", "roles": ["operator", "x"]}));
+    let ok = env.token(
+        "chat:admin",
+        json!({"tenant": "acme", "roles": ["operator", "x"]}),
+    );
     assert_eq!(env.get_with_token("/a", &ok).await.status, 200);
-    let wrong_tenant = env.token("chat:admin", json!({"tenant": "globex", "roles": ["operator"]}));
+    let wrong_tenant = env.token(
+        "chat:admin",
+        json!({"tenant": "globex", "roles": ["operator"]}),
+    );
     let reply = env.get_with_token("/a", &wrong_tenant).await;
-    assert_eq!((reply.status.as_u16(), reply.reason().as_str()), (403, "claim_mismatch"));
-    assert!(reply.header("www-authenticate").unwrap().contains("insufficient_scope"));
-    let no_scope = env.token("models:read", json!({"tenant": "acme", "roles": ["operator"]}));
+    assert_eq!(
+        (reply.status.as_u16(), reply.reason().as_str()),
+        (403, "claim_mismatch")
+    );
+    assert!(
+        reply
+            .header("www-authenticate")
+            .unwrap()
+            .contains("insufficient_scope")
+    );
+    let no_scope = env.token(
+        "models:read",
+        json!({"tenant": "acme", "roles": ["operator"]}),
+    );
     let reply = env.get_with_token("/a", &no_scope).await;
     assert_eq!(reply.reason(), "scope_insufficient");
-    assert!(reply.json()["detail"].as_str().unwrap().contains("chat:write chat:admin"));
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("chat:write chat:admin")
+    );
 }

@@ -2,6 +2,8 @@
 //! X-Forwarded-*, request ids, Host handling, credential injection, claim headers
 //! and spoofed-header stripping, and client IP rules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 use portcullis_tests::{TestEnv, raw_exchange};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -51,7 +53,12 @@ async fn routing_precedence_and_rewrite() {
         ("GET", "/v1x", None, "/a/v1x"),
         ("GET", "/v1/exact", Some("api.example.com"), "/e/v1/exact"),
         ("GET", "/x?q=1&r=2", None, "/a/x?q=1&r=2"),
-        ("GET", "/openai/v1/models?limit=2", None, "/api/v1/models?limit=2"),
+        (
+            "GET",
+            "/openai/v1/models?limit=2",
+            None,
+            "/api/v1/models?limit=2",
+        ),
     ];
     for (method, path, host, want) in table {
         let headers: Vec<(&str, &str)> = host.map(|h| vec![("host", h)]).unwrap_or_default();
@@ -60,18 +67,28 @@ async fn routing_precedence_and_rewrite() {
         assert_eq!(uri_of(&reply), *want, "{method} {path} host {host:?}");
     }
     let reply = env.get("/put-only", &[]).await;
-    assert_eq!(reply.status, 200, "falls through to the / prefix route for GET");
+    assert_eq!(
+        reply.status, 200,
+        "falls through to the / prefix route for GET"
+    );
 }
 
 #[tokio::test]
 async fn method_not_allowed_and_not_found() {
-    let env = TestEnv::start(&ROUTING.replace("  - { name: root, match: { path_prefix: / }, upstream: a, public: true }\n", "")).await;
+    let env = TestEnv::start(&ROUTING.replace(
+        "  - { name: root, match: { path_prefix: / }, upstream: a, public: true }\n",
+        "",
+    ))
+    .await;
     let reply = env.get("/put-only", &[]).await;
     assert_eq!(reply.status, 405);
     assert_eq!(reply.reason(), "method_not_allowed");
     assert_eq!(reply.header("allow").as_deref(), Some("PUT"));
     let reply = env.get("/nowhere", &[]).await;
-    assert_eq!((reply.status.as_u16(), reply.reason().as_str()), (404, "route_not_found"));
+    assert_eq!(
+        (reply.status.as_u16(), reply.reason().as_str()),
+        (404, "route_not_found")
+    );
     assert_eq!(env.upstream.requests(), 0);
 }
 
@@ -97,22 +114,54 @@ async fn headers_toward_the_upstream() {
         )
         .await;
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("x-request-id").as_deref(), Some("client-chosen-id-42"));
+    assert_eq!(
+        reply.header("x-request-id").as_deref(),
+        Some("client-chosen-id-42")
+    );
     let h = &reply.json()["headers"];
     let one = |name: &str| h[name][0].as_str().map(str::to_owned);
-    for gone in ["x-hop", "te", "keep-alive", "proxy-authorization", "x-portcullis-subject"] {
-        assert!(h.get(gone).is_none(), "{gone} must not reach the upstream: {h}");
+    for gone in [
+        "x-hop",
+        "te",
+        "keep-alive",
+        "proxy-authorization",
+        "x-portcullis-subject",
+    ] {
+        assert!(
+            h.get(gone).is_none(),
+            "{gone} must not reach the upstream: {h}"
+        );
     }
     assert_eq!(one("x-custom").as_deref(), Some("kept"));
-    assert_eq!(one("host").as_deref(), Some("client.example.org"), "preserve_host");
-    assert_eq!(one("x-forwarded-for").as_deref(), Some("127.0.0.1"), "an untrusted client's XFF is replaced");
+    assert_eq!(
+        one("host").as_deref(),
+        Some("client.example.org"),
+        "preserve_host"
+    );
+    assert_eq!(
+        one("x-forwarded-for").as_deref(),
+        Some("127.0.0.1"),
+        "an untrusted client's XFF is replaced"
+    );
     assert_eq!(one("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(one("x-forwarded-host").as_deref(), Some("client.example.org"));
+    assert_eq!(
+        one("x-forwarded-host").as_deref(),
+        Some("client.example.org")
+    );
     assert_eq!(one("x-request-id").as_deref(), Some("client-chosen-id-42"));
 
-    let reply = env.get("/x", &[("host", "client.example.org"), ("x-request-id", "bad id!")]).await;
+    let reply = env
+        .get(
+            "/x",
+            &[("host", "client.example.org"), ("x-request-id", "bad id!")],
+        )
+        .await;
     let h = &reply.json()["headers"];
-    assert_eq!(h["host"][0].as_str(), Some(env.upstream.handle.addr.to_string().as_str()), "Host rewritten to the upstream's");
+    assert_eq!(
+        h["host"][0].as_str(),
+        Some(env.upstream.handle.addr.to_string().as_str()),
+        "Host rewritten to the upstream's"
+    );
     let minted = reply.header("x-request-id").unwrap();
     assert_eq!(minted.len(), 32, "a malformed client id is replaced");
     assert_eq!(h["x-request-id"][0].as_str(), Some(minted.as_str()));
@@ -160,15 +209,32 @@ async fn credential_injection_and_claim_headers_with_spoofs_stripped() {
         .await;
     assert_eq!(reply.status, 200, "{:?}", reply.json());
     let h = &reply.json()["headers"];
-    assert_eq!(h["authorization"], json!(["Bearer sk-upstream-key"]), "the client's token is replaced by the upstream credential");
+    assert_eq!(
+        h["authorization"],
+        json!(["Bearer sk-upstream-key"]),
+        "the client's token is replaced by the upstream credential"
+    );
     assert_eq!(h["x-portcullis-subject"], json!(["demo-client"]));
     assert_eq!(h["x-tenant"], json!(["acme"]));
-    assert_eq!(h["x-forwarded-for"], json!(["198.51.100.7, 127.0.0.1"]), "a trusted proxy's XFF is kept and extended");
+    assert_eq!(
+        h["x-forwarded-for"],
+        json!(["198.51.100.7, 127.0.0.1"]),
+        "a trusted proxy's XFF is kept and extended"
+    );
 
     // A token without the claim: the spoofed header must not survive either.
     let token = env.token("chat:write", json!({}));
     let auth = format!("Bearer {token}");
-    let reply = env.get("/v1/x", &[("authorization", &auth), ("x-forwarded-for", "198.51.100.7"), ("x-tenant", "spoofed")]).await;
+    let reply = env
+        .get(
+            "/v1/x",
+            &[
+                ("authorization", &auth),
+                ("x-forwarded-for", "198.51.100.7"),
+                ("x-tenant", "spoofed"),
+            ],
+        )
+        .await;
     assert!(reply.json()["headers"].get("x-tenant").is_none());
 }
 
@@ -189,8 +255,18 @@ async fn client_ip_rules_through_a_trusted_proxy() {
     ];
     for (xff, status, reason) in table {
         let before = env.upstream.requests();
-        let reply = env.get("/v1/x", &[("authorization", &auth), ("x-forwarded-for", xff)]).await;
-        assert_eq!(reply.status.as_u16(), *status, "XFF {xff}: {:?}", reply.json());
+        let reply = env
+            .get(
+                "/v1/x",
+                &[("authorization", &auth), ("x-forwarded-for", xff)],
+            )
+            .await;
+        assert_eq!(
+            reply.status.as_u16(),
+            *status,
+            "XFF {xff}: {:?}",
+            reply.json()
+        );
         assert_eq!(reply.reason(), *reason, "XFF {xff}");
         if *status == 403 {
             assert!(reply.header("www-authenticate").is_none());
@@ -198,7 +274,9 @@ async fn client_ip_rules_through_a_trusted_proxy() {
         }
     }
     // The network rule is checked before the token.
-    let reply = env.get("/v1/x", &[("x-forwarded-for", "203.0.113.1")]).await;
+    let reply = env
+        .get("/v1/x", &[("x-forwarded-for", "203.0.113.1")])
+        .await;
     assert_eq!(reply.reason(), "ip_denied");
     let detail = reply.json()["detail"].as_str().unwrap().to_owned();
     assert!(detail.contains("203.0.113.1"), "{detail}");
@@ -206,21 +284,47 @@ async fn client_ip_rules_through_a_trusted_proxy() {
 
 #[tokio::test]
 async fn xff_from_an_untrusted_peer_is_ignored() {
-    let env = TestEnv::start(&TRUSTED.replace("trusted_proxies: [127.0.0.1/32]", "trusted_proxies: []")).await;
+    let env =
+        TestEnv::start(&TRUSTED.replace("trusted_proxies: [127.0.0.1/32]", "trusted_proxies: []"))
+            .await;
     let token = env.token("chat:write", json!({}));
     let auth = format!("Bearer {token}");
-    let reply = env.get("/v1/x", &[("authorization", &auth), ("x-forwarded-for", "198.51.100.7")]).await;
-    assert_eq!(reply.status, 403, "the peer 127.0.0.1 is not in the allow list, whatever XFF claims");
-    assert!(reply.json()["detail"].as_str().unwrap().contains("127.0.0.1"));
+    let reply = env
+        .get(
+            "/v1/x",
+            &[
+                ("authorization", &auth),
+                ("x-forwarded-for", "198.51.100.7"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        reply.status, 403,
+        "the peer 127.0.0.1 is not in the allow list, whatever XFF claims"
+    );
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1")
+    );
 }
 
 #[tokio::test]
 async fn malformed_http_gets_400_and_nothing_is_forwarded() {
     let env = TestEnv::start(ROUTING).await;
-    let reply = raw_exchange(env.addr, b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", Duration::from_secs(5)).await;
+    let reply = raw_exchange(
+        env.addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     let reply = raw_exchange(env.addr, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(5)).await;
-    assert!(reply.starts_with("HTTP/1.1 400") || reply.is_empty(), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 400") || reply.is_empty(),
+        "{reply}"
+    );
     assert_eq!(env.upstream.requests(), 0);
 }
 
@@ -229,11 +333,18 @@ async fn upgrade_passes_through() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = TestEnv::start(ROUTING).await;
     let mut s = tokio::net::TcpStream::connect(env.addr).await.unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut buf = vec![0u8; 1024];
     let mut head = Vec::new();
     while !String::from_utf8_lossy(&head).contains("\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed before the 101");
         head.extend_from_slice(&buf[..n]);
     }
@@ -241,7 +352,10 @@ async fn upgrade_passes_through() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s.write_all(b"ping through the tunnel").await.unwrap();
     let mut echoed = vec![0u8; 23];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&echoed, b"ping through the tunnel");
     let _: Value = Value::Null;
 }

@@ -2,6 +2,8 @@
 //! is still producing, a 50 MB upload streams through without being held, and a
 //! long stream drains to its end on graceful shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,7 +34,9 @@ async fn open_stream(env: &TestEnv, path: &str) -> hyper::body::Incoming {
 
 async fn next_data(body: &mut hyper::body::Incoming) -> Option<String> {
     loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("a frame in time")?;
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a frame in time")?;
         let frame = frame.expect("stream intact");
         if let Ok(data) = frame.into_data() {
             return Some(String::from_utf8_lossy(&data).into_owned());
@@ -52,7 +56,12 @@ async fn sse_events_arrive_one_by_one() {
     while let Some(chunk) = next_data(&mut body).await {
         rest.push(chunk);
     }
-    assert_eq!(rest.concat(), (1..5).map(|i| format!("data: {{\"n\":{i}}}\n\n")).collect::<String>());
+    assert_eq!(
+        rest.concat(),
+        (1..5)
+            .map(|i| format!("data: {{\"n\":{i}}}\n\n"))
+            .collect::<String>()
+    );
 }
 
 #[tokio::test]
@@ -86,15 +95,24 @@ async fn fifty_megabyte_upload_streams_through() {
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::post(env.url("/upload")).body(StreamBody::new(Box::pin(stream))).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req)).await.unwrap().unwrap();
+    let req = http::Request::post(env.url("/upload"))
+        .body(StreamBody::new(Box::pin(stream)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["received_bytes"], TOTAL as u64);
-    assert!(v["largest_chunk"].as_u64().unwrap() <= 1 << 20, "frames were passed on, not gathered: {v}");
+    assert!(
+        v["largest_chunk"].as_u64().unwrap() <= 1 << 20,
+        "frames were passed on, not gathered: {v}"
+    );
 }
 
 #[tokio::test]
@@ -107,8 +125,17 @@ async fn graceful_shutdown_drains_a_long_stream() {
     while let Some(chunk) = next_data(&mut body).await {
         got += chunk.matches("data:").count();
     }
-    assert_eq!(got, 6, "the in-flight stream completed after shutdown began");
+    assert_eq!(
+        got, 6,
+        "the in-flight stream completed after shutdown began"
+    );
     let stopped = env.stopped.take().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), stopped).await.expect("server loop ended").unwrap();
-    assert!(tokio::net::TcpStream::connect(env.addr).await.is_err(), "no longer accepting");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("server loop ended")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(env.addr).await.is_err(),
+        "no longer accepting"
+    );
 }

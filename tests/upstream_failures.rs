@@ -1,6 +1,8 @@
 //! Upstream failures end to end: down, slow, closing mid-response, speaking
 //! garbage, and passive health with retries on connect failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -37,7 +39,12 @@ async fn upstream_down_is_502_unreachable() {
     let reply = env.get("/x", &[]).await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.reason(), "upstream_unreachable");
-    assert!(reply.json()["detail"].as_str().unwrap().contains("cannot connect"));
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect")
+    );
 }
 
 #[tokio::test]
@@ -53,10 +60,18 @@ async fn upstream_closing_mid_response_cuts_the_client_off() {
     let env = TestEnv::start(&config("\"{UPSTREAM}\"")).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client.get(env.url("/abort").parse().unwrap()).await.unwrap();
+    let resp = client
+        .get(env.url("/abort").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "the head was already on its way");
-    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await.unwrap();
-    assert!(body.is_err(), "the client must see an incomplete body, not a clean end");
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .unwrap();
+    assert!(
+        body.is_err(),
+        "the client must see an incomplete body, not a clean end"
+    );
 }
 
 #[tokio::test]
@@ -78,7 +93,11 @@ async fn garbage_from_upstream_is_502_protocol_error() {
 
 #[tokio::test]
 async fn dead_target_set_aside_and_requests_retried() {
-    let env = TestEnv::start(&config(&format!("\"{}\", \"{{UPSTREAM}}\"", dead_port().await))).await;
+    let env = TestEnv::start(&config(&format!(
+        "\"{}\", \"{{UPSTREAM}}\"",
+        dead_port().await
+    )))
+    .await;
     for i in 0..6 {
         let reply = env.get("/x", &[]).await;
         assert_eq!(reply.status, 200, "request {i}: {:?}", reply.json());
@@ -86,8 +105,13 @@ async fn dead_target_set_aside_and_requests_retried() {
     let text = env.metrics.render();
     let connect_errors: f64 = text
         .lines()
-        .find(|l| l.starts_with("portcullis_upstream_errors_total") && l.contains("kind=\"connect\""))
+        .find(|l| {
+            l.starts_with("portcullis_upstream_errors_total") && l.contains("kind=\"connect\"")
+        })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0);
-    assert_eq!(connect_errors, 1.0, "after one failure the dead target is set aside:\n{text}");
+    assert_eq!(
+        connect_errors, 1.0,
+        "after one failure the dead target is set aside:\n{text}"
+    );
 }

@@ -2,6 +2,9 @@
 //! authorization server, demo upstream and gateway on 127.0.0.1:0, and talks
 //! HTTP to them over real sockets.
 
+// Test support: a panic here is how a test reports that its set-up failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -91,20 +94,29 @@ impl Reply {
 
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 }
 
 /// Fills the template placeholders.
 pub fn render(template: &str, auth: &AuthServer, upstream: &DemoUpstream) -> String {
-    template.replace("{ISSUER}", auth.issuer()).replace("{UPSTREAM}", &upstream.url())
+    template
+        .replace("{ISSUER}", auth.issuer())
+        .replace("{UPSTREAM}", &upstream.url())
 }
 
 impl TestEnv {
     /// Starts everything with `template`.
     pub async fn start(template: &str) -> TestEnv {
-        let auth = AuthServer::start("127.0.0.1:0".parse().unwrap()).await.expect("auth server");
-        let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap()).await.expect("upstream");
+        let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("auth server");
+        let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("upstream");
         let yaml = render(template, &auth, &upstream);
         Self::start_with(auth, upstream, &yaml).await
     }
@@ -115,7 +127,9 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let metrics = Metrics::new().expect("metrics");
         let gateway = Gateway::new(config, Arc::clone(&metrics)).expect("gateway");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -128,7 +142,16 @@ impl TestEnv {
             let _ = done_tx.send(());
         });
         let client = Client::builder(TokioExecutor::new()).build_http();
-        TestEnv { auth, upstream, addr, gateway, metrics, stop: Some(stop_tx), stopped: Some(done_rx), client }
+        TestEnv {
+            auth,
+            upstream,
+            addr,
+            gateway,
+            metrics,
+            stop: Some(stop_tx),
+            stopped: Some(done_rx),
+            client,
+        }
     }
 
     /// `http://addr` + path.
@@ -149,7 +172,13 @@ impl TestEnv {
     }
 
     /// Sends a request and reads the whole response.
-    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(self.url(path));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -160,8 +189,16 @@ impl TestEnv {
             .expect("gateway answered in time")
             .expect("gateway answered");
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        Reply { status: parts.status, headers: parts.headers, body }
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
     }
 
     /// GET with headers.

@@ -10,7 +10,10 @@ use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use portcullis_jwks::{JwksSettings, KeySource};
 use portcullis_policy::verify::parse_algorithm;
-use portcullis_policy::{AccessRules, Algorithm, CidrSet, ClaimCheck, ClaimRule, DEFAULT_ALGORITHMS, IpRules, IssuerRules};
+use portcullis_policy::{
+    AccessRules, Algorithm, CidrSet, ClaimCheck, ClaimRule, DEFAULT_ALGORITHMS, IpRules,
+    IssuerRules,
+};
 
 use crate::interpolate::{expand, read_secret_file, resolve_path};
 use crate::model::*;
@@ -111,7 +114,10 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
         max_ttl: tc.max_ttl.map_or(Duration::from_secs(300), |d| d.0),
     };
     if raw.workers == Some(0) {
-        ctx.err("workers", "must be at least 1 (leave it out for one per core)");
+        ctx.err(
+            "workers",
+            "must be at least 1 (leave it out for one per core)",
+        );
     }
     let mut issuers = BTreeMap::new();
     for (name, ri) in raw.issuers {
@@ -126,14 +132,20 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
         }
     }
     if raw.routes.is_empty() {
-        ctx.err("routes", "no routes: the gateway would answer every request with 404");
+        ctx.err(
+            "routes",
+            "no routes: the gateway would answer every request with 404",
+        );
     }
     let mut routes = Vec::new();
     let mut names = HashSet::new();
     for (i, rr) in raw.routes.into_iter().enumerate() {
         let path = format!("routes[{i}]");
         if !names.insert(rr.name.clone()) {
-            ctx.err(format!("{path}.name"), format!("duplicate route name {:?}", rr.name));
+            ctx.err(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", rr.name),
+            );
         }
         if let Some(rc) = compile_route(&path, rr, &issuers, &upstreams, &limits, ctx) {
             routes.push(Arc::new(rc));
@@ -167,14 +179,28 @@ fn compile_listen(rl: RawListen, ctx: &mut Ctx<'_>) -> Option<ListenConfig> {
         let (cert_file, cert_pem) = ctx.read_file("listen.tls.cert_file", &t.cert_file)?;
         let (key_file, key_pem) = ctx.read_file("listen.tls.key_file", &t.key_file)?;
         if !String::from_utf8_lossy(&cert_pem).contains("-----BEGIN CERTIFICATE-----") {
-            ctx.err("listen.tls.cert_file", format!("{} holds no PEM certificate", cert_file.display()));
+            ctx.err(
+                "listen.tls.cert_file",
+                format!("{} holds no PEM certificate", cert_file.display()),
+            );
         }
         if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
-            ctx.err("listen.tls.key_file", format!("{} holds no PEM private key", key_file.display()));
+            ctx.err(
+                "listen.tls.key_file",
+                format!("{} holds no PEM private key", key_file.display()),
+            );
         }
-        Some(TlsFiles { cert_file, key_file, cert_pem, key_pem: Secret(key_pem) })
+        Some(TlsFiles {
+            cert_file,
+            key_file,
+            cert_pem,
+            key_pem: Secret(key_pem),
+        })
     });
-    Some(ListenConfig { address: address?, tls })
+    Some(ListenConfig {
+        address: address?,
+        tls,
+    })
 }
 
 fn compile_admin(ra: RawAdmin, ctx: &mut Ctx<'_>) -> Option<Option<SocketAddr>> {
@@ -190,7 +216,10 @@ fn parse_addr(ctx: &mut Ctx<'_>, path: &str, text: &str) -> Option<SocketAddr> {
     match text.parse() {
         Ok(a) => Some(a),
         Err(_) => {
-            ctx.err(path, format!("{text:?} is not an address:port (e.g. 127.0.0.1:8080 or [::]:8443)"));
+            ctx.err(
+                path,
+                format!("{text:?} is not an address:port (e.g. 127.0.0.1:8080 or [::]:8443)"),
+            );
             None
         }
     }
@@ -200,7 +229,9 @@ fn compile_limits(rl: RawLimits) -> Limits {
     Limits {
         max_header_bytes: rl.max_header_bytes.map_or(64 << 10, |s| s.0 as usize),
         max_body_bytes: rl.max_body.map_or(10 << 20, |s| s.0),
-        header_read_timeout: rl.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        header_read_timeout: rl
+            .header_read_timeout
+            .map_or(Duration::from_secs(10), |d| d.0),
         max_connections: rl.max_connections.unwrap_or(10_000),
         max_in_flight: rl.max_in_flight.unwrap_or(10_000),
         shutdown_grace: rl.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
@@ -212,7 +243,10 @@ fn compile_logging(rl: RawLogging, ctx: &mut Ctx<'_>) -> Logging {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            ctx.err("logging.format", format!("{other:?} is not a format; use text or json"));
+            ctx.err(
+                "logging.format",
+                format!("{other:?} is not a format; use text or json"),
+            );
             LogFormat::Text
         }
     };
@@ -221,7 +255,10 @@ fn compile_logging(rl: RawLogging, ctx: &mut Ctx<'_>) -> Logging {
         Some("omit") => SubjectLogging::Omit,
         Some("plain") => SubjectLogging::Plain,
         Some(other) => {
-            ctx.err("logging.subject", format!("{other:?} is not a choice; use hash, omit or plain"));
+            ctx.err(
+                "logging.subject",
+                format!("{other:?} is not a choice; use hash, omit or plain"),
+            );
             SubjectLogging::Hash
         }
     };
@@ -250,7 +287,9 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
         ctx.err(format!("{path}.issuer"), "must not be empty");
     }
     let secret = match (&ri.secret, &ri.secret_file) {
-        (Some(s), None) => ctx.expand(&format!("{path}.secret"), s).map(String::into_bytes),
+        (Some(s), None) => ctx
+            .expand(&format!("{path}.secret"), s)
+            .map(String::into_bytes),
         (None, Some(f)) => {
             let f = ctx.expand(&format!("{path}.secret_file"), f)?;
             match read_secret_file(&resolve_path(&ctx.base, &f)) {
@@ -275,7 +314,10 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
     ];
     let n_sources = sources.iter().filter(|s| **s).count();
     if n_sources > 1 {
-        ctx.err(&path, "choose one key source: discovery, jwks_uri, static_keys_file or secret");
+        ctx.err(
+            &path,
+            "choose one key source: discovery, jwks_uri, static_keys_file or secret",
+        );
         return None;
     }
     let source = if let Some(uri) = &ri.jwks_uri {
@@ -283,14 +325,23 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
     } else if let Some(file) = &ri.static_keys_file {
         let (p, bytes) = ctx.read_file(&format!("{path}.static_keys_file"), file)?;
         if String::from_utf8_lossy(&bytes).contains("-----BEGIN") {
-            KeySource::StaticPem { path: p, pem: bytes }
+            KeySource::StaticPem {
+                path: p,
+                pem: bytes,
+            }
         } else {
-            KeySource::StaticJwks { path: p, document: bytes }
+            KeySource::StaticJwks {
+                path: p,
+                document: bytes,
+            }
         }
     } else if let Some(s) = secret {
         KeySource::Secret(s)
     } else if n_sources == 0 && ri.discovery == Some(false) {
-        ctx.err(&path, "discovery is off and no jwks_uri, static_keys_file or secret is set");
+        ctx.err(
+            &path,
+            "discovery is off and no jwks_uri, static_keys_file or secret is set",
+        );
         return None;
     } else {
         KeySource::Discovery
@@ -304,7 +355,9 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
         max_ttl: rj.max_ttl.map_or(d.max_ttl, |v| v.0),
         default_ttl: rj.default_ttl.map_or(d.default_ttl, |v| v.0),
         max_stale: rj.max_stale.map_or(d.max_stale, |v| v.0),
-        min_refetch_interval: rj.min_refetch_interval.map_or(d.min_refetch_interval, |v| v.0),
+        min_refetch_interval: rj
+            .min_refetch_interval
+            .map_or(d.min_refetch_interval, |v| v.0),
         unknown_kid_ttl: rj.unknown_kid_ttl.map_or(d.unknown_kid_ttl, |v| v.0),
         connect_timeout: rj.connect_timeout.map_or(d.connect_timeout, |v| v.0),
         timeout: rj.timeout.map_or(d.timeout, |v| v.0),
@@ -320,14 +373,29 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
     if let Some(ca) = &jwks.ca_file
         && let Err(e) = std::fs::metadata(ca)
     {
-        ctx.err(format!("{path}.jwks.ca_file"), format!("cannot read {}: {e}", ca.display()));
+        ctx.err(
+            format!("{path}.jwks.ca_file"),
+            format!("cannot read {}: {e}", ca.display()),
+        );
     }
     if source.is_remote() {
         let url = match &source {
             KeySource::JwksUri(u) => u.clone(),
             _ => issuer.clone(),
         };
-        check_fetch_url(&format!("{path}.{}", if ri.jwks_uri.is_some() { "jwks_uri" } else { "issuer" }), &url, jwks.allow_http, ctx);
+        check_fetch_url(
+            &format!(
+                "{path}.{}",
+                if ri.jwks_uri.is_some() {
+                    "jwks_uri"
+                } else {
+                    "issuer"
+                }
+            ),
+            &url,
+            jwks.allow_http,
+            ctx,
+        );
     }
     Some(IssuerConfig {
         name: name.to_owned(),
@@ -362,9 +430,18 @@ fn check_fetch_url(path: &str, url: &str, allow_http: bool, ctx: &mut Ctx<'_>) {
     }
 }
 
-fn compile_algorithms(path: &str, list: Option<&[String]>, is_secret: bool, ctx: &mut Ctx<'_>) -> Vec<Algorithm> {
+fn compile_algorithms(
+    path: &str,
+    list: Option<&[String]>,
+    is_secret: bool,
+    ctx: &mut Ctx<'_>,
+) -> Vec<Algorithm> {
     let Some(list) = list else {
-        return if is_secret { vec![Algorithm::HS256] } else { DEFAULT_ALGORITHMS.to_vec() };
+        return if is_secret {
+            vec![Algorithm::HS256]
+        } else {
+            DEFAULT_ALGORITHMS.to_vec()
+        };
     };
     let mut out = Vec::new();
     for (i, name) in list.iter().enumerate() {
@@ -382,7 +459,10 @@ fn compile_algorithms(path: &str, list: Option<&[String]>, is_secret: bool, ctx:
         }
     }
     if list.is_empty() {
-        ctx.err(path.to_owned() + ".algorithms", "is empty: no token could ever verify");
+        ctx.err(
+            path.to_owned() + ".algorithms",
+            "is empty: no token could ever verify",
+        );
     }
     out
 }
@@ -401,15 +481,23 @@ fn compile_upstream(name: &str, ru: RawUpstream, ctx: &mut Ctx<'_>) -> Option<Up
             Err(e) => ctx.err(p, e),
         }
     }
-    let ca_pem = ru.ca_file.as_deref().and_then(|f| ctx.read_file(&format!("{path}.ca_file"), f)).map(|(_, b)| b);
-    let credential = ru.credential.and_then(|c| compile_credential(&format!("{path}.credential"), c, ctx));
+    let ca_pem = ru
+        .ca_file
+        .as_deref()
+        .and_then(|f| ctx.read_file(&format!("{path}.ca_file"), f))
+        .map(|(_, b)| b);
+    let credential = ru
+        .credential
+        .and_then(|c| compile_credential(&format!("{path}.credential"), c, ctx));
     let health = ru.health.unwrap_or_default();
     let retry = ru.retry.unwrap_or_default();
     Some(UpstreamConfig {
         name: name.to_owned(),
         targets,
         connect_timeout: ru.connect_timeout.map_or(Duration::from_secs(3), |d| d.0),
-        response_header_timeout: ru.response_header_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        response_header_timeout: ru
+            .response_header_timeout
+            .map_or(Duration::from_secs(60), |d| d.0),
         idle_timeout: ru.idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
         http2: ru.http2.unwrap_or(false),
         ca_pem,
@@ -430,7 +518,10 @@ pub fn parse_target(t: &str) -> Result<Target, String> {
         Some("https") => true,
         _ => return Err(format!("{t:?} must start with http:// or https://")),
     };
-    let authority = uri.authority().cloned().ok_or_else(|| format!("{t:?} has no host"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{t:?} has no host"))?;
     if authority.as_str().contains('@') {
         return Err("target URLs may not carry credentials; use credential: instead".to_owned());
     }
@@ -438,14 +529,21 @@ pub fn parse_target(t: &str) -> Result<Target, String> {
         return Err(format!("{t:?} may not have a query string"));
     }
     let base_path = uri.path().trim_end_matches('/').to_owned();
-    Ok(Target { https, authority, base_path })
+    Ok(Target {
+        https,
+        authority,
+        base_path,
+    })
 }
 
 fn compile_credential(path: &str, rc: RawCredential, ctx: &mut Ctx<'_>) -> Option<Credential> {
     let header = match HeaderName::try_from(rc.header.as_str()) {
         Ok(h) => h,
         Err(_) => {
-            ctx.err(format!("{path}.header"), format!("{:?} is not a valid header name", rc.header));
+            ctx.err(
+                format!("{path}.header"),
+                format!("{:?} is not a valid header name", rc.header),
+            );
             return None;
         }
     };
@@ -469,10 +567,16 @@ fn compile_credential(path: &str, rc: RawCredential, ctx: &mut Ctx<'_>) -> Optio
     match HeaderValue::try_from(value) {
         Ok(mut v) => {
             v.set_sensitive(true);
-            Some(Credential { header, value: Secret(v) })
+            Some(Credential {
+                header,
+                value: Secret(v),
+            })
         }
         Err(_) => {
-            ctx.err(format!("{path}.value"), "the value is not a valid header value (control characters?)");
+            ctx.err(
+                format!("{path}.value"),
+                "the value is not a valid header value (control characters?)",
+            );
             None
         }
     }
@@ -486,27 +590,50 @@ fn compile_route(
     limits: &Limits,
     ctx: &mut Ctx<'_>,
 ) -> Option<RouteConfig> {
-    if rr.name.is_empty() || !rr.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        ctx.err(format!("{path}.name"), "must be non-empty letters, digits, '-', '_' or '.' (it is a metric label)");
+    if rr.name.is_empty()
+        || !rr
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        ctx.err(
+            format!("{path}.name"),
+            "must be non-empty letters, digits, '-', '_' or '.' (it is a metric label)",
+        );
     }
     if rr.name == "unmatched" {
-        ctx.err(format!("{path}.name"), "\"unmatched\" is reserved for requests no route matches");
+        ctx.err(
+            format!("{path}.name"),
+            "\"unmatched\" is reserved for requests no route matches",
+        );
     }
     if !upstreams.contains_key(&rr.upstream) {
         let hint = did_you_mean(&rr.upstream, upstreams.keys().map(String::as_str));
-        ctx.err(format!("{path}.upstream"), format!("unknown upstream {:?}{hint}", rr.upstream));
+        ctx.err(
+            format!("{path}.upstream"),
+            format!("unknown upstream {:?}{hint}", rr.upstream),
+        );
     }
     let matcher = compile_match(&format!("{path}.match"), rr.matcher, ctx);
     let rewrite = rr.rewrite.map(|rw| {
         let strip = rw.strip_prefix.unwrap_or_default();
         let replace = rw.replace_prefix.unwrap_or_default();
         if strip.is_empty() && replace.is_empty() {
-            ctx.err(format!("{path}.rewrite"), "set strip_prefix and/or replace_prefix");
+            ctx.err(
+                format!("{path}.rewrite"),
+                "set strip_prefix and/or replace_prefix",
+            );
         }
         if !replace.is_empty() && !replace.starts_with('/') {
-            ctx.err(format!("{path}.rewrite.replace_prefix"), "must start with /");
+            ctx.err(
+                format!("{path}.rewrite.replace_prefix"),
+                "must start with /",
+            );
         }
-        Rewrite { strip_prefix: strip, replace_prefix: replace }
+        Rewrite {
+            strip_prefix: strip,
+            replace_prefix: replace,
+        }
     });
     let ip = rr.ip.unwrap_or_default();
     let allow = ctx.nets(&format!("{path}.ip.allow"), &ip.allow);
@@ -514,12 +641,23 @@ fn compile_route(
     let auth = match (rr.public, rr.auth) {
         (Some(true), None) => RouteAuth::Public,
         (Some(true), Some(_)) => {
-            ctx.err(format!("{path}.public"), "a public route cannot also have an auth block");
+            ctx.err(
+                format!("{path}.public"),
+                "a public route cannot also have an auth block",
+            );
             RouteAuth::Public
         }
-        (_, Some(ra)) => RouteAuth::Protected(Box::new(compile_auth(&format!("{path}.auth"), ra, issuers, ctx)?)),
+        (_, Some(ra)) => RouteAuth::Protected(Box::new(compile_auth(
+            &format!("{path}.auth"),
+            ra,
+            issuers,
+            ctx,
+        )?)),
         (_, None) => {
-            ctx.err(path, "has no auth block and is not marked public: true (routes fail closed)");
+            ctx.err(
+                path,
+                "has no auth block and is not marked public: true (routes fail closed)",
+            );
             return None;
         }
     };
@@ -540,9 +678,14 @@ fn compile_match(path: &str, rm: RawMatch, ctx: &mut Ctx<'_>) -> Option<RouteMat
     let host = rm.host.map(|h| {
         let h = h.to_ascii_lowercase();
         match h.strip_prefix("*.") {
-            Some(rest) if !rest.is_empty() && !rest.contains('*') => HostMatch::Suffix(format!(".{rest}")),
+            Some(rest) if !rest.is_empty() && !rest.contains('*') => {
+                HostMatch::Suffix(format!(".{rest}"))
+            }
             _ if h.contains('*') || h.is_empty() => {
-                ctx.err(format!("{path}.host"), "wildcards are only allowed as a leading *. (e.g. *.example.com)");
+                ctx.err(
+                    format!("{path}.host"),
+                    "wildcards are only allowed as a leading *. (e.g. *.example.com)",
+                );
                 HostMatch::Exact(h)
             }
             _ => HostMatch::Exact(h),
@@ -564,16 +707,25 @@ fn compile_match(path: &str, rm: RawMatch, ctx: &mut Ctx<'_>) -> Option<RouteMat
     let methods = rm.methods.map(|list| {
         list.iter()
             .enumerate()
-            .filter_map(|(i, m)| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => Some(m),
-                Err(_) => {
-                    ctx.err(format!("{path}.methods[{i}]"), format!("{m:?} is not an HTTP method"));
-                    None
-                }
-            })
+            .filter_map(
+                |(i, m)| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => Some(m),
+                    Err(_) => {
+                        ctx.err(
+                            format!("{path}.methods[{i}]"),
+                            format!("{m:?} is not an HTTP method"),
+                        );
+                        None
+                    }
+                },
+            )
             .collect()
     });
-    Some(RouteMatch { host, path: path_match, methods })
+    Some(RouteMatch {
+        host,
+        path: path_match,
+        methods,
+    })
 }
 
 fn compile_auth(
@@ -593,12 +745,18 @@ fn compile_auth(
             }
             None => {
                 let hint = did_you_mean(name, issuers.keys().map(String::as_str));
-                ctx.err(format!("{path}.issuers[{i}]"), format!("unknown issuer {name:?}{hint}"));
+                ctx.err(
+                    format!("{path}.issuers[{i}]"),
+                    format!("unknown issuer {name:?}{hint}"),
+                );
             }
         }
     }
     if ra.audiences.is_empty() {
-        ctx.err(format!("{path}.audiences"), "required: without an audience, a token minted for another API would pass");
+        ctx.err(
+            format!("{path}.audiences"),
+            "required: without an audience, a token minted for another API would pass",
+        );
     }
     let scopes = ra.scopes.unwrap_or_default();
     let mut claims = Vec::new();
@@ -608,17 +766,26 @@ fn compile_auth(
             (None, Some(v), None) => ClaimCheck::OneOf(v),
             (None, None, Some(v)) => ClaimCheck::Contains(v),
             _ => {
-                ctx.err(format!("{path}.claims[{i}]"), "set exactly one of equals, one_of or contains");
+                ctx.err(
+                    format!("{path}.claims[{i}]"),
+                    "set exactly one of equals, one_of or contains",
+                );
                 continue;
             }
         };
-        claims.push(ClaimRule { claim: rc.claim, check });
+        claims.push(ClaimRule {
+            claim: rc.claim,
+            check,
+        });
     }
     let mode = match ra.mode.as_deref() {
         None | Some("enforce") => AuthMode::Enforce,
         Some("report") => AuthMode::Report,
         Some(other) => {
-            ctx.err(format!("{path}.mode"), format!("{other:?} is not a mode; use enforce or report"));
+            ctx.err(
+                format!("{path}.mode"),
+                format!("{other:?} is not a mode; use enforce or report"),
+            );
             AuthMode::Enforce
         }
     };

@@ -53,14 +53,22 @@ pub fn process_env(name: &str) -> Option<String> {
 /// Resolves `path` against the config file's folder.
 pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// Reads a secret file, trimming one trailing newline.
 pub fn read_secret_file(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(text.strip_suffix('\n').unwrap_or(&text).trim_end_matches('\r').to_owned())
+    Ok(text
+        .strip_suffix('\n')
+        .unwrap_or(&text)
+        .trim_end_matches('\r')
+        .to_owned())
 }
 
 #[cfg(test)]

@@ -27,7 +27,12 @@ pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: file.clone(),
-        problems: vec![Problem { path: String::new(), message: format!("cannot read: {e}"), line: None, column: None }],
+        problems: vec![Problem {
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+            line: None,
+            column: None,
+        }],
     })?;
     load_str(&text, &file, &base_dir(path), &interpolate::process_env)
 }
@@ -43,9 +48,18 @@ pub fn load_str(
     let locator = Locator::new(text);
     let raw: raw::RawConfig = match serde_yaml::from_str(text) {
         Ok(raw) => raw,
-        Err(e) => return Err(ConfigError { file: file.to_owned(), problems: vec![serde_problem(&e, &locator)] }),
+        Err(e) => {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                problems: vec![serde_problem(&e, &locator)],
+            });
+        }
     };
-    let mut ctx = Ctx { problems: Vec::new(), base: base.to_path_buf(), env };
+    let mut ctx = Ctx {
+        problems: Vec::new(),
+        base: base.to_path_buf(),
+        env,
+    };
     let compiled = compile::compile(raw, &mut ctx, file);
     match compiled {
         Some(config) if ctx.problems.is_empty() => Ok(config),
@@ -55,17 +69,27 @@ pub fn load_str(
                 .into_iter()
                 .map(|(path, message)| {
                     let pos = locator.find(&path);
-                    Problem { path, message, line: pos.map(|p| p.0), column: pos.map(|p| p.1) }
+                    Problem {
+                        path,
+                        message,
+                        line: pos.map(|p| p.0),
+                        column: pos.map(|p| p.1),
+                    }
                 })
                 .collect();
             problems.sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
-            Err(ConfigError { file: file.to_owned(), problems })
+            Err(ConfigError {
+                file: file.to_owned(),
+                problems,
+            })
         }
     }
 }
 
 fn serde_problem(e: &serde_yaml::Error, locator: &Locator) -> Problem {
-    let (line, column) = e.location().map_or((None, None), |l| (Some(l.line()), Some(l.column())));
+    let (line, column) = e
+        .location()
+        .map_or((None, None), |l| (Some(l.line()), Some(l.column())));
     let mut message = e.to_string();
     // serde_yaml appends " at line L column C"; the prefix already says where.
     if let Some(i) = message.find(" at line ") {
@@ -78,11 +102,18 @@ fn serde_problem(e: &serde_yaml::Error, locator: &Locator) -> Problem {
     };
     if let Some(field) = unknown_field(&message) {
         let expected = expected_fields(&message);
-        message = format!("unknown key `{field}`{}", did_you_mean(&field, expected.iter().map(String::as_str)));
+        message = format!(
+            "unknown key `{field}`{}",
+            did_you_mean(&field, expected.iter().map(String::as_str))
+        );
         if !expected.is_empty() {
             message.push_str(&format!("; known keys: {}", expected.join(", ")));
         }
-        path = if path.is_empty() { field } else { format!("{path}.{field}") };
+        path = if path.is_empty() {
+            field
+        } else {
+            format!("{path}.{field}")
+        };
     }
     if path.is_empty()
         && let (Some(l), Some(c)) = (line, column)
@@ -90,7 +121,12 @@ fn serde_problem(e: &serde_yaml::Error, locator: &Locator) -> Problem {
     {
         path = p.to_owned();
     }
-    Problem { path, message, line, column }
+    Problem {
+        path,
+        message,
+        line,
+        column,
+    }
 }
 
 fn unknown_field(message: &str) -> Option<String> {
@@ -106,7 +142,9 @@ fn expected_fields(message: &str) -> Vec<String> {
             .map(|(f, _)| vec![f.to_owned()])
             .unwrap_or_default();
     };
-    list.split(", ").map(|f| f.trim_matches('`').to_owned()).collect()
+    list.split(", ")
+        .map(|f| f.trim_matches('`').to_owned())
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,21 +10,29 @@ use portcullis_policy::IpRules;
 pub fn warnings(config: &GatewayConfig) -> Vec<String> {
     let mut out = Vec::new();
     for (j, later) in config.routes.iter().enumerate() {
-        if let Some(earlier) = config.routes[..j].iter().find(|e| covers(&e.matcher, &later.matcher)) {
+        if let Some(earlier) = config.routes[..j]
+            .iter()
+            .find(|e| covers(&e.matcher, &later.matcher))
+        {
             out.push(format!(
                 "routes[{j}] ({}) can never match: routes {:?} has the same host and path and takes all its methods",
                 later.name, earlier.name
             ));
         }
         if matches!(later.auth, RouteAuth::Public) {
-            out.push(format!("routes[{j}] ({}) is public: requests pass without a token", later.name));
+            out.push(format!(
+                "routes[{j}] ({}) is public: requests pass without a token",
+                later.name
+            ));
         }
         if deny_covers_allow(&later.ip_rules) {
             out.push(format!("routes[{j}] ({}): the ip deny list covers the whole allow list; no client can pass", later.name));
         }
     }
     if deny_covers_allow(&config.network.rules) {
-        out.push("network: the deny list covers the whole allow list; no client can pass".to_owned());
+        out.push(
+            "network: the deny list covers the whole allow list; no client can pass".to_owned(),
+        );
     }
     let used: HashSet<&str> = config.routes.iter().map(|r| r.upstream.as_str()).collect();
     for name in config.upstreams.keys() {
@@ -49,7 +57,9 @@ fn covers(a: &RouteMatch, b: &RouteMatch) -> bool {
 
 fn deny_covers_allow(rules: &IpRules) -> bool {
     !rules.allow.is_empty()
-        && rules.allow.nets().iter().all(|a| {
-            rules.deny.nets().iter().any(|d| d.contains(a))
-        })
+        && rules
+            .allow
+            .nets()
+            .iter()
+            .all(|a| rules.deny.nets().iter().any(|d| d.contains(a)))
 }

@@ -42,11 +42,16 @@ fn load(text: &str) -> Result<GatewayConfig, ConfigError> {
 fn good_config_compiles() {
     let c = load(GOOD).unwrap();
     assert_eq!(c.routes.len(), 2);
-    let RouteAuth::Protected(p) = &c.routes[0].auth else { panic!("protected") };
+    let RouteAuth::Protected(p) = &c.routes[0].auth else {
+        panic!("protected")
+    };
     assert!(p.issuers.contains_key("http://127.0.0.1:9000/"));
     let cred = c.upstreams["llm"].credential.as_ref().unwrap();
     assert_eq!(cred.value.0, "Bearer sk-live-123");
-    assert!(!format!("{c:?}").contains("sk-live-123"), "secret leaked into Debug");
+    assert!(
+        !format!("{c:?}").contains("sk-live-123"),
+        "secret leaked into Debug"
+    );
     assert!(c.warnings.iter().any(|w| w.contains("public")));
 }
 
@@ -55,15 +60,24 @@ fn errors_have_file_line_column_and_path() {
     let bad = GOOD.replace("upstream: llm\n    auth", "upstream: opena\n    auth");
     let err = load(&bad).unwrap_err();
     let text = err.to_string();
-    assert!(text.starts_with("gateway.yaml:16:5: routes[0].upstream: unknown upstream \"opena\""), "{text}");
+    assert!(
+        text.starts_with("gateway.yaml:16:5: routes[0].upstream: unknown upstream \"opena\""),
+        "{text}"
+    );
 }
 
 #[test]
 fn unknown_key_suggests() {
     let bad = GOOD.replace("upstream: llm\n    public", "upstrem: llm\n    public");
     let err = load(&bad).unwrap_err().to_string();
-    assert!(err.contains("unknown key `upstrem` (did you mean \"upstream\"?)"), "{err}");
-    assert!(err.contains("gateway.yaml:24:5: routes[1].upstrem"), "{err}");
+    assert!(
+        err.contains("unknown key `upstrem` (did you mean \"upstream\"?)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("gateway.yaml:24:5: routes[1].upstrem"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -84,12 +98,18 @@ fn all_problems_reported_at_once() {
 fn route_without_auth_fails_closed() {
     let bad = GOOD.replace("    public: true\n", "");
     let err = load(&bad).unwrap_err().to_string();
-    assert!(err.contains("routes[1]: has no auth block and is not marked public"), "{err}");
+    assert!(
+        err.contains("routes[1]: has no auth block and is not marked public"),
+        "{err}"
+    );
 }
 
 #[test]
 fn rejects_alg_none_and_hmac_next_to_keys() {
-    let bad = GOOD.replace("issuer: http://127.0.0.1:9000/", "issuer: http://127.0.0.1:9000/\n    algorithms: [none, HS256]");
+    let bad = GOOD.replace(
+        "issuer: http://127.0.0.1:9000/",
+        "issuer: http://127.0.0.1:9000/\n    algorithms: [none, HS256]",
+    );
     let err = load(&bad).unwrap_err().to_string();
     assert!(err.contains("alg none is never allowed"), "{err}");
     assert!(err.contains("HS256 needs a shared secret issuer"), "{err}");
@@ -103,9 +123,15 @@ fn bad_cidr_and_units() {
     );
     let err = load(&bad).unwrap_err().to_string();
     assert!(err.contains("unknown size unit"), "{err}");
-    let bad = GOOD.replace("listen:\n", "network:\n  allow: [10.0.0.1/8, nonsense]\nlisten:\n");
+    let bad = GOOD.replace(
+        "listen:\n",
+        "network:\n  allow: [10.0.0.1/8, nonsense]\nlisten:\n",
+    );
     let err = load(&bad).unwrap_err().to_string();
-    assert!(err.contains("network.allow[0]: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?"), "{err}");
+    assert!(
+        err.contains("network.allow[0]: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?"),
+        "{err}"
+    );
     assert!(err.contains("network.allow[1]"), "{err}");
 }
 

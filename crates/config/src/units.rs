@@ -32,7 +32,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60.0,
         "h" => 3600.0,
         "d" => 86_400.0,
-        _ => return Err(format!("unknown duration unit {unit:?} in {s:?}; use ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "unknown duration unit {unit:?} in {s:?}; use ms, s, m, h or d"
+            ));
+        }
     };
     let secs = n * factor;
     if !secs.is_finite() || secs > 10.0 * 365.0 * 86_400.0 {
@@ -57,9 +61,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
     };
-    n.checked_mul(factor).ok_or_else(|| format!("size {s:?} is out of range"))
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {s:?} is out of range"))
 }
 
 #[derive(Deserialize)]
@@ -76,7 +85,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
             NumOrText::Num(n) => Err(serde::de::Error::custom(format!(
                 "duration {n} needs a unit: ms, s, m, h or d (e.g. {n}s)"
             ))),
-            NumOrText::Text(s) => parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom),
+            NumOrText::Text(s) => parse_duration(&s)
+                .map(HumanDuration)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -85,7 +96,9 @@ impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match NumOrText::deserialize(d)? {
             NumOrText::Num(n) => Ok(ByteSize(n)),
-            NumOrText::Text(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            NumOrText::Text(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }

@@ -83,10 +83,18 @@ impl AuthServer {
             discovery_hits: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
             token_ttl: AtomicU64::new(3600),
-            client_scopes: Mutex::new(vec!["chat:read".into(), "chat:write".into(), "models:read".into()]),
+            client_scopes: Mutex::new(vec![
+                "chat:read".into(),
+                "chat:write".into(),
+                "models:read".into(),
+            ]),
         });
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| SignError(e.to_string()))?;
-        let bound = listener.local_addr().map_err(|e| SignError(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| SignError(e.to_string()))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| SignError(e.to_string()))?;
         let issuer = format!("http://{bound}/");
         let ctl = Arc::clone(&control);
         let iss = issuer.clone();
@@ -96,7 +104,11 @@ impl AuthServer {
             async move { handle(req, &ctl, &iss).await }
         })
         .map_err(|e| SignError(e.to_string()))?;
-        Ok(AuthServer { handle, control, issuer })
+        Ok(AuthServer {
+            handle,
+            control,
+            issuer,
+        })
     }
 
     /// The issuer identifier (`http://127.0.0.1:PORT/`).
@@ -169,7 +181,11 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-async fn handle(req: Request<Incoming>, ctl: &AuthControl, issuer: &str) -> hyper::Response<DevBody> {
+async fn handle(
+    req: Request<Incoming>,
+    ctl: &AuthControl,
+    issuer: &str,
+) -> hyper::Response<DevBody> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/.well-known/openid-configuration") => {
@@ -180,16 +196,19 @@ async fn handle(req: Request<Incoming>, ctl: &AuthControl, issuer: &str) -> hype
                 .unwrap_or_else(|p| p.into_inner())
                 .clone()
                 .unwrap_or_else(|| issuer.to_owned());
-            json_response(200, &json!({
-                "issuer": advertised,
-                "jwks_uri": format!("{issuer}jwks"),
-                "token_endpoint": format!("{issuer}token"),
-                "grant_types_supported": ["client_credentials"],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-                "response_types_supported": ["token"],
-                "subject_types_supported": ["public"],
-            }))
+            json_response(
+                200,
+                &json!({
+                    "issuer": advertised,
+                    "jwks_uri": format!("{issuer}jwks"),
+                    "token_endpoint": format!("{issuer}token"),
+                    "grant_types_supported": ["client_credentials"],
+                    "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "response_types_supported": ["token"],
+                    "subject_types_supported": ["public"],
+                }),
+            )
         }
         (Method::GET, "/jwks") => jwks(ctl).await,
         (Method::POST, "/token") => token(req, ctl, issuer).await,
@@ -204,13 +223,22 @@ async fn jwks(ctl: &AuthControl) -> hyper::Response<DevBody> {
         JwksFault::Status(s) => return json_response(s, &json!({"error": "injected"})),
         JwksFault::Body(b) => {
             let mut r = hyper::Response::new(full(b));
-            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
             return r;
         }
         JwksFault::Delay(d) => tokio::time::sleep(d).await,
         JwksFault::None => {}
     }
-    let keys: Vec<Value> = ctl.keys.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|k| k.public_jwk()).collect();
+    let keys: Vec<Value> = ctl
+        .keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|k| k.public_jwk())
+        .collect();
     let mut r = json_response(200, &json!({ "keys": keys }));
     let cc = format!("public, max-age={}", ctl.max_age.load(Ordering::SeqCst));
     if let Ok(v) = http::HeaderValue::from_str(&cc) {
@@ -220,10 +248,17 @@ async fn jwks(ctl: &AuthControl) -> hyper::Response<DevBody> {
 }
 
 fn oauth_error(status: u16, code: &str, description: &str) -> hyper::Response<DevBody> {
-    json_response(status, &json!({"error": code, "error_description": description}))
+    json_response(
+        status,
+        &json!({"error": code, "error_description": description}),
+    )
 }
 
-async fn token(req: Request<Incoming>, ctl: &AuthControl, issuer: &str) -> hyper::Response<DevBody> {
+async fn token(
+    req: Request<Incoming>,
+    ctl: &AuthControl,
+    issuer: &str,
+) -> hyper::Response<DevBody> {
     let basic = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -231,26 +266,46 @@ async fn token(req: Request<Incoming>, ctl: &AuthControl, issuer: &str) -> hyper
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok());
-    let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 << 10).collect().await else {
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 << 10)
+        .collect()
+        .await
+    else {
         return oauth_error(400, "invalid_request", "unreadable body");
     };
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body.to_bytes()).into_owned().collect();
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body.to_bytes())
+        .into_owned()
+        .collect();
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let (id, secret) = match basic.as_deref().and_then(|b| b.split_once(':')) {
         Some((i, s)) => (Some(i.to_owned()), Some(s.to_owned())),
         None => (get("client_id"), get("client_secret")),
     };
     if get("grant_type").as_deref() != Some("client_credentials") {
-        return oauth_error(400, "unsupported_grant_type", "only client_credentials is supported");
+        return oauth_error(
+            400,
+            "unsupported_grant_type",
+            "only client_credentials is supported",
+        );
     }
     if id.as_deref() != Some(DEMO_CLIENT_ID) || secret.as_deref() != Some(DEMO_CLIENT_SECRET) {
         return oauth_error(401, "invalid_client", "unknown client or wrong secret");
     }
-    let allowed = ctl.client_scopes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let allowed = ctl
+        .client_scopes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let scope = match get("scope") {
         Some(s) => {
-            if let Some(bad) = s.split_whitespace().find(|w| !allowed.iter().any(|a| a == w)) {
-                return oauth_error(400, "invalid_scope", &format!("scope {bad} is not granted to this client"));
+            if let Some(bad) = s
+                .split_whitespace()
+                .find(|w| !allowed.iter().any(|a| a == w))
+            {
+                return oauth_error(
+                    400,
+                    "invalid_scope",
+                    &format!("scope {bad} is not granted to this client"),
+                );
             }
             s
         }
@@ -274,10 +329,16 @@ async fn token(req: Request<Incoming>, ctl: &AuthControl, issuer: &str) -> hyper
     match key.sign_with_header(&header, &claims) {
         Ok(token) => {
             ctl.tokens_issued.fetch_add(1, Ordering::SeqCst);
-            let mut r = json_response(200, &json!({
-                "access_token": token, "token_type": "Bearer", "expires_in": ttl, "scope": scope,
-            }));
-            r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+            let mut r = json_response(
+                200,
+                &json!({
+                    "access_token": token, "token_type": "Bearer", "expires_in": ttl, "scope": scope,
+                }),
+            );
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
             r
         }
         Err(e) => oauth_error(500, "server_error", &e.to_string()),

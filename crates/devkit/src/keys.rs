@@ -37,7 +37,11 @@ impl SigningKey {
     /// A fresh RSA-2048 key for RS256 (or PS256 with [`SigningKey::with_alg`]).
     pub fn rsa(kid: &str) -> Result<Self, SignError> {
         let kp = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|e| SignError(e.to_string()))?;
-        Ok(SigningKey { kid: kid.to_owned(), alg: "RS256", inner: Inner::Rsa(kp) })
+        Ok(SigningKey {
+            kid: kid.to_owned(),
+            alg: "RS256",
+            inner: Inner::Rsa(kp),
+        })
     }
 
     /// A fresh P-256 key for ES256.
@@ -45,20 +49,33 @@ impl SigningKey {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .map_err(|e| SignError(e.to_string()))?;
-        let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-            .map_err(|e| SignError(e.to_string()))?;
-        Ok(SigningKey { kid: kid.to_owned(), alg: "ES256", inner: Inner::Ec(kp) })
+        let kp =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .map_err(|e| SignError(e.to_string()))?;
+        Ok(SigningKey {
+            kid: kid.to_owned(),
+            alg: "ES256",
+            inner: Inner::Ec(kp),
+        })
     }
 
     /// A fresh Ed25519 key for EdDSA.
     pub fn ed25519(kid: &str) -> Result<Self, SignError> {
         let kp = Ed25519KeyPair::generate().map_err(|e| SignError(e.to_string()))?;
-        Ok(SigningKey { kid: kid.to_owned(), alg: "EdDSA", inner: Inner::Ed(kp) })
+        Ok(SigningKey {
+            kid: kid.to_owned(),
+            alg: "EdDSA",
+            inner: Inner::Ed(kp),
+        })
     }
 
     /// An HMAC key (HS256) from a secret.
     pub fn hmac(kid: &str, secret: &[u8]) -> Self {
-        SigningKey { kid: kid.to_owned(), alg: "HS256", inner: Inner::Hmac(secret.to_vec()) }
+        SigningKey {
+            kid: kid.to_owned(),
+            alg: "HS256",
+            inner: Inner::Hmac(secret.to_vec()),
+        }
     }
 
     /// Uses another algorithm of the same family (RS256 <-> PS256).
@@ -99,21 +116,45 @@ impl SigningKey {
                 "kty": "OKP", "crv": "Ed25519", "kid": self.kid, "alg": self.alg, "use": "sig",
                 "x": b64(kp.public_key().as_ref()),
             }),
-            Inner::Hmac(secret) => json!({ "kty": "oct", "kid": self.kid, "alg": self.alg, "k": b64(secret) }),
+            Inner::Hmac(secret) => {
+                json!({ "kty": "oct", "kid": self.kid, "alg": self.alg, "k": b64(secret) })
+            }
         }
     }
 
     /// The public key as a PEM `PUBLIC KEY` block (SubjectPublicKeyInfo).
     pub fn public_pem(&self) -> Result<String, SignError> {
         let der: Vec<u8> = match &self.inner {
-            Inner::Rsa(kp) => kp.public_key().as_der().map_err(|e| SignError(e.to_string()))?.as_ref().to_vec(),
-            Inner::Ec(kp) => kp.public_key().as_der().map_err(|e| SignError(e.to_string()))?.as_ref().to_vec(),
-            Inner::Ed(kp) => kp.public_key().as_der().map_err(|e| SignError(e.to_string()))?.as_ref().to_vec(),
+            Inner::Rsa(kp) => kp
+                .public_key()
+                .as_der()
+                .map_err(|e| SignError(e.to_string()))?
+                .as_ref()
+                .to_vec(),
+            Inner::Ec(kp) => kp
+                .public_key()
+                .as_der()
+                .map_err(|e| SignError(e.to_string()))?
+                .as_ref()
+                .to_vec(),
+            Inner::Ed(kp) => kp
+                .public_key()
+                .as_der()
+                .map_err(|e| SignError(e.to_string()))?
+                .as_ref()
+                .to_vec(),
             Inner::Hmac(_) => return Err(SignError("an HMAC key has no public key".into())),
         };
         let body = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = body.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
-        Ok(format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n")))
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
+        Ok(format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        ))
     }
 
     /// Signs `claims` with a header of `{alg, kid, typ: JWT}`.
@@ -157,7 +198,11 @@ impl SigningKey {
 
 /// An unsigned `alg: none` token, for negative tests.
 pub fn unsigned_token(claims: &Value) -> String {
-    format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"}).to_string()), b64(claims.to_string()))
+    format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"}).to_string()),
+        b64(claims.to_string())
+    )
 }
 
 /// Seconds since the Unix epoch.

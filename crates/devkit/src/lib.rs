@@ -8,7 +8,9 @@ pub mod keys;
 pub mod serve;
 pub mod upstream;
 
-pub use auth_server::{AuthControl, AuthServer, DEMO_AUDIENCE, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, JwksFault};
+pub use auth_server::{
+    AuthControl, AuthServer, DEMO_AUDIENCE, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, JwksFault,
+};
 pub use keys::{SignError, SigningKey, b64, now_unix, unsigned_token};
 pub use serve::{DevBody, ServerHandle, bind_and_serve, serve};
 pub use upstream::{DemoUpstream, UpstreamStats};

@@ -47,14 +47,20 @@ impl Drop for ServerHandle {
 
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> DevBody {
-    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 /// A JSON response.
 pub fn json_response(status: u16, value: &serde_json::Value) -> Response<DevBody> {
     let mut r = Response::new(full(value.to_string()));
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -68,7 +74,9 @@ where
     let handler = Arc::new(handler);
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let handler = Arc::clone(&handler);
             tokio::spawn(async move {

@@ -58,21 +58,28 @@ impl DemoUpstream {
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<u64> {
     let q = req.uri().query()?;
-    form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).and_then(|(_, v)| v.parse().ok())
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 async fn route(req: Request<Incoming>, peer: SocketAddr) -> hyper::Response<DevBody> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/v1/models") => json_response(200, &json!({
-            "object": "list",
-            "data": [{"id": "portcullis-demo-1", "object": "model", "owned_by": "portcullis"}],
-        })),
+        (Method::GET, "/v1/models") => json_response(
+            200,
+            &json!({
+                "object": "list",
+                "data": [{"id": "portcullis-demo-1", "object": "model", "owned_by": "portcullis"}],
+            }),
+        ),
         (Method::POST, "/v1/chat/completions") => chat(req).await,
         (_, p) if p.ends_with("/sse") => {
             let chunks = query_param(&req, "chunks").unwrap_or(5);
             let interval = query_param(&req, "interval_ms").unwrap_or(100);
-            let events = (0..chunks).map(|i| format!("data: {{\"n\":{i}}}\n\n")).collect();
+            let events = (0..chunks)
+                .map(|i| format!("data: {{\"n\":{i}}}\n\n"))
+                .collect();
             sse(events, Duration::from_millis(interval), true)
         }
         (_, p) if p.ends_with("/upload") => upload(req).await,
@@ -84,7 +91,11 @@ async fn route(req: Request<Incoming>, peer: SocketAddr) -> hyper::Response<DevB
             json_response(200, &json!({"slept_ms": ms}))
         }
         (_, p) if p.contains("/status/") => {
-            let code = p.rsplit('/').next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            let code = p
+                .rsplit('/')
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(500);
             json_response(code, &json!({"status": code}))
         }
         _ => echo(req, peer).await,
@@ -107,10 +118,13 @@ async fn echo(req: Request<Incoming>, peer: SocketAddr) -> hyper::Response<DevBo
         headers.insert(name.as_str().to_owned(), Value::Array(values));
     }
     let (bytes, _) = count_body(req.into_body()).await;
-    json_response(200, &json!({
-        "method": method, "uri": uri, "version": version, "headers": headers,
-        "peer": peer.to_string(), "body_bytes": bytes,
-    }))
+    json_response(
+        200,
+        &json!({
+            "method": method, "uri": uri, "version": version, "headers": headers,
+            "peer": peer.to_string(), "body_bytes": bytes,
+        }),
+    )
 }
 
 async fn count_body(mut body: Incoming) -> (u64, u64) {
@@ -127,18 +141,31 @@ async fn count_body(mut body: Incoming) -> (u64, u64) {
 
 async fn upload(req: Request<Incoming>) -> hyper::Response<DevBody> {
     let (total, largest) = count_body(req.into_body()).await;
-    json_response(200, &json!({"received_bytes": total, "largest_chunk": largest}))
+    json_response(
+        200,
+        &json!({"received_bytes": total, "largest_chunk": largest}),
+    )
 }
 
 async fn chat(req: Request<Incoming>) -> hyper::Response<DevBody> {
-    let body = match http_body_util::Limited::new(req.into_body(), 1 << 20).collect().await {
+    let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => return json_response(413, &json!({"error": {"message": "body too large"}})),
     };
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return json_response(400, &json!({"error": {"message": "body is not JSON", "type": "invalid_request_error"}}));
+        return json_response(
+            400,
+            &json!({"error": {"message": "body is not JSON", "type": "invalid_request_error"}}),
+        );
     };
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("portcullis-demo-1").to_owned();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("portcullis-demo-1")
+        .to_owned();
     let prompt = request
         .pointer("/messages/0/content")
         .and_then(Value::as_str)
@@ -159,15 +186,22 @@ async fn chat(req: Request<Incoming>) -> hyper::Response<DevBody> {
         events.push("data: [DONE]\n\n".to_owned());
         return sse(events, Duration::from_millis(50), false);
     }
-    json_response(200, &json!({
-        "id": "chatcmpl-demo", "object": "chat.completion", "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }))
+    json_response(
+        200,
+        &json!({
+            "id": "chatcmpl-demo", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }),
+    )
 }
 
 /// A `text/event-stream` response sending `events` one by one, `interval` apart.
-fn sse(events: Vec<String>, interval: Duration, first_immediately: bool) -> hyper::Response<DevBody> {
+fn sse(
+    events: Vec<String>,
+    interval: Duration,
+    first_immediately: bool,
+) -> hyper::Response<DevBody> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {
         for (i, e) in events.into_iter().enumerate() {
@@ -179,10 +213,16 @@ fn sse(events: Vec<String>, interval: Duration, first_immediately: bool) -> hype
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     let mut r = hyper::Response::new(StreamBody::new(stream).boxed());
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
@@ -190,13 +230,20 @@ fn sse(events: Vec<String>, interval: Duration, first_immediately: bool) -> hype
 fn abort_mid_body() -> hyper::Response<DevBody> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
     tokio::spawn(async move {
-        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"partial ")))).await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"partial "))))
+            .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let _ = tx.send(Err(std::io::Error::other("upstream aborted mid-body"))).await;
+        let _ = tx
+            .send(Err(std::io::Error::other("upstream aborted mid-body")))
+            .await;
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     let mut r = hyper::Response::new(StreamBody::new(stream).boxed());
-    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000"));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000"));
     r
 }
 
@@ -216,6 +263,7 @@ fn upgrade(req: Request<Incoming>) -> hyper::Response<DevBody> {
     let mut r = hyper::Response::new(full(Bytes::new()));
     *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
     r.headers_mut().insert(header::UPGRADE, proto);
-    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     r
 }

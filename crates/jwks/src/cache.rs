@@ -66,7 +66,11 @@ impl KeyState {
     /// The status at `now`.
     pub fn status(&self, now: Instant, max_stale: Duration) -> KeyStatus {
         if self.snapshot.is_empty() {
-            return if self.attempted { KeyStatus::Failed } else { KeyStatus::Pending };
+            return if self.attempted {
+                KeyStatus::Failed
+            } else {
+                KeyStatus::Pending
+            };
         }
         match self.expires_at {
             None => KeyStatus::Fresh,
@@ -78,7 +82,8 @@ impl KeyState {
 
     /// Age of the keys.
     pub fn age(&self, now: Instant) -> Option<Duration> {
-        self.fetched_instant.map(|t| now.saturating_duration_since(t))
+        self.fetched_instant
+            .map(|t| now.saturating_duration_since(t))
     }
 }
 
@@ -110,7 +115,10 @@ pub struct KeyCache {
 
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyCache").field("issuer", &self.issuer).field("source", &self.source).finish()
+        f.debug_struct("KeyCache")
+            .field("issuer", &self.issuer)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -128,17 +136,30 @@ impl KeyCache {
         observer: Arc<dyn JwksObserver>,
     ) -> Result<Self, crate::JwksError> {
         let (fetcher, initial) = match &source {
-            KeySource::Discovery | KeySource::JwksUri(_) => {
-                (Some(Fetcher::new(settings.clone()).map_err(crate::JwksError::Fetch)?), ParsedKeys::default())
-            }
-            KeySource::StaticJwks { document, .. } => {
-                (None, parse_jwks(document, &algorithms, true).map_err(crate::JwksError::Document)?)
-            }
-            KeySource::StaticPem { pem, .. } => (None, parse_pem(pem, &algorithms).map_err(crate::JwksError::Document)?),
+            KeySource::Discovery | KeySource::JwksUri(_) => (
+                Some(Fetcher::new(settings.clone()).map_err(crate::JwksError::Fetch)?),
+                ParsedKeys::default(),
+            ),
+            KeySource::StaticJwks { document, .. } => (
+                None,
+                parse_jwks(document, &algorithms, true).map_err(crate::JwksError::Document)?,
+            ),
+            KeySource::StaticPem { pem, .. } => (
+                None,
+                parse_pem(pem, &algorithms).map_err(crate::JwksError::Document)?,
+            ),
             KeySource::Secret(secret) => {
                 let key = portcullis_policy::VerifyingKey::hmac(None, None, secret, &algorithms)
-                    .map_err(|e| crate::JwksError::Document(DocumentError::Invalid(e.to_string())))?;
-                (None, ParsedKeys { keys: vec![key], skipped: Vec::new() })
+                    .map_err(|e| {
+                        crate::JwksError::Document(DocumentError::Invalid(e.to_string()))
+                    })?;
+                (
+                    None,
+                    ParsedKeys {
+                        keys: vec![key],
+                        skipped: Vec::new(),
+                    },
+                )
             }
         };
         let is_static = fetcher.is_none();
@@ -209,7 +230,9 @@ impl KeyCache {
 
     /// The status now.
     pub fn status(&self) -> KeyStatus {
-        self.state.load().status(Instant::now(), self.settings.max_stale)
+        self.state
+            .load()
+            .status(Instant::now(), self.settings.max_stale)
     }
 
     /// How many fetch attempts were made (each HTTP exchange for the key set).
@@ -273,8 +296,12 @@ impl KeyCache {
     }
 
     fn remembered_unknown(&self, kid: Option<&str>) -> bool {
-        kid.and_then(|k| self.unknown_kids.get(k).map(|seen| seen.elapsed() < self.settings.unknown_kid_ttl))
-            .unwrap_or(false)
+        kid.and_then(|k| {
+            self.unknown_kids
+                .get(k)
+                .map(|seen| seen.elapsed() < self.settings.unknown_kid_ttl)
+        })
+        .unwrap_or(false)
     }
 
     fn rate_limited(&self) -> bool {
@@ -285,7 +312,9 @@ impl KeyCache {
     /// One fetch: discovery when needed, then the JWKS. Publishes a new state on
     /// success; on failure keeps the keys and records the error.
     async fn fetch_once(&self) -> Result<(), FetchError> {
-        let Some(fetcher) = &self.fetcher else { return Ok(()) };
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(());
+        };
         if let Ok(mut g) = self.last_attempt.lock() {
             *g = Some(Instant::now());
         }
@@ -296,7 +325,8 @@ impl KeyCache {
             Ok(_) => "ok",
             Err(e) => e.kind(),
         };
-        self.observer.fetched(&self.issuer, outcome, started.elapsed());
+        self.observer
+            .fetched(&self.issuer, outcome, started.elapsed());
         match result {
             Ok((parsed, max_age)) => {
                 self.publish(parsed, max_age);
@@ -325,7 +355,10 @@ impl KeyCache {
         }
     }
 
-    async fn fetch_keys(&self, fetcher: &Fetcher) -> Result<(ParsedKeys, Option<Duration>), FetchError> {
+    async fn fetch_keys(
+        &self,
+        fetcher: &Fetcher,
+    ) -> Result<(ParsedKeys, Option<Duration>), FetchError> {
         let url = match &self.source {
             KeySource::JwksUri(u) => u.clone(),
             _ => match self.discovered_jwks_uri.load().as_ref() {
@@ -338,8 +371,15 @@ impl KeyCache {
             },
         };
         let fetched = fetcher.get(&url).await?;
-        let parsed = parse_jwks(&fetched.body, &self.algorithms, self.settings.allow_symmetric_keys)
-            .map_err(|e| FetchError::Invalid { url: url.clone(), why: e.to_string() })?;
+        let parsed = parse_jwks(
+            &fetched.body,
+            &self.algorithms,
+            self.settings.allow_symmetric_keys,
+        )
+        .map_err(|e| FetchError::Invalid {
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
         Ok((parsed, fetched.max_age))
     }
 
@@ -354,11 +394,12 @@ impl KeyCache {
         let now = Instant::now();
         let snapshot = KeySnapshot::new(parsed.keys);
         let old = self.state.load_full();
-        let generation = if old.snapshot.fingerprint() == snapshot.fingerprint() && !old.snapshot.is_empty() {
-            old.generation
-        } else {
-            old.generation + 1
-        };
+        let generation =
+            if old.snapshot.fingerprint() == snapshot.fingerprint() && !old.snapshot.is_empty() {
+                old.generation
+            } else {
+                old.generation + 1
+            };
         let count = snapshot.len();
         if generation != old.generation {
             self.unknown_kids.clear();
@@ -373,7 +414,8 @@ impl KeyCache {
             generation,
             attempted: true,
         }));
-        self.observer.key_set(&self.issuer, count, SystemTime::now());
+        self.observer
+            .key_set(&self.issuer, count, SystemTime::now());
     }
 
     /// How long the refresher sleeps before the next refresh: at 80% of the
@@ -387,7 +429,13 @@ impl KeyCache {
         if failures > 0 || state.snapshot.is_empty() {
             let exp = failures.min(6) as u32;
             let base = Duration::from_secs(1u64 << exp).min(Duration::from_secs(60));
-            return jitter(base.max(self.settings.min_refetch_interval.min(Duration::from_secs(5))));
+            return jitter(
+                base.max(
+                    self.settings
+                        .min_refetch_interval
+                        .min(Duration::from_secs(5)),
+                ),
+            );
         }
         match (state.expires_at, state.fetched_instant) {
             (Some(exp), Some(at)) => {
@@ -405,7 +453,9 @@ impl KeyCache {
         let weak: Weak<KeyCache> = Arc::downgrade(self);
         Some(tokio::spawn(async move {
             loop {
-                let Some(delay) = weak.upgrade().map(|c| c.next_refresh_delay()) else { return };
+                let Some(delay) = weak.upgrade().map(|c| c.next_refresh_delay()) else {
+                    return;
+                };
                 tokio::time::sleep(delay).await;
                 let Some(cache) = weak.upgrade() else { return };
                 let _ = cache.refresh().await;

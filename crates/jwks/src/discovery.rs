@@ -41,12 +41,19 @@ pub async fn discover(fetcher: &Fetcher, issuer: &str) -> Result<String, FetchEr
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| FetchError::BadUrl { url: issuer.to_owned(), why: "no discovery URL".to_owned() }))
+    Err(last.unwrap_or_else(|| FetchError::BadUrl {
+        url: issuer.to_owned(),
+        why: "no discovery URL".to_owned(),
+    }))
 }
 
 fn jwks_uri_from(body: &[u8], issuer: &str, url: &str) -> Result<String, FetchError> {
-    let invalid = |why: String| FetchError::Invalid { url: url.to_owned(), why };
-    let meta: Metadata = serde_json::from_slice(body).map_err(|e| invalid(format!("metadata is not JSON: {e}")))?;
+    let invalid = |why: String| FetchError::Invalid {
+        url: url.to_owned(),
+        why,
+    };
+    let meta: Metadata =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("metadata is not JSON: {e}")))?;
     match meta.issuer.as_deref() {
         Some(found) if found == issuer => {}
         Some(found) => {
@@ -56,7 +63,8 @@ fn jwks_uri_from(body: &[u8], issuer: &str, url: &str) -> Result<String, FetchEr
         }
         None => return Err(invalid("metadata has no issuer".to_owned())),
     }
-    meta.jwks_uri.ok_or_else(|| invalid("metadata has no jwks_uri".to_owned()))
+    meta.jwks_uri
+        .ok_or_else(|| invalid("metadata has no jwks_uri".to_owned()))
 }
 
 #[cfg(test)]
@@ -79,6 +87,9 @@ mod tests {
         let doc = br#"{"issuer":"https://evil/","jwks_uri":"https://evil/jwks"}"#;
         assert!(jwks_uri_from(doc, "https://idp/", "u").is_err());
         let doc = br#"{"issuer":"https://idp/","jwks_uri":"https://idp/jwks"}"#;
-        assert_eq!(jwks_uri_from(doc, "https://idp/", "u").unwrap(), "https://idp/jwks");
+        assert_eq!(
+            jwks_uri_from(doc, "https://idp/", "u").unwrap(),
+            "https://idp/jwks"
+        );
     }
 }

@@ -131,18 +131,31 @@ impl Fetcher {
         let uri = check_url(url, self.settings.allow_http)?;
         let request = http::Request::get(uri)
             .header(header::ACCEPT, "application/json, application/jwk-set+json")
-            .header(header::USER_AGENT, concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .header(
+                header::USER_AGENT,
+                concat!("portcullis/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Empty::new())
-            .map_err(|e| FetchError::BadUrl { url: url.to_owned(), why: e.to_string() })?;
+            .map_err(|e| FetchError::BadUrl {
+                url: url.to_owned(),
+                why: e.to_string(),
+            })?;
         let limit = self.settings.max_bytes;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| FetchError::Connect {
-                url: url.to_owned(),
-                why: error_chain(&e),
-            })?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| FetchError::Connect {
+                    url: url.to_owned(),
+                    why: error_chain(&e),
+                })?;
             let status = response.status();
             if status != StatusCode::OK {
-                return Err(FetchError::Status { url: url.to_owned(), status: status.as_u16() });
+                return Err(FetchError::Status {
+                    url: url.to_owned(),
+                    status: status.as_u16(),
+                });
             }
             let max_age = cache_lifetime(response.headers(), SystemTime::now());
             if let Some(len) = response
@@ -151,16 +164,25 @@ impl Fetcher {
                 .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
                 && len > limit
             {
-                return Err(FetchError::TooLarge { url: url.to_owned(), limit });
+                return Err(FetchError::TooLarge {
+                    url: url.to_owned(),
+                    limit,
+                });
             }
             let body = Limited::new(response.into_body(), limit)
                 .collect()
                 .await
                 .map_err(|e| {
                     if e.is::<http_body_util::LengthLimitError>() {
-                        FetchError::TooLarge { url: url.to_owned(), limit }
+                        FetchError::TooLarge {
+                            url: url.to_owned(),
+                            limit,
+                        }
                     } else {
-                        FetchError::Connect { url: url.to_owned(), why: format!("body: {e}") }
+                        FetchError::Connect {
+                            url: url.to_owned(),
+                            why: format!("body: {e}"),
+                        }
                     }
                 })?
                 .to_bytes();
@@ -168,25 +190,35 @@ impl Fetcher {
         };
         match tokio::time::timeout(self.settings.timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(FetchError::Timeout { url: url.to_owned(), secs: self.settings.timeout.as_secs_f64() }),
+            Err(_) => Err(FetchError::Timeout {
+                url: url.to_owned(),
+                secs: self.settings.timeout.as_secs_f64(),
+            }),
         }
     }
 }
 
 /// https anywhere; plain http only to loopback unless `allow_http`.
 pub fn check_url(url: &str, allow_http: bool) -> Result<Uri, FetchError> {
-    let bad = |why: &str| FetchError::BadUrl { url: url.to_owned(), why: why.to_owned() };
+    let bad = |why: &str| FetchError::BadUrl {
+        url: url.to_owned(),
+        why: why.to_owned(),
+    };
     let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") => {
             let host = uri.host().unwrap_or("").trim_matches(['[', ']']);
             let loopback = host == "localhost"
-                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
             if loopback || allow_http {
                 Ok(uri)
             } else {
-                Err(bad("plain http is only allowed to loopback hosts (set allow_http)"))
+                Err(bad(
+                    "plain http is only allowed to loopback hosts (set allow_http)",
+                ))
             }
         }
         _ => Err(bad("only http and https URLs are fetched")),
@@ -199,7 +231,9 @@ pub fn cache_lifetime(headers: &HeaderMap, now: SystemTime) -> Option<Duration> 
         let Ok(text) = value.to_str() else { continue };
         for directive in text.split(',') {
             let directive = directive.trim();
-            if directive.eq_ignore_ascii_case("no-store") || directive.eq_ignore_ascii_case("no-cache") {
+            if directive.eq_ignore_ascii_case("no-store")
+                || directive.eq_ignore_ascii_case("no-cache")
+            {
                 return Some(Duration::ZERO);
             }
             if let Some((k, v)) = directive.split_once('=')
@@ -235,7 +269,10 @@ mod tests {
     fn lifetimes() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut h = HeaderMap::new();
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
         assert_eq!(cache_lifetime(&h, now), Some(Duration::from_secs(300)));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         assert_eq!(cache_lifetime(&h, now), Some(Duration::ZERO));

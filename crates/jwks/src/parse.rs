@@ -123,7 +123,12 @@ fn parse_jwk(
             other => return Err(format!("OKP curve {other:?} is not supported")),
         },
         "oct" if allow_symmetric => VerifyingKey::hmac(kid, alg, &b64("k")?, allowed),
-        "oct" => return Err("symmetric oct keys are refused from a JWKS (allow_symmetric_keys is off)".to_owned()),
+        "oct" => {
+            return Err(
+                "symmetric oct keys are refused from a JWKS (allow_symmetric_keys is off)"
+                    .to_owned(),
+            );
+        }
         other => return Err(format!("kty {other:?} is not supported")),
     };
     key.map_err(|e| e.to_string())
@@ -138,35 +143,53 @@ pub fn parse_pem(text: &[u8], allowed: &[Algorithm]) -> Result<ParsedKeys, Docum
     let mut index = 0;
     while let Some(start) = rest.find("-----BEGIN ") {
         let after = &rest[start + 11..];
-        let Some(label_end) = after.find("-----") else { break };
+        let Some(label_end) = after.find("-----") else {
+            break;
+        };
         let label = &after[..label_end];
         let body_start = &after[label_end + 5..];
         let end_marker = format!("-----END {label}-----");
         let Some(body_end) = body_start.find(&end_marker) else {
-            return Err(DocumentError::Invalid(format!("PEM block {label} is not terminated")));
+            return Err(DocumentError::Invalid(format!(
+                "PEM block {label} is not terminated"
+            )));
         };
-        let body: String = body_start[..body_end].chars().filter(|c| !c.is_whitespace()).collect();
+        let body: String = body_start[..body_end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
         rest = &body_start[body_end + end_marker.len()..];
         let label_kid = format!("pem#{index}");
         index += 1;
         if label != "PUBLIC KEY" && label != "RSA PUBLIC KEY" {
-            out.skipped.push(SkippedKey { kid: label_kid, reason: format!("PEM block {label} is not a public key") });
+            out.skipped.push(SkippedKey {
+                kid: label_kid,
+                reason: format!("PEM block {label} is not a public key"),
+            });
             continue;
         }
         let der = match STANDARD.decode(body) {
             Ok(d) => d,
             Err(_) => {
-                out.skipped.push(SkippedKey { kid: label_kid, reason: "PEM body is not base64".into() });
+                out.skipped.push(SkippedKey {
+                    kid: label_kid,
+                    reason: "PEM body is not base64".into(),
+                });
                 continue;
             }
         };
         match VerifyingKey::from_public_key_der(None, &der, allowed) {
             Ok(k) => out.keys.push(k),
-            Err(e) => out.skipped.push(SkippedKey { kid: label_kid, reason: e.to_string() }),
+            Err(e) => out.skipped.push(SkippedKey {
+                kid: label_kid,
+                reason: e.to_string(),
+            }),
         }
     }
     if out.keys.is_empty() {
-        return Err(DocumentError::Empty("no usable public key in the PEM file".to_owned()));
+        return Err(DocumentError::Empty(
+            "no usable public key in the PEM file".to_owned(),
+        ));
     }
     Ok(out)
 }
@@ -178,9 +201,18 @@ mod tests {
 
     #[test]
     fn bad_documents() {
-        assert!(matches!(parse_jwks(b"{", &DEFAULT_ALGORITHMS, false), Err(DocumentError::Invalid(_))));
-        assert!(matches!(parse_jwks(b"{\"k\":1}", &DEFAULT_ALGORITHMS, false), Err(DocumentError::Invalid(_))));
-        assert!(matches!(parse_jwks(b"{\"keys\":[]}", &DEFAULT_ALGORITHMS, false), Err(DocumentError::Empty(_))));
+        assert!(matches!(
+            parse_jwks(b"{", &DEFAULT_ALGORITHMS, false),
+            Err(DocumentError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_jwks(b"{\"k\":1}", &DEFAULT_ALGORITHMS, false),
+            Err(DocumentError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_jwks(b"{\"keys\":[]}", &DEFAULT_ALGORITHMS, false),
+            Err(DocumentError::Empty(_))
+        ));
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub fn client_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(pem) {
             let cert = cert.map_err(|e| TlsConfigError::CaBundle(e.to_string()))?;
-            roots.add(cert).map_err(|e| TlsConfigError::CaBundle(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsConfigError::CaBundle(e.to_string()))?;
             added += 1;
         }
         if added == 0 {

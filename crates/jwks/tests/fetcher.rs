@@ -1,12 +1,16 @@
 //! The JWKS fetcher against a real development authorization server on 127.0.0.1:
 //! discovery, rotation, cache lifetimes, outages, single-flight and size limits.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use portcullis_devkit::{AuthServer, JwksFault, SigningKey};
-use portcullis_jwks::{FetchError, JwksSettings, KeyCache, KeySource, KeyStatus, KidLookup, NoopObserver};
+use portcullis_jwks::{
+    FetchError, JwksSettings, KeyCache, KeySource, KeyStatus, KidLookup, NoopObserver,
+};
 use portcullis_policy::DEFAULT_ALGORITHMS;
 
 fn settings() -> JwksSettings {
@@ -20,13 +24,21 @@ fn settings() -> JwksSettings {
 }
 
 async fn server() -> AuthServer {
-    AuthServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap()
+    AuthServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 fn cache(server: &AuthServer, source: KeySource, settings: JwksSettings) -> Arc<KeyCache> {
     Arc::new(
-        KeyCache::new(server.issuer().to_owned(), source, settings, DEFAULT_ALGORITHMS.to_vec(), Arc::new(NoopObserver))
-            .unwrap(),
+        KeyCache::new(
+            server.issuer().to_owned(),
+            source,
+            settings,
+            DEFAULT_ALGORITHMS.to_vec(),
+            Arc::new(NoopObserver),
+        )
+        .unwrap(),
     )
 }
 
@@ -62,7 +74,11 @@ async fn discovery_issuer_mismatch_refused() {
     assert!(err.to_string().contains("mix-up"), "{err}");
     assert_eq!(c.status(), KeyStatus::Failed);
     assert!(c.usable_snapshot().is_none());
-    assert_eq!(s.jwks_hits(), 0, "keys must not be fetched after a mismatched discovery");
+    assert_eq!(
+        s.jwks_hits(),
+        0,
+        "keys must not be fetched after a mismatched discovery"
+    );
 }
 
 #[tokio::test]
@@ -73,7 +89,12 @@ async fn rotation_new_kid_found_and_removed_kid_gone() {
     let c = cache(&s, KeySource::JwksUri(s.jwks_uri()), st);
     c.refresh().await.unwrap();
     s.rotate_in(SigningKey::ec("dev-ec-2").unwrap());
-    assert!(c.usable_snapshot().unwrap().select(Some("dev-ec-2")).is_none());
+    assert!(
+        c.usable_snapshot()
+            .unwrap()
+            .select(Some("dev-ec-2"))
+            .is_none()
+    );
     assert_eq!(c.refresh_for_kid(Some("dev-ec-2")).await, KidLookup::Found);
     let gen_before = c.state().generation;
     s.remove_key("dev-rsa-1");
@@ -81,7 +102,10 @@ async fn rotation_new_kid_found_and_removed_kid_gone() {
     let snap = c.usable_snapshot().unwrap();
     assert!(snap.select(Some("dev-rsa-1")).is_none());
     assert!(snap.select(Some("dev-ec-2")).is_some());
-    assert!(c.state().generation > gen_before, "a key-set change bumps the generation");
+    assert!(
+        c.state().generation > gen_before,
+        "a key-set change bumps the generation"
+    );
 }
 
 #[tokio::test]
@@ -89,7 +113,9 @@ async fn cache_control_honoured_and_clamped() {
     let s = server().await;
     let lifetime = |c: &KeyCache| {
         let st = c.state();
-        st.expires_at.unwrap().duration_since(st.fetched_instant.unwrap())
+        st.expires_at
+            .unwrap()
+            .duration_since(st.fetched_instant.unwrap())
     };
     s.control.max_age.store(120, Ordering::SeqCst);
     let c = cache(&s, KeySource::JwksUri(s.jwks_uri()), settings());
@@ -100,14 +126,22 @@ async fn cache_control_honoured_and_clamped() {
     st.min_ttl = Duration::from_secs(600);
     let c = cache(&s, KeySource::JwksUri(s.jwks_uri()), st);
     c.refresh().await.unwrap();
-    assert_eq!(lifetime(&c), Duration::from_secs(600), "clamped up to min_ttl");
+    assert_eq!(
+        lifetime(&c),
+        Duration::from_secs(600),
+        "clamped up to min_ttl"
+    );
 
     s.control.max_age.store(10_000_000, Ordering::SeqCst);
     let mut st = settings();
     st.max_ttl = Duration::from_secs(3600);
     let c = cache(&s, KeySource::JwksUri(s.jwks_uri()), st);
     c.refresh().await.unwrap();
-    assert_eq!(lifetime(&c), Duration::from_secs(3600), "clamped down to max_ttl");
+    assert_eq!(
+        lifetime(&c),
+        Duration::from_secs(3600),
+        "clamped down to max_ttl"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +164,10 @@ async fn outages_keep_the_last_good_keys() {
     c.refresh().await.unwrap();
     let faults = [
         (JwksFault::Status(500), "http_error"),
-        (JwksFault::Body("<html>oops</html>".into()), "invalid_document"),
+        (
+            JwksFault::Body("<html>oops</html>".into()),
+            "invalid_document",
+        ),
         (JwksFault::Body("{\"keys\":[]}".into()), "invalid_document"),
         (JwksFault::Delay(Duration::from_secs(5)), "timeout"),
     ];
@@ -192,15 +229,25 @@ async fn garbage_kids_are_rate_limited() {
     c.refresh().await.unwrap();
     let before = s.jwks_hits();
     for i in 0..50 {
-        assert_eq!(c.refresh_for_kid(Some(&format!("garbage-{i}"))).await, KidLookup::Unknown);
+        assert_eq!(
+            c.refresh_for_kid(Some(&format!("garbage-{i}"))).await,
+            KidLookup::Unknown
+        );
     }
-    assert_eq!(s.jwks_hits(), before, "within min_refetch_interval of the last fetch: no fetch at all");
+    assert_eq!(
+        s.jwks_hits(),
+        before,
+        "within min_refetch_interval of the last fetch: no fetch at all"
+    );
 }
 
 #[tokio::test]
 async fn oversized_document_refused() {
     let s = server().await;
-    s.set_fault(JwksFault::Body(format!("{{\"keys\":[],\"pad\":\"{}\"}}", "x".repeat(2 << 20))));
+    s.set_fault(JwksFault::Body(format!(
+        "{{\"keys\":[],\"pad\":\"{}\"}}",
+        "x".repeat(2 << 20)
+    )));
     let c = cache(&s, KeySource::JwksUri(s.jwks_uri()), settings());
     let err = c.refresh().await.unwrap_err();
     assert_eq!(err.kind(), "too_large", "{err}");
@@ -235,7 +282,10 @@ async fn static_pem_and_jwks_need_no_network() {
     let pem = key.public_pem().unwrap();
     let c = KeyCache::new(
         "https://static.example/".into(),
-        KeySource::StaticPem { path: "k.pem".into(), pem: pem.into_bytes() },
+        KeySource::StaticPem {
+            path: "k.pem".into(),
+            pem: pem.into_bytes(),
+        },
         settings(),
         DEFAULT_ALGORITHMS.to_vec(),
         Arc::new(NoopObserver),
@@ -246,11 +296,19 @@ async fn static_pem_and_jwks_need_no_network() {
     let doc = serde_json::json!({"keys": [key.public_jwk()]}).to_string();
     let c = KeyCache::new(
         "https://static.example/".into(),
-        KeySource::StaticJwks { path: "k.json".into(), document: doc.into_bytes() },
+        KeySource::StaticJwks {
+            path: "k.json".into(),
+            document: doc.into_bytes(),
+        },
         settings(),
         DEFAULT_ALGORITHMS.to_vec(),
         Arc::new(NoopObserver),
     )
     .unwrap();
-    assert!(c.usable_snapshot().unwrap().select(Some("file-ec")).is_some());
+    assert!(
+        c.usable_snapshot()
+            .unwrap()
+            .select(Some("file-ec"))
+            .is_some()
+    );
 }

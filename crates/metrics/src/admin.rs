@@ -28,6 +28,9 @@ pub struct Readiness {
 /// A boxed future, for the reload hook.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// Reloads the configuration: `Ok(summary)` or `Err(every problem)`.
+pub type ReloadHook = Arc<dyn Fn() -> BoxFuture<Result<String, String>> + Send + Sync>;
+
 /// What the admin endpoints consult.
 #[derive(Clone)]
 pub struct AdminHooks {
@@ -38,13 +41,16 @@ pub struct AdminHooks {
     /// Called before each scrape to refresh gauges computed on demand.
     pub before_scrape: Arc<dyn Fn() + Send + Sync>,
     /// Reloads the configuration; `Ok(summary)` or `Err(errors)`.
-    pub reload: Option<Arc<dyn Fn() -> BoxFuture<Result<String, String>> + Send + Sync>>,
+    pub reload: Option<ReloadHook>,
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -52,13 +58,27 @@ async fn handle(req: http::Request<Incoming>, hooks: AdminHooks) -> Response<Ful
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             (hooks.before_scrape)();
-            text(StatusCode::OK, hooks.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            text(
+                StatusCode::OK,
+                hooks.metrics.render(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
         }
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain; charset=utf-8"),
+        (&Method::GET, "/healthz") => {
+            text(StatusCode::OK, "ok\n".into(), "text/plain; charset=utf-8")
+        }
         (&Method::GET, "/readyz") => {
             let r = (hooks.readiness)();
-            let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            let mut body = if r.ready { "ready\n".to_owned() } else { "not ready\n".to_owned() };
+            let status = if r.ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let mut body = if r.ready {
+                "ready\n".to_owned()
+            } else {
+                "not ready\n".to_owned()
+            };
             for c in r.checks {
                 body.push_str(&c);
                 body.push('\n');
@@ -68,16 +88,32 @@ async fn handle(req: http::Request<Incoming>, hooks: AdminHooks) -> Response<Ful
         (&Method::POST, "/-/reload") => match &hooks.reload {
             Some(reload) => match reload().await {
                 Ok(summary) => text(StatusCode::OK, summary + "\n", "text/plain; charset=utf-8"),
-                Err(errors) => text(StatusCode::UNPROCESSABLE_ENTITY, errors + "\n", "text/plain; charset=utf-8"),
+                Err(errors) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    errors + "\n",
+                    "text/plain; charset=utf-8",
+                ),
             },
-            None => text(StatusCode::NOT_IMPLEMENTED, "reload is not available\n".into(), "text/plain; charset=utf-8"),
+            None => text(
+                StatusCode::NOT_IMPLEMENTED,
+                "reload is not available\n".into(),
+                "text/plain; charset=utf-8",
+            ),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found: /metrics /healthz /readyz POST /-/reload\n".into(), "text/plain; charset=utf-8"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /metrics /healthz /readyz POST /-/reload\n".into(),
+            "text/plain; charset=utf-8",
+        ),
     }
 }
 
 /// Serves the admin endpoints until `shutdown` resolves.
-pub async fn serve_admin(listener: TcpListener, hooks: AdminHooks, shutdown: impl Future<Output = ()>) {
+pub async fn serve_admin(
+    listener: TcpListener,
+    hooks: AdminHooks,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {

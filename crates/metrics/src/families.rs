@@ -1,12 +1,14 @@
 //! The metric families Portcullis exports, registered in a registry of its own.
 
 use prometheus::{
-    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 /// Latency buckets for a proxy, 100 µs to 60 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
 ];
 
 /// Clock-offset buckets (seconds, `now - iat`), negative values included.
@@ -62,25 +64,49 @@ pub struct Families {
     pub rejected_connections: IntCounter,
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Result<HistogramVec, prometheus::Error> {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
     r.register(Box::new(h.clone()))?;
     Ok(h)
 }
 
-fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+fn int_gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, prometheus::Error> {
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<GaugeVec, prometheus::Error> {
     let g = GaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
@@ -90,9 +116,13 @@ impl Families {
     /// Creates and registers every family.
     pub fn new() -> Result<Self, prometheus::Error> {
         let r = Registry::new();
-        let open_connections = IntGauge::new("portcullis_open_connections", "Open downstream connections.")?;
+        let open_connections = IntGauge::new(
+            "portcullis_open_connections",
+            "Open downstream connections.",
+        )?;
         r.register(Box::new(open_connections.clone()))?;
-        let in_flight = IntGauge::new("portcullis_in_flight_requests", "Requests being processed.")?;
+        let in_flight =
+            IntGauge::new("portcullis_in_flight_requests", "Requests being processed.")?;
         r.register(Box::new(in_flight.clone()))?;
         let config_last_success = Gauge::new(
             "portcullis_config_last_reload_success_timestamp_seconds",
@@ -105,23 +135,112 @@ impl Families {
         )?;
         r.register(Box::new(rejected_connections.clone()))?;
         Ok(Families {
-            requests: counter(&r, "portcullis_requests_total", "Requests by route, method and status class.", &["route", "method", "status_class"])?,
-            request_duration: histogram(&r, "portcullis_request_duration_seconds", "Time from request head to response head, by route.", &["route"], LATENCY_BUCKETS)?,
-            upstream_latency: histogram(&r, "portcullis_upstream_response_header_seconds", "Time for the upstream to send response headers.", &["upstream"], LATENCY_BUCKETS)?,
-            upstream_errors: counter(&r, "portcullis_upstream_errors_total", "Upstream failures by kind (connect, timeout, reset, protocol).", &["upstream", "kind"])?,
-            auth_decisions: counter(&r, "portcullis_auth_decisions_total", "Authorization decisions by route, outcome (allow, deny) and reason.", &["route", "outcome", "reason"])?,
-            would_deny: counter(&r, "portcullis_auth_would_deny_total", "Requests a report-only route let through that enforcement would deny.", &["route", "reason"])?,
-            clock_offset: histogram(&r, "portcullis_token_clock_offset_seconds", "now - iat of accepted tokens; negative means the issuer's clock is ahead.", &["issuer"], CLOCK_OFFSET_BUCKETS)?,
-            token_cache: counter(&r, "portcullis_token_cache_total", "Verified-token cache lookups and evictions.", &["result"])?,
-            jwks_fetches: counter(&r, "portcullis_jwks_fetches_total", "Key set fetches by issuer and outcome.", &["issuer", "outcome"])?,
-            jwks_fetch_duration: histogram(&r, "portcullis_jwks_fetch_duration_seconds", "Key set fetch duration.", &["issuer"], LATENCY_BUCKETS)?,
-            jwks_keys: int_gauge_vec(&r, "portcullis_jwks_keys", "Usable keys per issuer.", &["issuer"])?,
-            jwks_last_success: gauge_vec(&r, "portcullis_jwks_last_success_timestamp_seconds", "Unix time of the last successful key fetch.", &["issuer"])?,
-            jwks_key_age: gauge_vec(&r, "portcullis_jwks_key_age_seconds", "Age of the keys in use.", &["issuer"])?,
-            jwks_status: int_gauge_vec(&r, "portcullis_jwks_status", "1 for the issuer's current key status (fresh, stale, failed, pending).", &["issuer", "status"])?,
-            jwks_skipped: counter(&r, "portcullis_jwks_skipped_keys_total", "Keys skipped from a key set because they could not be used.", &["issuer"])?,
-            config_reloads: counter(&r, "portcullis_config_reloads_total", "Configuration loads by outcome (success, failure).", &["outcome"])?,
-            build_info: int_gauge_vec(&r, "portcullis_build_info", "Always 1; the version label says which build runs.", &["version"])?,
+            requests: counter(
+                &r,
+                "portcullis_requests_total",
+                "Requests by route, method and status class.",
+                &["route", "method", "status_class"],
+            )?,
+            request_duration: histogram(
+                &r,
+                "portcullis_request_duration_seconds",
+                "Time from request head to response head, by route.",
+                &["route"],
+                LATENCY_BUCKETS,
+            )?,
+            upstream_latency: histogram(
+                &r,
+                "portcullis_upstream_response_header_seconds",
+                "Time for the upstream to send response headers.",
+                &["upstream"],
+                LATENCY_BUCKETS,
+            )?,
+            upstream_errors: counter(
+                &r,
+                "portcullis_upstream_errors_total",
+                "Upstream failures by kind (connect, timeout, reset, protocol).",
+                &["upstream", "kind"],
+            )?,
+            auth_decisions: counter(
+                &r,
+                "portcullis_auth_decisions_total",
+                "Authorization decisions by route, outcome (allow, deny) and reason.",
+                &["route", "outcome", "reason"],
+            )?,
+            would_deny: counter(
+                &r,
+                "portcullis_auth_would_deny_total",
+                "Requests a report-only route let through that enforcement would deny.",
+                &["route", "reason"],
+            )?,
+            clock_offset: histogram(
+                &r,
+                "portcullis_token_clock_offset_seconds",
+                "now - iat of accepted tokens; negative means the issuer's clock is ahead.",
+                &["issuer"],
+                CLOCK_OFFSET_BUCKETS,
+            )?,
+            token_cache: counter(
+                &r,
+                "portcullis_token_cache_total",
+                "Verified-token cache lookups and evictions.",
+                &["result"],
+            )?,
+            jwks_fetches: counter(
+                &r,
+                "portcullis_jwks_fetches_total",
+                "Key set fetches by issuer and outcome.",
+                &["issuer", "outcome"],
+            )?,
+            jwks_fetch_duration: histogram(
+                &r,
+                "portcullis_jwks_fetch_duration_seconds",
+                "Key set fetch duration.",
+                &["issuer"],
+                LATENCY_BUCKETS,
+            )?,
+            jwks_keys: int_gauge_vec(
+                &r,
+                "portcullis_jwks_keys",
+                "Usable keys per issuer.",
+                &["issuer"],
+            )?,
+            jwks_last_success: gauge_vec(
+                &r,
+                "portcullis_jwks_last_success_timestamp_seconds",
+                "Unix time of the last successful key fetch.",
+                &["issuer"],
+            )?,
+            jwks_key_age: gauge_vec(
+                &r,
+                "portcullis_jwks_key_age_seconds",
+                "Age of the keys in use.",
+                &["issuer"],
+            )?,
+            jwks_status: int_gauge_vec(
+                &r,
+                "portcullis_jwks_status",
+                "1 for the issuer's current key status (fresh, stale, failed, pending).",
+                &["issuer", "status"],
+            )?,
+            jwks_skipped: counter(
+                &r,
+                "portcullis_jwks_skipped_keys_total",
+                "Keys skipped from a key set because they could not be used.",
+                &["issuer"],
+            )?,
+            config_reloads: counter(
+                &r,
+                "portcullis_config_reloads_total",
+                "Configuration loads by outcome (success, failure).",
+                &["outcome"],
+            )?,
+            build_info: int_gauge_vec(
+                &r,
+                "portcullis_build_info",
+                "Always 1; the version label says which build runs.",
+                &["version"],
+            )?,
             config_last_success,
             open_connections,
             in_flight,

@@ -9,6 +9,6 @@ pub mod admin;
 pub mod families;
 pub mod recorder;
 
-pub use admin::{AdminHooks, BoxFuture, Readiness, serve_admin};
+pub use admin::{AdminHooks, BoxFuture, Readiness, ReloadHook, serve_admin};
 pub use families::Families;
 pub use recorder::{Metrics, RouteMetrics, UpstreamErrorKind, UpstreamMetrics, unix_now};

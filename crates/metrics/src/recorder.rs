@@ -10,7 +10,9 @@ use prometheus::{Histogram, IntCounter};
 use crate::families::Families;
 
 /// Methods with their own label; anything else is `other`.
-const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other"];
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other",
+];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Room for the reason catalogue plus `none`.
 const REASON_SLOTS: usize = 64;
@@ -84,7 +86,10 @@ impl Metrics {
     /// Creates the exporter with its own registry and sets `portcullis_build_info`.
     pub fn new() -> Result<Arc<Self>, prometheus::Error> {
         let families = Families::new()?;
-        families.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        families
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Ok(Arc::new(Metrics { families }))
     }
 
@@ -125,18 +130,27 @@ impl Metrics {
 
     /// A token-cache event: `hit`, `miss` or `eviction`.
     pub fn token_cache(&self, result: &'static str, n: u64) {
-        self.families.token_cache.with_label_values(&[result]).inc_by(n);
+        self.families
+            .token_cache
+            .with_label_values(&[result])
+            .inc_by(n);
     }
 
     /// The clock offset `now - iat` of an accepted token.
     pub fn clock_offset(&self, issuer: &str, seconds: f64) {
-        self.families.clock_offset.with_label_values(&[issuer]).observe(seconds);
+        self.families
+            .clock_offset
+            .with_label_values(&[issuer])
+            .observe(seconds);
     }
 
     /// A configuration load finished.
     pub fn config_reload(&self, success: bool) {
         let outcome = if success { "success" } else { "failure" };
-        self.families.config_reloads.with_label_values(&[outcome]).inc();
+        self.families
+            .config_reloads
+            .with_label_values(&[outcome])
+            .inc();
         if success {
             self.families.config_last_success.set(unix_now());
         }
@@ -145,7 +159,9 @@ impl Metrics {
 
 /// Seconds since the Unix epoch as a float.
 pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl RouteMetrics {
@@ -159,10 +175,11 @@ impl RouteMetrics {
         let (mi, ci) = (method_index(method), class_index(status));
         self.requests[mi * 5 + ci]
             .get_or_init(|| {
-                self.families
-                    .families
-                    .requests
-                    .with_label_values(&[&self.route, METHODS[mi], CLASSES[ci]])
+                self.families.families.requests.with_label_values(&[
+                    &self.route,
+                    METHODS[mi],
+                    CLASSES[ci],
+                ])
             })
             .inc();
         self.duration.observe(seconds);
@@ -174,14 +191,25 @@ impl RouteMetrics {
         let slot = reason_index.min(REASON_SLOTS - 1) * 2 + usize::from(allowed);
         let outcome = if allowed { "allow" } else { "deny" };
         self.decisions[slot]
-            .get_or_init(|| self.families.families.auth_decisions.with_label_values(&[&self.route, outcome, reason]))
+            .get_or_init(|| {
+                self.families.families.auth_decisions.with_label_values(&[
+                    &self.route,
+                    outcome,
+                    reason,
+                ])
+            })
             .inc();
     }
 
     /// A report-only route let through a request enforcement would deny.
     pub fn would_deny(&self, reason_index: usize, reason: &'static str) {
         self.would_deny[reason_index.min(REASON_SLOTS - 1)]
-            .get_or_init(|| self.families.families.would_deny.with_label_values(&[&self.route, reason]))
+            .get_or_init(|| {
+                self.families
+                    .families
+                    .would_deny
+                    .with_label_values(&[&self.route, reason])
+            })
             .inc();
     }
 }

@@ -67,7 +67,10 @@ impl AccessRules {
         };
         Err(Rejection::new(
             Reason::AudienceMismatch,
-            format!("token has {got}; this route accepts {}", self.audiences.join(", ")),
+            format!(
+                "token has {got}; this route accepts {}",
+                self.audiences.join(", ")
+            ),
         ))
     }
 
@@ -195,7 +198,10 @@ mod tests {
         let ok = claims(json!({}), &["read", "write", "x"], &["other", "api"]);
         assert!(rules.check(&ok).is_ok());
         let wrong_aud = claims(json!({}), &["read", "write"], &["other"]);
-        assert_eq!(rules.check(&wrong_aud).unwrap_err().reason, Reason::AudienceMismatch);
+        assert_eq!(
+            rules.check(&wrong_aud).unwrap_err().reason,
+            Reason::AudienceMismatch
+        );
         let missing = claims(json!({}), &["read"], &["api"]);
         let err = rules.check(&missing).unwrap_err();
         assert_eq!(err.reason, Reason::ScopeInsufficient);
@@ -208,19 +214,40 @@ mod tests {
         let rules = AccessRules {
             audiences: vec!["api".into()],
             claims: vec![
-                ClaimRule { claim: "tenant".into(), check: ClaimCheck::Equals(json!("acme")) },
-                ClaimRule { claim: "org.roles".into(), check: ClaimCheck::Contains(json!("admin")) },
-                ClaimRule { claim: "tier".into(), check: ClaimCheck::OneOf(vec![json!("gold"), json!(2)]) },
+                ClaimRule {
+                    claim: "tenant".into(),
+                    check: ClaimCheck::Equals(json!("acme")),
+                },
+                ClaimRule {
+                    claim: "org.roles".into(),
+                    check: ClaimCheck::Contains(json!("admin")),
+                },
+                ClaimRule {
+                    claim: "tier".into(),
+                    check: ClaimCheck::OneOf(vec![json!("gold"), json!(2)]),
+                },
             ],
             ..Default::default()
         };
-        let good = claims(json!({"tenant":"acme","org":{"roles":["admin"]},"tier":2}), &[], &["api"]);
+        let good = claims(
+            json!({"tenant":"acme","org":{"roles":["admin"]},"tier":2}),
+            &[],
+            &["api"],
+        );
         assert!(rules.check(&good).is_ok());
-        let bad = claims(json!({"tenant":"acme","org":{"roles":["user"]},"tier":2}), &[], &["api"]);
+        let bad = claims(
+            json!({"tenant":"acme","org":{"roles":["user"]},"tier":2}),
+            &[],
+            &["api"],
+        );
         let err = rules.check(&bad).unwrap_err();
         assert_eq!(err.reason, Reason::ClaimMismatch);
         assert!(err.detail.contains("org.roles"));
-        let absent = claims(json!({"org":{"roles":["admin"]},"tier":"gold"}), &[], &["api"]);
+        let absent = claims(
+            json!({"org":{"roles":["admin"]},"tier":"gold"}),
+            &[],
+            &["api"],
+        );
         assert!(rules.check(&absent).unwrap_err().detail.contains("absent"));
     }
 }

@@ -74,14 +74,11 @@ where
 
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(token: &[u8]) -> bool {
-    let body_end = token
-        .iter()
-        .rposition(|&b| b != b'=')
-        .map_or(0, |i| i + 1);
+    let body_end = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
     body_end > 0
-        && token[..body_end]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && token[..body_end].iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {

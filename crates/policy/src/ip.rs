@@ -47,7 +47,10 @@ impl CidrSet {
     /// The first configured network that contains `ip`, for explanations (linear).
     pub fn matching(&self, ip: IpAddr) -> Option<IpNet> {
         let ip = normalise(ip);
-        self.nets.iter().copied().find(|n| normalise_net(*n).contains(&ip))
+        self.nets
+            .iter()
+            .copied()
+            .find(|n| normalise_net(*n).contains(&ip))
     }
 
     /// Whether the set is empty.
@@ -215,7 +218,10 @@ pub fn resolve_client_ip<'a>(
     trusted: &CidrSet,
 ) -> ClientIp {
     let peer = normalise(peer);
-    let untrusted_peer = ClientIp { ip: peer, source: IpSource::Peer };
+    let untrusted_peer = ClientIp {
+        ip: peer,
+        source: IpSource::Peer,
+    };
     if trusted.is_empty() || !trusted.contains(peer) {
         return untrusted_peer;
     }
@@ -261,7 +267,10 @@ fn forwarded_for(element: &[u8]) -> Option<Option<IpAddr>> {
             return None;
         }
         let v = trim(&v[1..]);
-        let v = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v);
+        let v = v
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(v);
         // [v6]:port, [v6], v4:port, v4
         let host = if let Some(rest) = v.strip_prefix(b"[") {
             &rest[..rest.iter().position(|&b| b == b']').unwrap_or(rest.len())]
@@ -299,7 +308,13 @@ mod tests {
 
     #[test]
     fn cidr_set_merges_and_finds() {
-        let set = CidrSet::new(&nets(&["10.0.0.0/8", "10.1.0.0/16", "192.168.1.0/24", "192.168.2.0/24", "2001:db8::/32"]));
+        let set = CidrSet::new(&nets(&[
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "192.168.1.0/24",
+            "192.168.2.0/24",
+            "2001:db8::/32",
+        ]));
         assert!(set.contains(ip("10.255.255.255")));
         assert!(set.contains(ip("192.168.2.7")));
         assert!(!set.contains(ip("192.168.3.1")));
@@ -314,7 +329,10 @@ mod tests {
     fn deny_wins_over_allow() {
         let rules = IpRules::new(&nets(&["10.0.0.0/8"]), &nets(&["10.9.0.0/16"]));
         assert!(rules.check(ip("10.1.1.1"), "route").is_ok());
-        assert_eq!(rules.verdict(ip("10.9.1.1")), IpVerdict::Denied("10.9.0.0/16".parse().unwrap()));
+        assert_eq!(
+            rules.verdict(ip("10.9.1.1")),
+            IpVerdict::Denied("10.9.0.0/16".parse().unwrap())
+        );
         assert!(rules.check(ip("10.9.1.1"), "route").is_err());
         assert_eq!(rules.verdict(ip("11.0.0.1")), IpVerdict::NotAllowed);
         let mapped = IpRules::new(&nets(&["::ffff:10.0.0.0/104"]), &[]);
@@ -328,16 +346,38 @@ mod tests {
         let none = || std::iter::empty::<&[u8]>();
         // untrusted peer: header ignored
         let c = resolve_client_ip(ip("203.0.113.9"), xff("1.2.3.4"), none(), &trusted);
-        assert_eq!(c, ClientIp { ip: ip("203.0.113.9"), source: IpSource::Peer });
+        assert_eq!(
+            c,
+            ClientIp {
+                ip: ip("203.0.113.9"),
+                source: IpSource::Peer
+            }
+        );
         // trusted peer: right-most untrusted
-        let c = resolve_client_ip(ip("127.0.0.1"), xff("6.6.6.6, 1.2.3.4, 10.0.0.2"), none(), &trusted);
+        let c = resolve_client_ip(
+            ip("127.0.0.1"),
+            xff("6.6.6.6, 1.2.3.4, 10.0.0.2"),
+            none(),
+            &trusted,
+        );
         assert_eq!(c.ip, ip("1.2.3.4"));
         // garbage stops the walk at the last trusted hop
-        let c = resolve_client_ip(ip("127.0.0.1"), xff("1.2.3.4, junk, 10.0.0.2"), none(), &trusted);
+        let c = resolve_client_ip(
+            ip("127.0.0.1"),
+            xff("1.2.3.4, junk, 10.0.0.2"),
+            none(),
+            &trusted,
+        );
         assert_eq!(c.ip, ip("10.0.0.2"));
         // Forwarded
         let fwd = std::iter::once(&b"for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\""[..]);
         let c = resolve_client_ip(ip("127.0.0.1"), none(), fwd, &trusted);
-        assert_eq!(c, ClientIp { ip: ip("2001:db8::1"), source: IpSource::Forwarded });
+        assert_eq!(
+            c,
+            ClientIp {
+                ip: ip("2001:db8::1"),
+                source: IpSource::Forwarded
+            }
+        );
     }
 }

@@ -69,8 +69,11 @@ pub fn decode(token: &str) -> Result<UnverifiedToken<'_>, Rejection> {
     let header_bytes = b64(h, "header")?;
     let payload_bytes = b64(p, "payload")?;
     let signature = b64(s, "signature")?;
-    let header: JoseHeader = serde_json::from_slice(&header_bytes)
-        .map_err(|e| malformed(format!("header is not a JSON object with a string alg: {e}")))?;
+    let header: JoseHeader = serde_json::from_slice(&header_bytes).map_err(|e| {
+        malformed(format!(
+            "header is not a JSON object with a string alg: {e}"
+        ))
+    })?;
     let claims: Map<String, Value> = match serde_json::from_slice::<Value>(&payload_bytes) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(malformed("payload is JSON but not an object")),

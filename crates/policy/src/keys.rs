@@ -37,7 +37,7 @@ pub enum Curve {
 
 enum Verifier {
     Public(ParsedPublicKey),
-    Hmac(aws_lc_rs::hmac::Key),
+    Hmac(Box<aws_lc_rs::hmac::Key>),
 }
 
 /// A key of an issuer, parsed once, with one verifier per usable algorithm.
@@ -90,11 +90,14 @@ impl VerifyingKey {
         y: &[u8],
         allowed: &[Algorithm],
     ) -> Result<Self, KeyError> {
-        let (want, field_len, verify_alg): (Algorithm, usize, &'static dyn sig::VerificationAlgorithm) =
-            match curve {
-                Curve::P256 => (Algorithm::ES256, 32, &sig::ECDSA_P256_SHA256_FIXED),
-                Curve::P384 => (Algorithm::ES384, 48, &sig::ECDSA_P384_SHA384_FIXED),
-            };
+        let (want, field_len, verify_alg): (
+            Algorithm,
+            usize,
+            &'static dyn sig::VerificationAlgorithm,
+        ) = match curve {
+            Curve::P256 => (Algorithm::ES256, 32, &sig::ECDSA_P256_SHA256_FIXED),
+            Curve::P384 => (Algorithm::ES384, 48, &sig::ECDSA_P384_SHA384_FIXED),
+        };
         if x.len() != field_len || y.len() != field_len {
             return Err(KeyError::Rejected(format!(
                 "EC coordinates must be {field_len} bytes for this curve"
@@ -152,7 +155,10 @@ impl VerifyingKey {
                     Algorithm::HS512 => aws_lc_rs::hmac::HMAC_SHA512,
                     _ => aws_lc_rs::hmac::HMAC_SHA256,
                 };
-                (a, Verifier::Hmac(aws_lc_rs::hmac::Key::new(h, secret)))
+                (
+                    a,
+                    Verifier::Hmac(Box::new(aws_lc_rs::hmac::Key::new(h, secret))),
+                )
             })
             .collect();
         Self::finish(kid, "oct", alg, verifiers)
@@ -328,7 +334,14 @@ fn fingerprint(keys: &[Arc<VerifyingKey>]) -> u64 {
     use sha2::{Digest, Sha256};
     let mut entries: Vec<String> = keys
         .iter()
-        .map(|k| format!("{}|{}|{:?}", k.kid().unwrap_or("-"), k.kty(), k.algorithms().collect::<Vec<_>>()))
+        .map(|k| {
+            format!(
+                "{}|{}|{:?}",
+                k.kid().unwrap_or("-"),
+                k.kty(),
+                k.algorithms().collect::<Vec<_>>()
+            )
+        })
         .collect();
     entries.sort();
     let digest = Sha256::digest(entries.join("\n").as_bytes());

@@ -127,7 +127,10 @@ pub fn verify(
 }
 
 /// The header checks that precede key selection: allow-list, `crit`, `typ`.
-pub fn check_header(token: &UnverifiedToken<'_>, rules: &IssuerRules) -> Result<Algorithm, Rejection> {
+pub fn check_header(
+    token: &UnverifiedToken<'_>,
+    rules: &IssuerRules,
+) -> Result<Algorithm, Rejection> {
     let alg = parse_algorithm(&token.header.alg)
         .filter(|a| rules.algorithms.contains(a))
         .ok_or_else(|| {
@@ -158,7 +161,10 @@ pub fn check_header(token: &UnverifiedToken<'_>, rules: &IssuerRules) -> Result<
         if !got.eq_ignore_ascii_case(want) {
             return Err(Rejection::new(
                 Reason::TokenMalformed,
-                format!("header typ is {:?}; this issuer requires {want}", printable(got)),
+                format!(
+                    "header typ is {:?}; this issuer requires {want}",
+                    printable(got)
+                ),
             ));
         }
     }
@@ -202,8 +208,14 @@ fn check_claims(
         }
         Some(v) => numeric_date(v, "exp")?,
     };
-    let nbf = claims.get("nbf").map(|v| numeric_date(v, "nbf")).transpose()?;
-    let iat = claims.get("iat").map(|v| numeric_date(v, "iat")).transpose()?;
+    let nbf = claims
+        .get("nbf")
+        .map(|v| numeric_date(v, "nbf"))
+        .transpose()?;
+    let iat = claims
+        .get("iat")
+        .map(|v| numeric_date(v, "iat"))
+        .transpose()?;
     check_exp(exp, now, leeway)?;
     if let Some(nbf) = nbf {
         check_nbf(nbf, now, leeway)?;
@@ -225,12 +237,17 @@ fn check_claims(
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| Rejection::new(Reason::TokenMalformed, "aud array holds a non-string"))
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    Rejection::new(Reason::TokenMalformed, "aud array holds a non-string")
+                })
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(Rejection::new(Reason::TokenMalformed, "aud is neither a string nor an array")),
+        Some(_) => {
+            return Err(Rejection::new(
+                Reason::TokenMalformed,
+                "aud is neither a string nor an array",
+            ));
+        }
     };
     Ok(VerifiedClaims {
         issuer: Arc::from(iss),
@@ -258,7 +275,10 @@ fn check_nbf(nbf: i64, now: i64, leeway: i64) -> Result<(), Rejection> {
     if nbf > now.saturating_add(leeway) {
         return Err(Rejection::new(
             Reason::TokenNotYetValid,
-            format!("token is not valid for another {}", human_duration(nbf - now)),
+            format!(
+                "token is not valid for another {}",
+                human_duration(nbf - now)
+            ),
         ));
     }
     Ok(())
@@ -305,7 +325,13 @@ pub fn printable(s: &str) -> String {
     let cleaned: String = s
         .chars()
         .take(64)
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     if s.chars().count() > 64 {
         format!("\"{cleaned}…\"")

@@ -20,7 +20,13 @@ pub fn validate(path: &Path) -> ExitCode {
             for w in &config.warnings {
                 println!("warning: {w}");
             }
-            println!("{}: OK ({} routes, {} issuers, {} upstreams)", path.display(), config.routes.len(), config.issuers.len(), config.upstreams.len());
+            println!(
+                "{}: OK ({} routes, {} issuers, {} upstreams)",
+                path.display(),
+                config.routes.len(),
+                config.issuers.len(),
+                config.upstreams.len()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -44,7 +50,10 @@ pub fn build_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::R
     if let Some(n) = workers {
         builder.worker_threads(n);
     }
-    builder.enable_all().build().context("cannot start the Tokio runtime")
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the Tokio runtime")
 }
 
 /// Reloads the configuration file and swaps it in, or keeps the old one.
@@ -92,7 +101,11 @@ impl Reloader {
 }
 
 /// Runs the gateway until `shutdown` resolves.
-pub async fn run(path: PathBuf, config: GatewayConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    path: PathBuf,
+    config: GatewayConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     tracing::info!(config = %path.display(), "effective configuration:\n{}", summarise(&config));
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -101,12 +114,25 @@ pub async fn run(path: PathBuf, config: GatewayConfig, shutdown: impl std::futur
     let listen = config.listen.clone();
     let admin_addr = config.admin;
     let gateway = Gateway::new(config, Arc::clone(&metrics)).map_err(|e| anyhow!(e))?;
-    let tls = listen.tls.as_ref().map(portcullis_proxy::tls_acceptor).transpose().map_err(|e| anyhow!("TLS: {e}"))?;
-    let listener = TcpListener::bind(listen.address).await.with_context(|| format!("cannot listen on {}", listen.address))?;
-    let reloader = Reloader { path, gateway: Arc::clone(&gateway), metrics: Arc::clone(&metrics) };
+    let tls = listen
+        .tls
+        .as_ref()
+        .map(portcullis_proxy::tls_acceptor)
+        .transpose()
+        .map_err(|e| anyhow!("TLS: {e}"))?;
+    let listener = TcpListener::bind(listen.address)
+        .await
+        .with_context(|| format!("cannot listen on {}", listen.address))?;
+    let reloader = Reloader {
+        path,
+        gateway: Arc::clone(&gateway),
+        metrics: Arc::clone(&metrics),
+    };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = admin_addr {
-        let admin = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
+        let admin = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on admin address {addr}"))?;
         let hooks = admin_hooks(&gateway, &metrics, &reloader);
         tokio::spawn(serve_admin(admin, hooks, async move {
             let _ = admin_stop_rx.await;
@@ -130,7 +156,11 @@ fn admin_hooks(gateway: &Arc<Gateway>, metrics: &Arc<Metrics>, reloader: &Reload
         before_scrape: Arc::new(move || g2.update_scrape_gauges()),
         reload: Some(Arc::new(move || {
             let r = r.clone();
-            Box::pin(async move { tokio::task::spawn_blocking(move || r.reload()).await.unwrap_or_else(|e| Err(e.to_string())) })
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || r.reload())
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            })
         })),
     }
 }
@@ -138,7 +168,9 @@ fn admin_hooks(gateway: &Arc<Gateway>, metrics: &Arc<Metrics>, reloader: &Reload
 #[cfg(unix)]
 async fn reload_on_sighup(reloader: Reloader) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the configuration");
         let r = reloader.clone();
@@ -154,7 +186,10 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };

@@ -6,8 +6,16 @@ use portcullis_config::{GatewayConfig, HostMatch, PathMatch, RouteAuth};
 /// Multi-line human summary of what the gateway will do.
 pub fn summarise(c: &GatewayConfig) -> String {
     let mut out = Vec::new();
-    let tls = if c.listen.tls.is_some() { "https" } else { "http" };
-    out.push(format!("listen {tls}://{}  admin {}", c.listen.address, c.admin.map_or("off".into(), |a| a.to_string())));
+    let tls = if c.listen.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    out.push(format!(
+        "listen {tls}://{}  admin {}",
+        c.listen.address,
+        c.admin.map_or("off".into(), |a| a.to_string())
+    ));
     out.push(format!(
         "limits: header {} B, body {} B, header timeout {:?}, {} connections, {} in flight, shutdown grace {:?}",
         c.limits.max_header_bytes, c.limits.max_body_bytes, c.limits.header_read_timeout, c.limits.max_connections,
@@ -32,9 +40,21 @@ pub fn summarise(c: &GatewayConfig) -> String {
         ));
     }
     for (name, u) in &c.upstreams {
-        let targets: Vec<String> = u.targets.iter().map(|t| format!("{}://{}{}", t.scheme(), t.authority, t.base_path)).collect();
-        let cred = u.credential.as_ref().map_or("none".to_owned(), |c| format!("{}: ***", c.header));
-        out.push(format!("upstream {name}: {} (credential {cred}, connect {:?}, response {:?})", targets.join(", "), u.connect_timeout, u.response_header_timeout));
+        let targets: Vec<String> = u
+            .targets
+            .iter()
+            .map(|t| format!("{}://{}{}", t.scheme(), t.authority, t.base_path))
+            .collect();
+        let cred = u
+            .credential
+            .as_ref()
+            .map_or("none".to_owned(), |c| format!("{}: ***", c.header));
+        out.push(format!(
+            "upstream {name}: {} (credential {cred}, connect {:?}, response {:?})",
+            targets.join(", "),
+            u.connect_timeout,
+            u.response_header_timeout
+        ));
     }
     for r in &c.routes {
         let host = match &r.matcher.host {
@@ -46,7 +66,9 @@ pub fn summarise(c: &GatewayConfig) -> String {
             PathMatch::Exact(p) => format!("= {p}"),
             PathMatch::Prefix(p) => format!("{p}*"),
         };
-        let methods = r.matcher.methods.as_ref().map_or("any".to_owned(), |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","));
+        let methods = r.matcher.methods.as_ref().map_or("any".to_owned(), |m| {
+            m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
+        });
         let auth = match &r.auth {
             RouteAuth::Public => "PUBLIC".to_owned(),
             RouteAuth::Protected(p) => format!(
@@ -59,7 +81,10 @@ pub fn summarise(c: &GatewayConfig) -> String {
                 p.access.claims.len()
             ),
         };
-        out.push(format!("route {}: {host} {path} [{methods}] -> {}; {auth}", r.name, r.upstream));
+        out.push(format!(
+            "route {}: {host} {path} [{methods}] -> {}; {auth}",
+            r.name, r.upstream
+        ));
     }
     out.join("\n")
 }

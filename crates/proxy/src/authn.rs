@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use portcullis_jwks::KidLookup;
+use portcullis_metrics::Metrics;
 use portcullis_policy::verify::{check_header, printable, verify};
 use portcullis_policy::{Reason, Rejection, UnverifiedToken, VerifiedClaims, bearer, jws};
-use portcullis_metrics::Metrics;
 
 use crate::runtime::{CompiledRoute, IssuerRuntime};
 use crate::token_cache::{TokenCache, token_key};
@@ -28,12 +28,20 @@ pub async fn authenticate(
     metrics: &Metrics,
     now: i64,
 ) -> Result<Authenticated, Rejection> {
-    let values = headers.get_all(http::header::AUTHORIZATION).iter().map(|v| v.as_bytes());
+    let values = headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .map(|v| v.as_bytes());
     let token = bearer::extract(values, route.max_token_bytes)?;
     let key = token_key(token);
-    if let Some(claims) = cache.get(&key, |iss| route.issuers.get(iss).map(|i| Arc::clone(&i.keys))) {
+    if let Some(claims) = cache.get(&key, |iss| {
+        route.issuers.get(iss).map(|i| Arc::clone(&i.keys))
+    }) {
         metrics.token_cache("hit", 1);
-        let leeway = route.issuers.get(&*claims.issuer).map_or(0, |i| i.config.rules.leeway_secs);
+        let leeway = route
+            .issuers
+            .get(&*claims.issuer)
+            .map_or(0, |i| i.config.rules.leeway_secs);
         claims.check_time(now, leeway)?;
         return Ok(Authenticated { claims });
     }
@@ -43,7 +51,12 @@ pub async fn authenticate(
     if token.len() > issuer.config.max_token_bytes {
         return Err(Rejection::new(
             Reason::TokenTooLarge,
-            format!("token is {} bytes; issuer {} allows {}", token.len(), issuer.config.name, issuer.config.max_token_bytes),
+            format!(
+                "token is {} bytes; issuer {} allows {}",
+                token.len(),
+                issuer.config.name,
+                issuer.config.max_token_bytes
+            ),
         ));
     }
     let generation = issuer.keys.state().generation;
@@ -54,7 +67,13 @@ pub async fn authenticate(
     }
     // Cache only what was verified against the key set still in force.
     if generation == generation_now {
-        let evicted = cache.insert(key, Arc::clone(&claims), Arc::clone(&issuer.keys), generation, now);
+        let evicted = cache.insert(
+            key,
+            Arc::clone(&claims),
+            Arc::clone(&issuer.keys),
+            generation,
+            now,
+        );
         if evicted > 0 {
             metrics.token_cache("eviction", evicted);
         }
@@ -63,16 +82,26 @@ pub async fn authenticate(
 }
 
 /// The route's issuer for the token's `iss`: a map lookup, never a trial of each.
-fn select_issuer<'a>(route: &'a CompiledRoute, token: &UnverifiedToken<'_>) -> Result<&'a Arc<IssuerRuntime>, Rejection> {
+fn select_issuer<'a>(
+    route: &'a CompiledRoute,
+    token: &UnverifiedToken<'_>,
+) -> Result<&'a Arc<IssuerRuntime>, Rejection> {
     let Some(iss) = token.issuer() else {
-        return Err(Rejection::new(Reason::IssuerMismatch, "token has no iss claim"));
+        return Err(Rejection::new(
+            Reason::IssuerMismatch,
+            "token has no iss claim",
+        ));
     };
     route.issuers.get(iss).ok_or_else(|| {
         let mut accepted: Vec<&str> = route.issuers.keys().map(String::as_str).collect();
         accepted.sort_unstable();
         Rejection::new(
             Reason::IssuerMismatch,
-            format!("iss {} is not accepted on this route; accepted: {}", printable(iss), accepted.join(", ")),
+            format!(
+                "iss {} is not accepted on this route; accepted: {}",
+                printable(iss),
+                accepted.join(", ")
+            ),
         )
     })
 }
@@ -92,13 +121,19 @@ pub async fn verify_with_refresh(
         Some(s) => s,
         None => {
             issuer.keys.refresh_for_kid(kid).await;
-            issuer.keys.usable_snapshot().ok_or_else(|| idp_unavailable(issuer))?
+            issuer
+                .keys
+                .usable_snapshot()
+                .ok_or_else(|| idp_unavailable(issuer))?
         }
     };
     match verify(token, rules, &snapshot, now) {
         Err(r) if r.reason == Reason::KeyUnknown => match issuer.keys.refresh_for_kid(kid).await {
             KidLookup::Found => {
-                let fresh = issuer.keys.usable_snapshot().ok_or_else(|| idp_unavailable(issuer))?;
+                let fresh = issuer
+                    .keys
+                    .usable_snapshot()
+                    .ok_or_else(|| idp_unavailable(issuer))?;
                 verify(token, rules, &fresh, now)
             }
             KidLookup::Unknown => Err(r),
@@ -109,7 +144,10 @@ pub async fn verify_with_refresh(
 
 fn idp_unavailable(issuer: &IssuerRuntime) -> Rejection {
     let state = issuer.keys.state();
-    let why = state.last_error.as_deref().unwrap_or("no key set fetched yet");
+    let why = state
+        .last_error
+        .as_deref()
+        .unwrap_or("no key set fetched yet");
     Rejection::new(
         Reason::IdpUnavailable,
         format!("no usable keys for issuer {}: {why}", issuer.config.name),

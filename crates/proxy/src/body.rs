@@ -20,7 +20,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A complete body.
 pub fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.
@@ -53,12 +55,22 @@ pub struct ForwardBody {
 impl ForwardBody {
     /// Wraps a body; `exceeded` is set if the limit trips.
     pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
-        ForwardBody { inner: Some(inner), limit, seen: 0, exceeded }
+        ForwardBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+            exceeded,
+        }
     }
 
     /// A body with no bytes (for retries of bodiless requests).
     pub fn empty() -> Self {
-        ForwardBody { inner: None, limit: 0, seen: 0, exceeded: Arc::new(AtomicBool::new(false)) }
+        ForwardBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+            exceeded: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Whether the body is known to be empty, so the request can be replayed.
@@ -71,16 +83,23 @@ impl Body for ForwardBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
                         this.exceeded.store(true, Ordering::Release);
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -96,6 +115,8 @@ impl Body for ForwardBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

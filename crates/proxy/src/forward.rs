@@ -40,18 +40,24 @@ pub async fn forward(
     let upgrade = is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let original_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
 
     remove_hop_by_hop(&mut parts.headers, upgrade);
     let forward_token = route.protected().is_some_and(|p| p.forward_token);
     if !forward_token {
         parts.headers.remove(header::AUTHORIZATION);
     }
-    set_forwarded(&mut parts.headers, ctx.peer, ctx.https, original_host.as_ref());
+    set_forwarded(
+        &mut parts.headers,
+        ctx.peer,
+        ctx.https,
+        original_host.as_ref(),
+    );
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     if let (Some(p), Some(claims)) = (route.protected(), ctx.claims) {
         for (claim, name) in &p.claim_headers {
@@ -62,32 +68,56 @@ pub async fn forward(
     }
     let upstream_config = route.upstream.config();
     if let Some(cred) = &upstream_config.credential {
-        parts.headers.insert(cred.header.clone(), cred.value.0.clone());
+        parts
+            .headers
+            .insert(cred.header.clone(), cred.value.0.clone());
     }
     let preserve_host = route.config.preserve_host;
     if preserve_host && let Some(h) = &original_host {
         parts.headers.insert(header::HOST, h.clone());
     }
 
-    let path_and_query = rewrite_path(parts.uri.path(), parts.uri.query(), route.config.rewrite.as_ref());
+    let path_and_query = rewrite_path(
+        parts.uri.path(),
+        parts.uri.query(),
+        route.config.rewrite.as_ref(),
+    );
     parts.uri = http::Uri::builder()
         .path_and_query(path_and_query)
         .build()
-        .map_err(|_| Rejection::new(Reason::RequestMalformed, "the rewritten path is not a valid URI"))?;
-    parts.version = if upstream_config.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        .map_err(|_| {
+            Rejection::new(
+                Reason::RequestMalformed,
+                "the rewritten path is not a valid URI",
+            )
+        })?;
+    parts.version = if upstream_config.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
 
     let exceeded = Arc::new(AtomicBool::new(false));
     let body = ForwardBody::new(body, route.config.max_body_bytes, Arc::clone(&exceeded));
     let request = Request::from_parts(parts, body);
     let retry_allowed = is_idempotent(request.method()) || upstream_config.retry_idempotent;
-    let timeout = route.config.timeout.unwrap_or(upstream_config.response_header_timeout);
-    let sent = route.upstream.send(request, timeout, retry_allowed, !preserve_host).await;
+    let timeout = route
+        .config
+        .timeout
+        .unwrap_or(upstream_config.response_header_timeout);
+    let sent = route
+        .upstream
+        .send(request, timeout, retry_allowed, !preserve_host)
+        .await;
     let (mut response, latency) = match sent {
         Ok(r) => r,
         Err(_) if exceeded.load(Ordering::Acquire) => {
             return Err(Rejection::new(
                 Reason::BodyTooLarge,
-                format!("request body exceeds the route's limit of {} bytes", route.config.max_body_bytes),
+                format!(
+                    "request body exceeds the route's limit of {} bytes",
+                    route.config.max_body_bytes
+                ),
             ));
         }
         Err(f) => return Err(f.rejection),
@@ -99,7 +129,11 @@ pub async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
             if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+                let _ = tokio::io::copy_bidirectional(
+                    &mut TokioIo::new(client),
+                    &mut TokioIo::new(upstream),
+                )
+                .await;
             }
         });
         let (parts, body) = response.into_parts();
@@ -112,7 +146,14 @@ pub async fn forward(
 
 /// Methods whose bodiless requests may be retried on connect failure.
 fn is_idempotent(m: &http::Method) -> bool {
-    matches!(*m, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE)
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
 }
 
 /// Applies a rewrite: strip a prefix, put another in its place.
@@ -127,7 +168,11 @@ pub fn rewrite_path(path: &str, query: Option<&str>, rewrite: Option<&Rewrite>) 
             } else {
                 format!("{}/{rest}", rw.replace_prefix)
             };
-            if joined.starts_with('/') { joined } else { format!("/{joined}") }
+            if joined.starts_with('/') {
+                joined
+            } else {
+                format!("/{joined}")
+            }
         }
         None => path.to_owned(),
     };
@@ -141,7 +186,11 @@ pub fn rewrite_path(path: &str, query: Option<&str>, rewrite: Option<&Rewrite>) 
 fn claim_header_value(claims: &VerifiedClaims, claim: &str) -> Option<HeaderValue> {
     let text = match claims.claims.get(claim)? {
         Value::String(s) => s.clone(),
-        Value::Array(items) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
         v @ (Value::Number(_) | Value::Bool(_)) => v.to_string(),
         _ => return None,
     };
@@ -153,15 +202,27 @@ mod tests {
     use super::*;
 
     fn rw(strip: &str, replace: &str) -> Rewrite {
-        Rewrite { strip_prefix: strip.into(), replace_prefix: replace.into() }
+        Rewrite {
+            strip_prefix: strip.into(),
+            replace_prefix: replace.into(),
+        }
     }
 
     #[test]
     fn rewrites() {
-        assert_eq!(rewrite_path("/openai/v1/models", Some("a=1"), Some(&rw("/openai", ""))), "/v1/models?a=1");
+        assert_eq!(
+            rewrite_path("/openai/v1/models", Some("a=1"), Some(&rw("/openai", ""))),
+            "/v1/models?a=1"
+        );
         assert_eq!(rewrite_path("/openai", None, Some(&rw("/openai", ""))), "/");
-        assert_eq!(rewrite_path("/api/x", None, Some(&rw("/api", "/v2"))), "/v2/x");
-        assert_eq!(rewrite_path("/other", None, Some(&rw("/api", "/v2"))), "/v2/other");
+        assert_eq!(
+            rewrite_path("/api/x", None, Some(&rw("/api", "/v2"))),
+            "/v2/x"
+        );
+        assert_eq!(
+            rewrite_path("/other", None, Some(&rw("/api", "/v2"))),
+            "/v2/other"
+        );
         assert_eq!(rewrite_path("/a", None, None), "/a");
     }
 }

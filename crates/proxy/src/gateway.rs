@@ -24,18 +24,26 @@ impl JwksObserver for MetricsObserver {
     fn fetched(&self, issuer: &str, outcome: &'static str, elapsed: Duration) {
         let f = self.metrics.families();
         f.jwks_fetches.with_label_values(&[issuer, outcome]).inc();
-        f.jwks_fetch_duration.with_label_values(&[issuer]).observe(elapsed.as_secs_f64());
+        f.jwks_fetch_duration
+            .with_label_values(&[issuer])
+            .observe(elapsed.as_secs_f64());
     }
 
     fn key_set(&self, issuer: &str, keys: usize, fetched_at: SystemTime) {
         let f = self.metrics.families();
         f.jwks_keys.with_label_values(&[issuer]).set(keys as i64);
-        let at = fetched_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let at = fetched_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         f.jwks_last_success.with_label_values(&[issuer]).set(at);
     }
 
     fn skipped_key(&self, issuer: &str, _kid: &str, _reason: &str) {
-        self.metrics.families().jwks_skipped.with_label_values(&[issuer]).inc();
+        self.metrics
+            .families()
+            .jwks_skipped
+            .with_label_values(&[issuer])
+            .inc();
     }
 }
 
@@ -73,7 +81,9 @@ impl Gateway {
     /// Builds the gateway from a validated configuration. Must run inside a Tokio
     /// runtime (key caches start their refreshers).
     pub fn new(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
-        let observer: Arc<dyn JwksObserver> = Arc::new(MetricsObserver { metrics: Arc::clone(&metrics) });
+        let observer: Arc<dyn JwksObserver> = Arc::new(MetricsObserver {
+            metrics: Arc::clone(&metrics),
+        });
         let tc = config.token_cache;
         let runtime = Runtime::build(config, None, &metrics, &observer)?;
         metrics.config_reload(true);
@@ -108,7 +118,10 @@ impl Gateway {
         self.metrics.families().in_flight.inc();
         let guard = InFlight { gw: self };
         if now > max {
-            return Err(Rejection::new(Reason::Overloaded, format!("more than {max} requests in flight")));
+            return Err(Rejection::new(
+                Reason::Overloaded,
+                format!("more than {max} requests in flight"),
+            ));
         }
         Ok(guard)
     }
@@ -132,27 +145,47 @@ impl Gateway {
         let issuers_kept = new
             .issuers
             .iter()
-            .filter(|(name, rt)| old.issuers.get(*name).is_some_and(|o| Arc::ptr_eq(&o.keys, &rt.keys)))
+            .filter(|(name, rt)| {
+                old.issuers
+                    .get(*name)
+                    .is_some_and(|o| Arc::ptr_eq(&o.keys, &rt.keys))
+            })
             .map(|(name, _)| name.clone())
             .collect();
-        self.token_cache.configure(tc.enabled, tc.max_entries, tc.max_ttl);
+        self.token_cache
+            .configure(tc.enabled, tc.max_entries, tc.max_ttl);
         self.runtime.store(Arc::new(new));
         self.metrics.config_reload(true);
-        Ok(ApplyReport { issuers_kept, not_applied })
+        Ok(ApplyReport {
+            issuers_kept,
+            not_applied,
+        })
     }
 
     /// Ready when every issuer has usable keys (fresh, or stale within `max_stale`).
     pub fn readiness(&self) -> Readiness {
         let rt = self.runtime();
         let mut ready = true;
-        let mut checks = vec![format!("config: {} ({} routes)", rt.config.source, rt.config.routes.len())];
+        let mut checks = vec![format!(
+            "config: {} ({} routes)",
+            rt.config.source,
+            rt.config.routes.len()
+        )];
         for (name, issuer) in &rt.issuers {
             let status = issuer.keys.status();
             let ok = matches!(status, KeyStatus::Fresh | KeyStatus::Stale);
             ready &= ok;
             let state = issuer.keys.state();
-            let err = state.last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default();
-            checks.push(format!("issuer {name}: {} with {} keys{err}", status.as_str(), state.snapshot.len()));
+            let err = state
+                .last_error
+                .as_deref()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default();
+            checks.push(format!(
+                "issuer {name}: {} with {} keys{err}",
+                status.as_str(),
+                state.snapshot.len()
+            ));
         }
         Readiness { ready, checks }
     }
@@ -166,11 +199,20 @@ impl Gateway {
             let label = issuer.config.rules.issuer.as_str();
             let state = issuer.keys.state();
             if let Some(age) = state.age(now) {
-                f.jwks_key_age.with_label_values(&[label]).set(age.as_secs_f64());
+                f.jwks_key_age
+                    .with_label_values(&[label])
+                    .set(age.as_secs_f64());
             }
             let current = state.status(now, issuer.keys.settings().max_stale);
-            for s in [KeyStatus::Pending, KeyStatus::Fresh, KeyStatus::Stale, KeyStatus::Failed] {
-                f.jwks_status.with_label_values(&[label, s.as_str()]).set(i64::from(s == current));
+            for s in [
+                KeyStatus::Pending,
+                KeyStatus::Fresh,
+                KeyStatus::Stale,
+                KeyStatus::Failed,
+            ] {
+                f.jwks_status
+                    .with_label_values(&[label, s.as_str()])
+                    .set(i64::from(s == current));
             }
         }
     }

@@ -59,14 +59,19 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Keeps a client-supplied request id when it is short and plain, else mints one.
 pub fn accept_or_mint_request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID)
         && (1..=128).contains(&v.len())
-        && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
     {
         return v.clone();
     }
@@ -105,7 +110,12 @@ pub fn strip_spoofed(headers: &mut HeaderMap, claim_headers: &[HeaderName], peer
 }
 
 /// Appends the peer to `X-Forwarded-For` and sets `-Proto` / `-Host` when absent.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: std::net::IpAddr, https: bool, original_host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: std::net::IpAddr,
+    https: bool,
+    original_host: Option<&HeaderValue>,
+) {
     let peer_text = peer.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer_text}"),
@@ -116,7 +126,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: std::net::IpAddr, https: boo
         headers.insert(&X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" }));
+        headers.insert(
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
     }
     if !headers.contains_key(&X_FORWARDED_HOST)
         && let Some(h) = original_host
@@ -132,7 +145,10 @@ mod tests {
     #[test]
     fn hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret-Hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret-Hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -148,7 +164,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(accept_or_mint_request_id(&h), "abc-123");
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("bad id with spaces"));
+        h.insert(
+            &X_REQUEST_ID,
+            HeaderValue::from_static("bad id with spaces"),
+        );
         let minted = accept_or_mint_request_id(&h);
         assert_eq!(minted.len(), 32);
         assert_ne!(mint_request_id(), mint_request_id());

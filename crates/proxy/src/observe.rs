@@ -71,7 +71,10 @@ impl Trace {
 
 /// Index of a reason for per-route metric slots (0 `none`, 1 `public`).
 fn reason_slot(r: Reason) -> usize {
-    Reason::ALL.iter().position(|x| *x == r).map_or(0, |i| i + 2)
+    Reason::ALL
+        .iter()
+        .position(|x| *x == r)
+        .map_or(0, |i| i + 2)
 }
 
 /// Whether a reason is an authorization decision (token or network rule).
@@ -97,15 +100,27 @@ fn is_auth_reason(r: Reason) -> bool {
 }
 
 /// Records metrics and the access-log line.
-pub fn record(gw: &Gateway, runtime: &Runtime, trace: &Trace, request_id: &HeaderValue, status: u16, elapsed: Duration) {
-    let route_metrics = trace.route.as_ref().map_or(&runtime.unmatched, |r| &r.metrics);
+pub fn record(
+    gw: &Gateway,
+    runtime: &Runtime,
+    trace: &Trace,
+    request_id: &HeaderValue,
+    status: u16,
+    elapsed: Duration,
+) {
+    let route_metrics = trace
+        .route
+        .as_ref()
+        .map_or(&runtime.unmatched, |r| &r.metrics);
     route_metrics.request(&trace.method, status, elapsed.as_secs_f64());
     let rejected = trace.rejection.as_ref().map(|r| r.reason);
     match (trace.decision, rejected) {
         (Decision::Allowed, _) => route_metrics.decision(true, 0, "none"),
         (Decision::Public, _) => route_metrics.decision(true, 1, "public"),
         (Decision::WouldDeny(r), _) => route_metrics.would_deny(reason_slot(r), r.as_str()),
-        (Decision::NotEvaluated, Some(r)) if is_auth_reason(r) => route_metrics.decision(false, reason_slot(r), r.as_str()),
+        (Decision::NotEvaluated, Some(r)) if is_auth_reason(r) => {
+            route_metrics.decision(false, reason_slot(r), r.as_str())
+        }
         (Decision::NotEvaluated, _) => {}
     }
     let config = &runtime.config;
@@ -114,9 +129,22 @@ pub fn record(gw: &Gateway, runtime: &Runtime, trace: &Trace, request_id: &Heade
     }
 }
 
-fn access_log(_gw: &Gateway, config: &GatewayConfig, trace: &Trace, request_id: &HeaderValue, status: u16, elapsed: Duration) {
-    let route = trace.route.as_ref().map_or("unmatched", |r| r.config.name.as_str());
-    let upstream = trace.route.as_ref().map_or("-", |r| r.config.upstream.as_str());
+fn access_log(
+    _gw: &Gateway,
+    config: &GatewayConfig,
+    trace: &Trace,
+    request_id: &HeaderValue,
+    status: u16,
+    elapsed: Duration,
+) {
+    let route = trace
+        .route
+        .as_ref()
+        .map_or("unmatched", |r| r.config.name.as_str());
+    let upstream = trace
+        .route
+        .as_ref()
+        .map_or("-", |r| r.config.upstream.as_str());
     let outcome = match (trace.decision, &trace.rejection) {
         (Decision::Allowed, _) => "allow",
         (Decision::Public, _) => "public",

@@ -47,7 +47,11 @@ pub struct ConnInfo {
 }
 
 /// Handles one request through every step; never fails.
-pub async fn handle(gw: &Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     // request_id: accepted from the client when plain, else minted.
     let request_id = accept_or_mint_request_id(req.headers());
@@ -74,9 +78,18 @@ pub async fn handle(gw: &Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -
             r
         }
     };
-    response.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
+    response
+        .headers_mut()
+        .insert(&X_REQUEST_ID, request_id.clone());
     drop(admitted);
-    crate::observe::record(gw, &runtime, &trace, &request_id, response.status().as_u16(), started.elapsed());
+    crate::observe::record(
+        gw,
+        &runtime,
+        &trace,
+        &request_id,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -98,8 +111,14 @@ async fn steps(
     let trusted = &config.network.trusted_proxies;
     let client = resolve_client_ip(
         peer,
-        req.headers().get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes),
-        req.headers().get_all(header::FORWARDED).iter().map(HeaderValue::as_bytes),
+        req.headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(HeaderValue::as_bytes),
+        req.headers()
+            .get_all(header::FORWARDED)
+            .iter()
+            .map(HeaderValue::as_bytes),
         trusted,
     );
     trace.client_ip = Some(client.ip);
@@ -110,30 +129,46 @@ async fn steps(
 
     // route
     let host = request_host(&req);
-    let route = match runtime.table.find(&normalise_host(&host), req.uri().path(), req.method()) {
+    let route = match runtime
+        .table
+        .find(&normalise_host(&host), req.uri().path(), req.method())
+    {
         Lookup::Found(route) => Arc::clone(route),
         Lookup::MethodNotAllowed(methods) => {
             let list: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
             trace.allow = Some(list.join(", "));
             return Err(Rejection::new(
                 Reason::MethodNotAllowed,
-                format!("{} is not allowed here; allowed: {}", req.method(), list.join(", ")),
+                format!(
+                    "{} is not allowed here; allowed: {}",
+                    req.method(),
+                    list.join(", ")
+                ),
             ));
         }
         Lookup::NotFound => {
-            return Err(Rejection::new(Reason::RouteNotFound, format!("no route for {} {}", req.method(), req.uri().path())));
+            return Err(Rejection::new(
+                Reason::RouteNotFound,
+                format!("no route for {} {}", req.method(), req.uri().path()),
+            ));
         }
     };
     trace.route = Some(Arc::clone(&route));
     strip_spoofed(req.headers_mut(), &route.claim_headers, true);
 
     // limits: a declared body larger than the route allows is refused up front.
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > route.config.max_body_bytes
     {
         return Err(Rejection::new(
             Reason::BodyTooLarge,
-            format!("request body of {len} bytes exceeds the route's limit of {}", route.config.max_body_bytes),
+            format!(
+                "request body of {len} bytes exceeds the route's limit of {}",
+                route.config.max_body_bytes
+            ),
         ));
     }
 
@@ -149,7 +184,15 @@ async fn steps(
         }
         Some(protected) => {
             let now = unix_now();
-            let verdict = match authenticate(&route, req.headers(), gw.token_cache(), gw.metrics(), now).await {
+            let verdict = match authenticate(
+                &route,
+                req.headers(),
+                gw.token_cache(),
+                gw.metrics(),
+                now,
+            )
+            .await
+            {
                 Ok(auth) => protected.access.check(&auth.claims).map(|()| auth.claims),
                 Err(r) => Err(r),
             };
@@ -170,7 +213,13 @@ async fn steps(
     };
 
     // forward
-    let ctx = ForwardContext { route: &route, claims: claims.as_deref(), peer, https: conn.https, request_id };
+    let ctx = ForwardContext {
+        route: &route,
+        claims: claims.as_deref(),
+        peer,
+        https: conn.https,
+        request_id,
+    };
     let (response, latency) = forward(req, ctx).await?;
     trace.upstream_latency = Some(latency);
     Ok(response)
@@ -184,7 +233,10 @@ fn check_header_size(req: &Request<Incoming>, max: usize) -> Result<(), Rejectio
         .sum::<usize>()
         + req.uri().to_string().len();
     if size > max {
-        return Err(Rejection::new(Reason::HeadersTooLarge, format!("request head is {size} bytes; the limit is {max}")));
+        return Err(Rejection::new(
+            Reason::HeadersTooLarge,
+            format!("request head is {size} bytes; the limit is {max}"),
+        ));
     }
     Ok(())
 }
@@ -200,7 +252,9 @@ fn request_host(req: &Request<Incoming>) -> String {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The client address recorded for a request, for tests and logs.

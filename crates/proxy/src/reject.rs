@@ -29,7 +29,10 @@ pub fn respond(rejection: &Rejection, request_id: &str) -> Response<ProxyBody> {
     let mut response = Response::new(full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(challenge) = challenge(rejection)
         && let Ok(v) = HeaderValue::from_str(&challenge)
@@ -90,7 +93,8 @@ mod tests {
             challenge(&expired).unwrap(),
             "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"token_expired: token expired 3m12s ago\""
         );
-        let scope = Rejection::new(Reason::ScopeInsufficient, "missing scope chat:write").with_required_scope("chat:write");
+        let scope = Rejection::new(Reason::ScopeInsufficient, "missing scope chat:write")
+            .with_required_scope("chat:write");
         assert!(challenge(&scope).unwrap().ends_with("scope=\"chat:write\""));
         assert!(challenge(&Rejection::new(Reason::IpDenied, "x")).is_none());
         let weird = Rejection::new(Reason::TokenMalformed, "bad \"quote\" é");
@@ -102,6 +106,9 @@ mod tests {
         let r = respond(&Rejection::new(Reason::IdpUnavailable, "no keys"), "rid-1");
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
     }
 }

@@ -38,7 +38,10 @@ struct PathIndex<T> {
 
 impl<T> Default for PathIndex<T> {
     fn default() -> Self {
-        PathIndex { exact: HashMap::new(), prefix: HashMap::new() }
+        PathIndex {
+            exact: HashMap::new(),
+            prefix: HashMap::new(),
+        }
     }
 }
 
@@ -75,7 +78,11 @@ impl<T> RouteTable<T> {
                     }
                 }
             };
-            let entry = Entry { methods: m.methods.clone(), order, value };
+            let entry = Entry {
+                methods: m.methods.clone(),
+                order,
+                value,
+            };
             let bucket = match m.path {
                 PathMatch::Exact(p) => index.exact.entry(p).or_default(),
                 PathMatch::Prefix(p) => index.prefix.entry(p).or_default(),
@@ -85,7 +92,9 @@ impl<T> RouteTable<T> {
             bucket.sort_by_key(|e| (e.methods.is_none(), e.order));
             table.len += 1;
         }
-        table.suffix_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table
+            .suffix_hosts
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         table
     }
 
@@ -106,7 +115,12 @@ impl<T> RouteTable<T> {
             .exact_hosts
             .get(host)
             .into_iter()
-            .chain(self.suffix_hosts.iter().filter(|(s, _)| host.ends_with(s.as_str()) && host.len() > s.len()).map(|(_, i)| i))
+            .chain(
+                self.suffix_hosts
+                    .iter()
+                    .filter(|(s, _)| host.ends_with(s.as_str()) && host.len() > s.len())
+                    .map(|(_, i)| i),
+            )
             .chain(std::iter::once(&self.any_host));
         for index in groups {
             if let Some(found) = index.find(path, method, &mut allowed) {
@@ -142,13 +156,19 @@ impl<T> PathIndex<T> {
             }
             let with_slash = &path[..=i];
             if with_slash.len() < path.len()
-                && let Some(found) = self.prefix.get(with_slash).and_then(|b| pick(b, method, allowed))
+                && let Some(found) = self
+                    .prefix
+                    .get(with_slash)
+                    .and_then(|b| pick(b, method, allowed))
             {
                 return Some(found);
             }
             let without = &path[..i];
             if !without.is_empty()
-                && let Some(found) = self.prefix.get(without).and_then(|b| pick(b, method, allowed))
+                && let Some(found) = self
+                    .prefix
+                    .get(without)
+                    .and_then(|b| pick(b, method, allowed))
             {
                 return Some(found);
             }
@@ -157,7 +177,11 @@ impl<T> PathIndex<T> {
     }
 }
 
-fn pick<'a, T>(bucket: &'a [Entry<T>], method: &Method, allowed: &mut Vec<Method>) -> Option<&'a T> {
+fn pick<'a, T>(
+    bucket: &'a [Entry<T>],
+    method: &Method,
+    allowed: &mut Vec<Method>,
+) -> Option<&'a T> {
     for e in bucket {
         match &e.methods {
             None => return Some(&e.value),
@@ -173,7 +197,13 @@ pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let host = if raw.starts_with('[') {
         raw.find(']').map_or(raw, |i| &raw[..=i])
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { raw })
+        raw.rsplit_once(':').map_or(raw, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                raw
+            }
+        })
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -244,7 +274,10 @@ mod tests {
             Lookup::MethodNotAllowed(ms) => assert_eq!(ms, vec![Method::POST, Method::PUT]),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(table.find("h", "/nope", &Method::GET), Lookup::NotFound));
+        assert!(matches!(
+            table.find("h", "/nope", &Method::GET),
+            Lookup::NotFound
+        ));
     }
 
     #[test]

@@ -90,7 +90,10 @@ impl Runtime {
                     .map_err(|e| format!("issuers.{name}: {e}"))?;
                     let keys = Arc::new(keys);
                     keys.spawn_refresher();
-                    Arc::new(IssuerRuntime { config: Arc::clone(ic), keys })
+                    Arc::new(IssuerRuntime {
+                        config: Arc::clone(ic),
+                        keys,
+                    })
                 }
             };
             issuers.insert(name.clone(), runtime);
@@ -103,12 +106,17 @@ impl Runtime {
                 .cloned();
             let pool = match reused {
                 Some(p) => p,
-                None => Arc::new(UpstreamPool::new(Arc::clone(uc), metrics.upstream(name)).map_err(|e| format!("upstreams.{name}: {e}"))?),
+                None => Arc::new(
+                    UpstreamPool::new(Arc::clone(uc), metrics.upstream(name))
+                        .map_err(|e| format!("upstreams.{name}: {e}"))?,
+                ),
             };
             upstreams.insert(name.clone(), pool);
         }
-        let by_iss: HashMap<&str, &Arc<IssuerRuntime>> =
-            issuers.values().map(|i| (i.config.rules.issuer.as_str(), i)).collect();
+        let by_iss: HashMap<&str, &Arc<IssuerRuntime>> = issuers
+            .values()
+            .map(|i| (i.config.rules.issuer.as_str(), i))
+            .collect();
         let mut compiled = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
             let upstream = upstreams
@@ -121,10 +129,22 @@ impl Runtime {
                     let map: HashMap<String, Arc<IssuerRuntime>> = p
                         .issuers
                         .keys()
-                        .filter_map(|iss| by_iss.get(iss.as_str()).map(|r| (iss.clone(), Arc::clone(r))))
+                        .filter_map(|iss| {
+                            by_iss
+                                .get(iss.as_str())
+                                .map(|r| (iss.clone(), Arc::clone(r)))
+                        })
                         .collect();
-                    let max = map.values().map(|i| i.config.max_token_bytes).max().unwrap_or(8 << 10);
-                    (map, max, p.claim_headers.iter().map(|(_, h)| h.clone()).collect())
+                    let max = map
+                        .values()
+                        .map(|i| i.config.max_token_bytes)
+                        .max()
+                        .unwrap_or(8 << 10);
+                    (
+                        map,
+                        max,
+                        p.claim_headers.iter().map(|(_, h)| h.clone()).collect(),
+                    )
                 }
             };
             let route = CompiledRoute {

@@ -29,7 +29,8 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
     if certs.is_empty() {
         return Err(format!("{}: no certificate", files.cert_file.display()));
     }
-    let key = PrivateKeyDer::from_pem_slice(&files.key_pem.0).map_err(|e| format!("{}: {e}", files.key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&files.key_pem.0)
+        .map_err(|e| format!("{}: {e}", files.key_file.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -102,15 +103,30 @@ pub async fn serve(
         let token = tracker.enter();
         tokio::spawn(async move {
             gw.metrics().families().open_connections.inc();
-            serve_connection(&gw, &builder, stream, peer, tls, stop, limits.header_read_timeout).await;
+            serve_connection(
+                &gw,
+                &builder,
+                stream,
+                peer,
+                tls,
+                stop,
+                limits.header_read_timeout,
+            )
+            .await;
             gw.metrics().families().open_connections.dec();
             drop(permit);
             drop(token);
         });
     }
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(limits.shutdown_grace, tracker.wait_idle()).await.is_err() {
-        tracing::warn!(grace_s = limits.shutdown_grace.as_secs_f64(), "shutdown grace period over; closing remaining connections");
+    if tokio::time::timeout(limits.shutdown_grace, tracker.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = limits.shutdown_grace.as_secs_f64(),
+            "shutdown grace period over; closing remaining connections"
+        );
     }
 }
 
@@ -124,17 +140,42 @@ async fn serve_connection(
     handshake_timeout: Duration,
 ) {
     match tls {
-        None => drive(gw, builder, TokioIo::new(stream), ConnInfo { peer, https: false }, stop).await,
-        Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => drive(gw, builder, TokioIo::new(tls_stream), ConnInfo { peer, https: true }, stop).await,
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
+        None => {
+            drive(
+                gw,
+                builder,
+                TokioIo::new(stream),
+                ConnInfo { peer, https: false },
+                stop,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    drive(
+                        gw,
+                        builder,
+                        TokioIo::new(tls_stream),
+                        ConnInfo { peer, https: true },
+                        stop,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
     }
 }
 
-async fn drive<I>(gw: &Arc<Gateway>, builder: &auto::Builder<TokioExecutor>, io: I, info: ConnInfo, mut stop: watch::Receiver<bool>)
-where
+async fn drive<I>(
+    gw: &Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    info: ConnInfo,
+    mut stop: watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let gw = Arc::clone(gw);
@@ -176,7 +217,9 @@ mod tokio_util_tracker {
     impl Tracker {
         pub fn enter(&self) -> Token {
             self.inner.0.fetch_add(1, Ordering::AcqRel);
-            Token { inner: Arc::clone(&self.inner) }
+            Token {
+                inner: Arc::clone(&self.inner),
+            }
         }
 
         pub async fn wait_idle(&self) {

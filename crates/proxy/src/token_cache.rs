@@ -62,7 +62,8 @@ impl TokenCache {
     pub fn configure(&self, enabled: bool, max_entries: usize, max_ttl: Duration) {
         self.enabled.store(enabled, Ordering::Relaxed);
         self.max_entries.store(max_entries, Ordering::Relaxed);
-        self.max_ttl_ms.store(max_ttl.as_millis() as u64, Ordering::Relaxed);
+        self.max_ttl_ms
+            .store(max_ttl.as_millis() as u64, Ordering::Relaxed);
         if !enabled {
             self.map.clear();
         }
@@ -81,16 +82,28 @@ impl TokenCache {
     /// The claims for `key` when they were verified by `keys` (the same issuer
     /// cache the route uses) against its current key set, and are not past their
     /// cache lifetime.
-    pub fn get(&self, key: &TokenKey, keys: impl Fn(&str) -> Option<Arc<KeyCache>>) -> Option<Arc<VerifiedClaims>> {
+    pub fn get(
+        &self,
+        key: &TokenKey,
+        keys: impl Fn(&str) -> Option<Arc<KeyCache>>,
+    ) -> Option<Arc<VerifiedClaims>> {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
         let (claims, cache, generation, valid_until) = {
             let e = self.map.get(key)?;
-            (Arc::clone(&e.claims), Arc::clone(&e.keys), e.generation, e.valid_until)
+            (
+                Arc::clone(&e.claims),
+                Arc::clone(&e.keys),
+                e.generation,
+                e.valid_until,
+            )
         };
         let current = keys(&claims.issuer)?;
-        if !Arc::ptr_eq(&current, &cache) || current.state().generation != generation || Instant::now() >= valid_until {
+        if !Arc::ptr_eq(&current, &cache)
+            || current.state().generation != generation
+            || Instant::now() >= valid_until
+        {
             self.map.remove(key);
             return None;
         }
@@ -98,12 +111,22 @@ impl TokenCache {
     }
 
     /// Caches verified claims; returns how many entries were evicted to make room.
-    pub fn insert(&self, key: TokenKey, claims: Arc<VerifiedClaims>, keys: Arc<KeyCache>, generation: u64, now_unix: i64) -> u64 {
+    pub fn insert(
+        &self,
+        key: TokenKey,
+        claims: Arc<VerifiedClaims>,
+        keys: Arc<KeyCache>,
+        generation: u64,
+        now_unix: i64,
+    ) -> u64 {
         if !self.enabled.load(Ordering::Relaxed) {
             return 0;
         }
-        let until_exp = Duration::from_secs(claims.expires_at.saturating_sub(now_unix).max(0) as u64);
-        let ttl = until_exp.min(Duration::from_millis(self.max_ttl_ms.load(Ordering::Relaxed)));
+        let until_exp =
+            Duration::from_secs(claims.expires_at.saturating_sub(now_unix).max(0) as u64);
+        let ttl = until_exp.min(Duration::from_millis(
+            self.max_ttl_ms.load(Ordering::Relaxed),
+        ));
         if ttl.is_zero() {
             return 0;
         }
@@ -119,7 +142,15 @@ impl TokenCache {
             evicted = (before - self.map.len()) as u64;
         }
         if max > 0 {
-            self.map.insert(key, Entry { claims, keys, generation, valid_until: Instant::now() + ttl });
+            self.map.insert(
+                key,
+                Entry {
+                    claims,
+                    keys,
+                    generation,
+                    valid_until: Instant::now() + ttl,
+                },
+            );
         }
         evicted
     }

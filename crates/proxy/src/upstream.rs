@@ -46,20 +46,25 @@ pub struct UpstreamPool {
 
 impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamPool").field("name", &self.config.name).finish()
+        f.debug_struct("UpstreamPool")
+            .field("name", &self.config.name)
+            .finish()
     }
 }
 
 impl UpstreamPool {
     /// Builds the client for an upstream.
     pub fn new(config: Arc<UpstreamConfig>, metrics: Arc<UpstreamMetrics>) -> Result<Self, String> {
-        let tls = portcullis_jwks::tls::client_config(config.ca_pem.as_deref()).map_err(|e| e.to_string())?;
+        let tls = portcullis_jwks::tls::client_config(config.ca_pem.as_deref())
+            .map_err(|e| e.to_string())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
         let https = if config.http2 {
             builder.enable_http1().enable_http2().wrap_connector(http)
         } else {
@@ -77,9 +82,20 @@ impl UpstreamPool {
         let targets = config
             .targets
             .iter()
-            .map(|t| TargetState { target: t.clone(), failures: AtomicU32::new(0), sidelined_until: AtomicU64::new(0) })
+            .map(|t| TargetState {
+                target: t.clone(),
+                failures: AtomicU32::new(0),
+                sidelined_until: AtomicU64::new(0),
+            })
             .collect();
-        Ok(UpstreamPool { config, client, targets, next: AtomicUsize::new(0), epoch: Instant::now(), metrics })
+        Ok(UpstreamPool {
+            config,
+            client,
+            targets,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            metrics,
+        })
     }
 
     /// The configuration this pool was built from.
@@ -104,7 +120,11 @@ impl UpstreamPool {
         let now = self.now_ms();
         (0..n)
             .map(|k| (start + k) % n)
-            .find(|&i| self.targets.get(i).is_some_and(|t| t.sidelined_until.load(Ordering::Relaxed) <= now))
+            .find(|&i| {
+                self.targets
+                    .get(i)
+                    .is_some_and(|t| t.sidelined_until.load(Ordering::Relaxed) <= now)
+            })
             .unwrap_or(start % n)
     }
 
@@ -143,8 +163,16 @@ impl UpstreamPool {
         retry_allowed: bool,
         set_host: bool,
     ) -> Result<(Response<Incoming>, Duration), UpstreamFailure> {
-        let attempts = if retry_allowed { self.config.attempts.max(1) } else { 1 };
-        let path_and_query = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let attempts = if retry_allowed {
+            self.config.attempts.max(1)
+        } else {
+            1
+        };
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -163,7 +191,8 @@ impl UpstreamPool {
                 request.headers_mut().insert(http::header::HOST, v);
             }
             // The request is consumed by the client; keep what a retry needs.
-            let retry_copy = (attempt < attempts && request.body().is_end_stream_hint()).then(|| clone_head(&request));
+            let retry_copy = (attempt < attempts && request.body().is_end_stream_hint())
+                .then(|| clone_head(&request));
             let started = Instant::now();
             let result = tokio::time::timeout(timeout, self.client.request(request)).await;
             let elapsed = started.elapsed();
@@ -178,14 +207,18 @@ impl UpstreamPool {
                     return Err(UpstreamFailure {
                         rejection: Rejection::new(
                             Reason::UpstreamTimeout,
-                            format!("upstream {} sent no response headers within {:.1}s", self.config.name, timeout.as_secs_f64()),
+                            format!(
+                                "upstream {} sent no response headers within {:.1}s",
+                                self.config.name,
+                                timeout.as_secs_f64()
+                            ),
                         ),
                         kind: UpstreamErrorKind::Timeout,
                     });
                 }
                 Ok(Err(e)) => e,
             };
-            let failure = classify(&error, &self.config.name, &target.authority.to_string());
+            let failure = classify(&error, &self.config.name, target.authority.as_str());
             self.metrics.error(failure.kind);
             if failure.kind == UpstreamErrorKind::Connect {
                 self.record_connect_failure(index);
@@ -209,25 +242,41 @@ fn clone_head(req: &Request<ForwardBody>) -> Request<ForwardBody> {
 }
 
 fn unreachable_failure(detail: &str) -> UpstreamFailure {
-    UpstreamFailure { rejection: Rejection::new(Reason::UpstreamUnreachable, detail), kind: UpstreamErrorKind::Connect }
+    UpstreamFailure {
+        rejection: Rejection::new(Reason::UpstreamUnreachable, detail),
+        kind: UpstreamErrorKind::Connect,
+    }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error, upstream: &str, target: &str) -> UpstreamFailure {
+fn classify(
+    e: &hyper_util::client::legacy::Error,
+    upstream: &str,
+    target: &str,
+) -> UpstreamFailure {
     let chain = error_chain(e);
     if e.is_connect() {
         return UpstreamFailure {
-            rejection: Rejection::new(Reason::UpstreamUnreachable, format!("cannot connect to upstream {upstream} ({target}): {chain}")),
+            rejection: Rejection::new(
+                Reason::UpstreamUnreachable,
+                format!("cannot connect to upstream {upstream} ({target}): {chain}"),
+            ),
             kind: UpstreamErrorKind::Connect,
         };
     }
-    let reset = chain.contains("reset") || chain.contains("closed") || chain.contains("incomplete") || chain.contains("broken pipe");
+    let reset = chain.contains("reset")
+        || chain.contains("closed")
+        || chain.contains("incomplete")
+        || chain.contains("broken pipe");
     let (kind, reason) = if reset {
         (UpstreamErrorKind::Reset, Reason::UpstreamProtocolError)
     } else {
         (UpstreamErrorKind::Protocol, Reason::UpstreamProtocolError)
     };
     UpstreamFailure {
-        rejection: Rejection::new(reason, format!("upstream {upstream} ({target}) failed: {chain}")),
+        rejection: Rejection::new(
+            reason,
+            format!("upstream {upstream} ({target}) failed: {chain}"),
+        ),
         kind,
     }
 }

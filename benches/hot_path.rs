@@ -1,0 +1,118 @@
+//! Criterion benches of the hot path: bearer extraction, a cached-key lookup,
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // bench set-up panics on failure
+//! verification with a pre-parsed key, CIDR rules and route matching at scale.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis_config::{PathMatch, RouteMatch};
+use portcullis_devkit::SigningKey;
+use portcullis_policy::{DEFAULT_ALGORITHMS, IpRules, IssuerRules, bearer, jws, verify::verify};
+use portcullis_proxy::route_table::{Lookup, RouteTable};
+use std::hint::black_box;
+
+fn bench_bearer(c: &mut Criterion) {
+    let header = format!("Bearer {}", "a".repeat(800));
+    c.bench_function("bearer_extract_800B", |b| {
+        b.iter(|| bearer::extract(std::iter::once(black_box(header.as_bytes())), 8192))
+    });
+}
+
+fn bench_verify(c: &mut Criterion) {
+    let rules = IssuerRules {
+        issuer: "https://issuer.example/".into(),
+        algorithms: DEFAULT_ALGORITHMS.to_vec(),
+        leeway_secs: 60,
+        required_typ: None,
+        scope_claim: None,
+    };
+    let now = portcullis_devkit::now_unix();
+    let claims = serde_json::json!({"iss": rules.issuer, "aud": "api", "exp": now + 3600, "iat": now, "scope": "chat:write"});
+    for (name, key) in [
+        ("RS256", SigningKey::rsa("k").expect("rsa")),
+        ("ES256", SigningKey::ec("k").expect("ec")),
+        ("EdDSA", SigningKey::ed25519("k").expect("ed")),
+    ] {
+        let token = key.sign(&claims).expect("sign");
+        let doc = serde_json::json!({ "keys": [key.public_jwk()] }).to_string();
+        let cache = portcullis_jwks::KeyCache::new(
+            rules.issuer.clone(),
+            portcullis_jwks::KeySource::StaticJwks {
+                path: "bench".into(),
+                document: doc.into_bytes(),
+            },
+            portcullis_jwks::JwksSettings::default(),
+            DEFAULT_ALGORITHMS.to_vec(),
+            std::sync::Arc::new(portcullis_jwks::NoopObserver),
+        )
+        .expect("static keys");
+        let snap = cache.usable_snapshot().expect("keys");
+        c.bench_function(&format!("verify_uncached_{name}"), |b| {
+            b.iter(|| {
+                let t = jws::decode(black_box(&token)).expect("decode");
+                verify(&t, &rules, &snap, now).expect("verify")
+            })
+        });
+        c.bench_function(&format!("cached_key_lookup_{name}"), |b| {
+            b.iter(|| {
+                cache
+                    .usable_snapshot()
+                    .map(|s| s.select(black_box(Some("k"))).is_some())
+            })
+        });
+    }
+}
+
+fn bench_ip_rules(c: &mut Criterion) {
+    for n in [1usize, 100, 10_000] {
+        let nets: Vec<ipnet::IpNet> = (0..n)
+            .map(|i| {
+                format!("10.{}.{}.0/24", (i / 256) % 256, i % 256)
+                    .parse()
+                    .expect("cidr")
+            })
+            .collect();
+        let rules = IpRules::new(&[], &nets);
+        let ip: std::net::IpAddr = "192.168.1.1".parse().expect("ip");
+        c.bench_function(&format!("ip_rule_{n}_cidrs"), |b| {
+            b.iter(|| rules.check(black_box(ip), "route"))
+        });
+    }
+}
+
+fn bench_routes(c: &mut Criterion) {
+    for n in [10usize, 1_000, 10_000] {
+        let routes = (0..n).map(|i| {
+            (
+                RouteMatch {
+                    host: None,
+                    path: PathMatch::Prefix(format!("/svc{i}/v1")),
+                    methods: None,
+                },
+                i,
+            )
+        });
+        let table = RouteTable::new(routes);
+        let path = format!("/svc{}/v1/chat/completions", n / 2);
+        c.bench_function(&format!("route_match_{n}_routes"), |b| {
+            b.iter(|| {
+                matches!(
+                    table.find(
+                        black_box("api.example.com"),
+                        black_box(&path),
+                        &http::Method::POST
+                    ),
+                    Lookup::Found(_)
+                )
+            })
+        });
+    }
+}
+
+criterion_group!(
+    benches,
+    bench_bearer,
+    bench_verify,
+    bench_ip_rules,
+    bench_routes
+);
+criterion_main!(benches);
