@@ -180,9 +180,9 @@ pub struct UpstreamConfig {
     pub max_failures: u32,
     /// Passive health: how long a failing target is set aside.
     pub cooldown: Duration,
-    /// Attempts per request (1 = no retry).
+    /// Attempts per bodiless request across targets after connect failures (1 = no retry).
     pub attempts: u32,
-    /// Whether idempotent methods may be retried after a failure past connect.
+    /// Whether idempotent bodiless requests may also be retried after a reset.
     pub retry_idempotent: bool,
     /// A credential injected into every forwarded request.
     pub credential: Option<Credential>,

@@ -100,14 +100,14 @@ pub async fn forward(
     let exceeded = Arc::new(AtomicBool::new(false));
     let body = ForwardBody::new(body, route.config.max_body_bytes, Arc::clone(&exceeded));
     let request = Request::from_parts(parts, body);
-    let retry_allowed = is_idempotent(request.method()) || upstream_config.retry_idempotent;
+    let retry_after_send = upstream_config.retry_idempotent && is_idempotent(request.method());
     let timeout = route
         .config
         .timeout
         .unwrap_or(upstream_config.response_header_timeout);
     let sent = route
         .upstream
-        .send(request, timeout, retry_allowed, !preserve_host)
+        .send(request, timeout, retry_after_send, !preserve_host)
         .await;
     let (mut response, latency) = match sent {
         Ok(r) => r,
@@ -144,7 +144,7 @@ pub async fn forward(
     Ok((Response::from_parts(parts, boxed(body)), latency))
 }
 
-/// Methods whose bodiless requests may be retried on connect failure.
+/// Methods that may be retried after a reset when `retry.idempotent` is on (RFC 9110 §9.2.2).
 fn is_idempotent(m: &http::Method) -> bool {
     matches!(
         *m,

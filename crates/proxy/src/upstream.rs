@@ -154,20 +154,18 @@ impl UpstreamPool {
     }
 
     /// Sends a request whose URI path-and-query is already final; the scheme and
-    /// authority are filled per target. Retries on connect failure when the body
-    /// is empty (a streamed body cannot be replayed).
+    /// authority are filled per target. A request without a body is retried on
+    /// another target after a connect failure (nothing was sent), and, when
+    /// `retry_after_send` is set (idempotent method, `retry.idempotent: true`),
+    /// after a reset too. A streamed body cannot be replayed, so it is never retried.
     pub async fn send(
         &self,
         mut request: Request<ForwardBody>,
         timeout: Duration,
-        retry_allowed: bool,
+        retry_after_send: bool,
         set_host: bool,
     ) -> Result<(Response<Incoming>, Duration), UpstreamFailure> {
-        let attempts = if retry_allowed {
-            self.config.attempts.max(1)
-        } else {
-            1
-        };
+        let attempts = self.config.attempts.max(1);
         let path_and_query = request
             .uri()
             .path_and_query()
@@ -224,7 +222,12 @@ impl UpstreamPool {
                 self.record_connect_failure(index);
             }
             match retry_copy {
-                Some(copy) if failure.kind == UpstreamErrorKind::Connect => request = copy,
+                Some(copy)
+                    if failure.kind == UpstreamErrorKind::Connect
+                        || (retry_after_send && failure.kind == UpstreamErrorKind::Reset) =>
+                {
+                    request = copy
+                }
                 _ => return Err(failure),
             }
         }
