@@ -64,6 +64,8 @@ pub struct TestEnv {
     pub gateway: Arc<Gateway>,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     /// Resolves when the server loop has returned.
     pub stopped: Option<oneshot::Receiver<()>>,
@@ -141,6 +143,15 @@ impl TestEnv {
             .await;
             let _ = done_tx.send(());
         });
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind admin");
+        let admin = admin_listener.local_addr().expect("admin addr");
+        tokio::spawn(portcullis_metrics::serve_admin(
+            admin_listener,
+            gateway.admin_hooks(None),
+            std::future::pending(),
+        ));
         let client = Client::builder(TokioExecutor::new()).build_http();
         TestEnv {
             auth,
@@ -148,6 +159,7 @@ impl TestEnv {
             addr,
             gateway,
             metrics,
+            admin,
             stop: Some(stop_tx),
             stopped: Some(done_rx),
             client,
@@ -188,6 +200,25 @@ impl TestEnv {
             .await
             .expect("gateway answered in time")
             .expect("gateway answered");
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let req = Request::get(format!("http://{}{path}", self.admin))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = self.client.request(req).await.expect("admin answered");
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()

@@ -221,9 +221,15 @@ impl KeyCache {
     /// (never fetched, or stale beyond `max_stale`): the caller answers
     /// `idp_unavailable`. Lock-free.
     pub fn usable_snapshot(&self) -> Option<Arc<KeySnapshot>> {
-        let state = self.state.load();
+        self.usable_state().map(|s| Arc::clone(&s.snapshot))
+    }
+
+    /// The whole state when its keys are usable: the snapshot together with the
+    /// generation it belongs to. Lock-free.
+    pub fn usable_state(&self) -> Option<Arc<KeyState>> {
+        let state = self.state.load_full();
         match state.status(Instant::now(), self.settings.max_stale) {
-            KeyStatus::Fresh | KeyStatus::Stale => Some(Arc::clone(&state.snapshot)),
+            KeyStatus::Fresh | KeyStatus::Stale => Some(state),
             KeyStatus::Pending | KeyStatus::Failed => None,
         }
     }

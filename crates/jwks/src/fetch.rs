@@ -249,7 +249,8 @@ pub fn cache_lifetime(headers: &HeaderMap, now: SystemTime) -> Option<Duration> 
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, joined with `: `.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

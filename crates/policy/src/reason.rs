@@ -214,6 +214,18 @@ impl Reason {
         }
     }
 
+    /// Whether the reason is an authorization decision (about the token or the
+    /// client address), counted in `portcullis_auth_decisions_total`.
+    pub const fn is_auth_decision(self) -> bool {
+        matches!(
+            self.challenge(),
+            Challenge::Bare
+                | Challenge::InvalidRequest
+                | Challenge::InvalidToken
+                | Challenge::InsufficientScope
+        ) || matches!(self, Reason::IpDenied | Reason::IdpUnavailable)
+    }
+
     /// Looks a code up by its stable name.
     pub fn from_code(code: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.as_str() == code)
@@ -281,5 +293,26 @@ mod tests {
         assert_eq!(Reason::ScopeInsufficient.status(), 403);
         assert_eq!(Reason::IpDenied.challenge(), Challenge::None);
         assert_eq!(Reason::IdpUnavailable.status(), 503);
+    }
+
+    #[test]
+    fn auth_decisions_are_token_and_network_reasons() {
+        for r in [
+            Reason::TokenMissing,
+            Reason::TokenExpired,
+            Reason::ScopeInsufficient,
+            Reason::IpDenied,
+            Reason::IdpUnavailable,
+        ] {
+            assert!(r.is_auth_decision(), "{r}");
+        }
+        for r in [
+            Reason::RouteNotFound,
+            Reason::UpstreamTimeout,
+            Reason::BodyTooLarge,
+            Reason::Overloaded,
+        ] {
+            assert!(!r.is_auth_decision(), "{r}");
+        }
     }
 }

@@ -133,7 +133,7 @@ pub async fn run(
         let admin = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on admin address {addr}"))?;
-        let hooks = admin_hooks(&gateway, &metrics, &reloader);
+        let hooks = admin_hooks(&gateway, &reloader);
         tokio::spawn(serve_admin(admin, hooks, async move {
             let _ = admin_stop_rx.await;
         }));
@@ -147,22 +147,16 @@ pub async fn run(
     Ok(())
 }
 
-fn admin_hooks(gateway: &Arc<Gateway>, metrics: &Arc<Metrics>, reloader: &Reloader) -> AdminHooks {
-    let (g1, g2) = (Arc::clone(gateway), Arc::clone(gateway));
+fn admin_hooks(gateway: &Arc<Gateway>, reloader: &Reloader) -> AdminHooks {
     let r = reloader.clone();
-    AdminHooks {
-        metrics: Arc::clone(metrics),
-        readiness: Arc::new(move || g1.readiness()),
-        before_scrape: Arc::new(move || g2.update_scrape_gauges()),
-        reload: Some(Arc::new(move || {
-            let r = r.clone();
-            Box::pin(async move {
-                tokio::task::spawn_blocking(move || r.reload())
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
-            })
-        })),
-    }
+    gateway.admin_hooks(Some(Arc::new(move || {
+        let r = r.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || r.reload())
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        })
+    })))
 }
 
 #[cfg(unix)]

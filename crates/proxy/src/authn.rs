@@ -59,24 +59,22 @@ pub async fn authenticate(
             ),
         ));
     }
-    let generation = issuer.keys.state().generation;
-    let claims = Arc::new(verify_with_refresh(issuer, &unverified, now).await?);
-    let generation_now = issuer.keys.state().generation;
+    let (claims, generation) = verify_with_refresh(issuer, &unverified, now).await?;
+    let claims = Arc::new(claims);
     if let Some(iat) = claims.issued_at {
         metrics.clock_offset(&issuer.config.rules.issuer, (now - iat) as f64);
     }
-    // Cache only what was verified against the key set still in force.
-    if generation == generation_now {
-        let evicted = cache.insert(
-            key,
-            Arc::clone(&claims),
-            Arc::clone(&issuer.keys),
-            generation,
-            now,
-        );
-        if evicted > 0 {
-            metrics.token_cache("eviction", evicted);
-        }
+    // The entry records the key-set generation that verified it; a rotation makes
+    // it stale.
+    let evicted = cache.insert(
+        key,
+        Arc::clone(&claims),
+        Arc::clone(&issuer.keys),
+        generation,
+        now,
+    );
+    if evicted > 0 {
+        metrics.token_cache("eviction", evicted);
     }
     Ok(Authenticated { claims })
 }
@@ -107,38 +105,39 @@ fn select_issuer<'a>(
 }
 
 /// Verifies on the current snapshot; on a missing key set or an unknown kid, one
-/// single-flight refresh, then once more.
+/// single-flight refresh, then once more. Returns the claims and the key-set
+/// generation that verified them.
 pub async fn verify_with_refresh(
     issuer: &IssuerRuntime,
     token: &UnverifiedToken<'_>,
     now: i64,
-) -> Result<VerifiedClaims, Rejection> {
+) -> Result<(VerifiedClaims, u64), Rejection> {
     let rules = &issuer.config.rules;
     // Header checks first, so `alg: none` or a foreign algorithm never costs a fetch.
     check_header(token, rules)?;
     let kid = token.header.kid.as_deref();
-    let snapshot = match issuer.keys.usable_snapshot() {
+    let state = match issuer.keys.usable_state() {
         Some(s) => s,
         None => {
             issuer.keys.refresh_for_kid(kid).await;
             issuer
                 .keys
-                .usable_snapshot()
+                .usable_state()
                 .ok_or_else(|| idp_unavailable(issuer))?
         }
     };
-    match verify(token, rules, &snapshot, now) {
+    match verify(token, rules, &state.snapshot, now) {
         Err(r) if r.reason == Reason::KeyUnknown => match issuer.keys.refresh_for_kid(kid).await {
             KidLookup::Found => {
                 let fresh = issuer
                     .keys
-                    .usable_snapshot()
+                    .usable_state()
                     .ok_or_else(|| idp_unavailable(issuer))?;
-                verify(token, rules, &fresh, now)
+                verify(token, rules, &fresh.snapshot, now).map(|c| (c, fresh.generation))
             }
             KidLookup::Unknown => Err(r),
         },
-        other => other,
+        other => other.map(|c| (c, state.generation)),
     }
 }
 

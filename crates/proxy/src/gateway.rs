@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use portcullis_config::GatewayConfig;
 use portcullis_jwks::{JwksObserver, KeyStatus};
-use portcullis_metrics::{Metrics, Readiness};
+use portcullis_metrics::{AdminHooks, Metrics, Readiness, ReloadHook};
 use portcullis_policy::{Reason, Rejection};
 
 use crate::runtime::Runtime;
@@ -188,6 +188,17 @@ impl Gateway {
             ));
         }
         Readiness { ready, checks }
+    }
+
+    /// The admin endpoints' view of this gateway, with an optional reload hook.
+    pub fn admin_hooks(self: &Arc<Self>, reload: Option<ReloadHook>) -> AdminHooks {
+        let (ready, scrape) = (Arc::clone(self), Arc::clone(self));
+        AdminHooks {
+            metrics: Arc::clone(&self.metrics),
+            readiness: Arc::new(move || ready.readiness()),
+            before_scrape: Arc::new(move || scrape.update_scrape_gauges()),
+            reload,
+        }
     }
 
     /// Refreshes gauges computed at scrape time (key age and status per issuer).

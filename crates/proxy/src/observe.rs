@@ -77,28 +77,6 @@ fn reason_slot(r: Reason) -> usize {
         .map_or(0, |i| i + 2)
 }
 
-/// Whether a reason is an authorization decision (token or network rule).
-fn is_auth_reason(r: Reason) -> bool {
-    matches!(
-        r,
-        Reason::TokenMissing
-            | Reason::RequestMalformed
-            | Reason::TokenMalformed
-            | Reason::TokenTooLarge
-            | Reason::AlgorithmNotAllowed
-            | Reason::KeyUnknown
-            | Reason::SignatureInvalid
-            | Reason::IssuerMismatch
-            | Reason::AudienceMismatch
-            | Reason::TokenExpired
-            | Reason::TokenNotYetValid
-            | Reason::ScopeInsufficient
-            | Reason::ClaimMismatch
-            | Reason::IpDenied
-            | Reason::IdpUnavailable
-    )
-}
-
 /// Records metrics and the access-log line.
 pub fn record(
     gw: &Gateway,
@@ -118,7 +96,7 @@ pub fn record(
         (Decision::Allowed, _) => route_metrics.decision(true, 0, "none"),
         (Decision::Public, _) => route_metrics.decision(true, 1, "public"),
         (Decision::WouldDeny(r), _) => route_metrics.would_deny(reason_slot(r), r.as_str()),
-        (Decision::NotEvaluated, Some(r)) if is_auth_reason(r) => {
+        (Decision::NotEvaluated, Some(r)) if r.is_auth_decision() => {
             route_metrics.decision(false, reason_slot(r), r.as_str())
         }
         (Decision::NotEvaluated, _) => {}

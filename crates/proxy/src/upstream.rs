@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Target, UpstreamConfig};
+use portcullis_jwks::fetch::error_chain;
 use portcullis_metrics::{UpstreamErrorKind, UpstreamMetrics};
 use portcullis_policy::{Reason, Rejection};
 
@@ -282,15 +283,4 @@ fn classify(
         ),
         kind,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

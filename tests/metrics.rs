@@ -1,0 +1,276 @@
+//! Metrics end to end: real traffic of every outcome through a gateway, `/metrics`
+//! scraped over HTTP and parsed with a Prometheus exposition parser; exact counter
+//! moves, histogram counts, bounded labels, and `/readyz` following the keys.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::{AuthServer, BASE_CONFIG, DemoUpstream, JwksFault, TestEnv, render};
+use prometheus_parse::{Sample, Scrape, Value};
+use serde_json::json;
+
+async fn scrape(env: &TestEnv) -> Vec<Sample> {
+    let reply = env.admin_get("/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    Scrape::parse(lines)
+        .expect("valid exposition format")
+        .samples
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn counters_move_exactly_per_reason() {
+    let env = TestEnv::start(BASE_CONFIG).await;
+    let good = env.token("chat:write", json!({}));
+    let weak = env.token("chat:read", json!({}));
+    let expired = env.token("chat:write", json!({"exp": 1000}));
+    for _ in 0..3 {
+        assert_eq!(env.get_with_token("/v1/chat/x", &good).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(env.get("/v1/chat/x", &[]).await.status, 401);
+    }
+    assert_eq!(env.get_with_token("/v1/chat/x", &weak).await.status, 403);
+    assert_eq!(env.get_with_token("/v1/chat/x", &expired).await.status, 401);
+    assert_eq!(env.get("/public/x", &[]).await.status, 200);
+    assert_eq!(env.get("/nowhere", &[]).await.status, 404);
+
+    let s = scrape(&env).await;
+    let decisions = "portcullis_auth_decisions_total";
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[("route", "chat"), ("outcome", "allow"), ("reason", "none")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[
+                ("route", "chat"),
+                ("outcome", "deny"),
+                ("reason", "token_missing")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[
+                ("route", "chat"),
+                ("outcome", "deny"),
+                ("reason", "scope_insufficient")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[
+                ("route", "chat"),
+                ("outcome", "deny"),
+                ("reason", "token_expired")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[
+                ("route", "open"),
+                ("outcome", "allow"),
+                ("reason", "public")
+            ]
+        ),
+        1.0
+    );
+    let requests = "portcullis_requests_total";
+    assert_eq!(
+        value(
+            &s,
+            requests,
+            &[
+                ("route", "chat"),
+                ("status_class", "2xx"),
+                ("method", "GET")
+            ]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(&s, requests, &[("route", "chat"), ("status_class", "4xx")]),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            requests,
+            &[("route", "unmatched"), ("status_class", "4xx")]
+        ),
+        1.0
+    );
+    // Histograms counted every request of the route.
+    assert_eq!(
+        value(
+            &s,
+            "portcullis_request_duration_seconds_count",
+            &[("route", "chat")]
+        ),
+        7.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "portcullis_upstream_response_header_seconds_count",
+            &[("upstream", "llm")]
+        ),
+        4.0
+    );
+    // The good token was verified once and then served from the cache.
+    assert_eq!(
+        value(&s, "portcullis_token_cache_total", &[("result", "hit")]),
+        2.0
+    );
+    assert_eq!(
+        value(&s, "portcullis_jwks_fetches_total", &[("outcome", "ok")]),
+        1.0
+    );
+    assert_eq!(value(&s, "portcullis_jwks_keys", &[]), 1.0);
+    assert_eq!(
+        value(&s, "portcullis_jwks_status", &[("status", "fresh")]),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "portcullis_token_clock_offset_seconds_count", &[]),
+        2.0,
+        "two tokens were verified and accepted"
+    );
+    assert_eq!(value(&s, "portcullis_build_info", &[]), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            "portcullis_config_reloads_total",
+            &[("outcome", "success")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn label_sets_stay_bounded_under_random_paths() {
+    let env = TestEnv::start(BASE_CONFIG).await;
+    let good = env.token("chat:write", json!({}));
+    for i in 0..1000u32 {
+        let path = format!("/random/{i:x}/{}", i.wrapping_mul(2_654_435_761));
+        let reply = if i % 2 == 0 {
+            env.get(&path, &[]).await
+        } else {
+            env.get_with_token(&format!("/v1/chat/{i}"), &good).await
+        };
+        assert!(reply.status == 404 || reply.status == 200);
+    }
+    let s = scrape(&env).await;
+    let mut label_sets: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+    for sample in &s {
+        let mut labels: Vec<String> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        label_sets
+            .entry(sample.metric.clone())
+            .or_default()
+            .insert(labels.join(","));
+        for (_, v) in sample.labels.iter() {
+            assert!(!v.contains("/random/"), "a raw path became a label: {v}");
+            assert!(!v.contains(&good[..20]), "a token became a label");
+        }
+    }
+    let total: usize = label_sets.values().map(HashSet::len).sum();
+    assert!(
+        total < 200,
+        "label sets must stay bounded, got {total}: {label_sets:?}"
+    );
+    assert_eq!(
+        value(&s, "portcullis_requests_total", &[("route", "unmatched")]),
+        500.0
+    );
+}
+
+#[tokio::test]
+async fn readyz_follows_the_authorization_server() {
+    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    auth.set_fault(JwksFault::Status(503));
+    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let yaml = render(BASE_CONFIG, &auth, &upstream);
+    let env = TestEnv::start_with(auth, upstream, &yaml).await;
+    assert_eq!(env.admin_get("/healthz").await.status, 200);
+    // Never answered yet: not ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = env.admin_get("/readyz").await;
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        if String::from_utf8_lossy(&r.body).contains("failed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first fetch never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = scrape(&env).await;
+    assert!(
+        value(
+            &s,
+            "portcullis_jwks_fetches_total",
+            &[("outcome", "http_error")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(&s, "portcullis_jwks_status", &[("status", "failed")]),
+        1.0
+    );
+    // The authorization server comes back: the background refresher picks it up.
+    env.auth.set_fault(JwksFault::None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = env.admin_get("/readyz").await;
+        if r.status == 200 {
+            assert!(String::from_utf8_lossy(&r.body).contains("fresh"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz never flipped back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
