@@ -452,13 +452,26 @@ async fn removed_key_invalidates_cached_verifications() {
     let env = TestEnv::start(BASE_CONFIG).await;
     let old = env.token("chat:write", json!({}));
     assert_eq!(env.get_with_token("/v1/chat/x", &old).await.status, 200);
-    assert_eq!(env.get_with_token("/v1/chat/x", &old).await.status, 200, "served from the token cache");
+    assert_eq!(
+        env.get_with_token("/v1/chat/x", &old).await.status,
+        200,
+        "served from the token cache"
+    );
     // Rotate: a new key signs, the old one leaves the set.
     env.auth.rotate_in(SigningKey::ec("dev-ec-9").unwrap());
     env.auth.remove_key("dev-rsa-1");
     let new = env.token("chat:write", json!({}));
-    assert_eq!(env.get_with_token("/v1/chat/x", &new).await.status, 200, "the new kid triggers a refetch");
+    assert_eq!(
+        env.get_with_token("/v1/chat/x", &new).await.status,
+        200,
+        "the new kid triggers a refetch"
+    );
     let reply = env.get_with_token("/v1/chat/x", &old).await;
-    assert_eq!(reply.status, 401, "the cached verification died with its key: {:?}", reply.json());
+    assert_eq!(
+        reply.status,
+        401,
+        "the cached verification died with its key: {:?}",
+        reply.json()
+    );
     assert_eq!(reply.reason(), "key_unknown");
 }

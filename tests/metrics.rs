@@ -2,6 +2,8 @@
 //! scraped over HTTP and parsed with a Prometheus exposition parser; exact counter
 //! moves, histogram counts, bounded labels, and `/readyz` following the keys.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
