@@ -62,6 +62,8 @@ pub struct Families {
     pub build_info: IntGaugeVec,
     /// `portcullis_rejected_connections_total` (over max_connections).
     pub rejected_connections: IntCounter,
+    /// The name of every registered family.
+    pub names: Vec<String>,
 }
 
 fn counter(
@@ -134,7 +136,9 @@ impl Families {
             "Connections closed at accept because max_connections was reached.",
         )?;
         r.register(Box::new(rejected_connections.clone()))?;
-        Ok(Families {
+        let mut names: Vec<String> = Vec::new();
+        let fams = Families {
+            names: Vec::new(),
             requests: counter(
                 &r,
                 "portcullis_requests_total",
@@ -246,6 +250,32 @@ impl Families {
             in_flight,
             rejected_connections,
             registry: r,
-        })
+        };
+        for c in [
+            &fams.requests as &dyn prometheus::core::Collector,
+            &fams.request_duration,
+            &fams.upstream_latency,
+            &fams.upstream_errors,
+            &fams.auth_decisions,
+            &fams.would_deny,
+            &fams.clock_offset,
+            &fams.token_cache,
+            &fams.jwks_fetches,
+            &fams.jwks_fetch_duration,
+            &fams.jwks_keys,
+            &fams.jwks_last_success,
+            &fams.jwks_key_age,
+            &fams.jwks_status,
+            &fams.jwks_skipped,
+            &fams.config_reloads,
+            &fams.config_last_success,
+            &fams.open_connections,
+            &fams.in_flight,
+            &fams.build_info,
+            &fams.rejected_connections,
+        ] {
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        }
+        Ok(Families { names, ..fams })
     }
 }

@@ -11,4 +11,6 @@ pub mod recorder;
 
 pub use admin::{AdminHooks, BoxFuture, Readiness, ReloadHook, serve_admin};
 pub use families::Families;
-pub use recorder::{Metrics, RouteMetrics, UpstreamErrorKind, UpstreamMetrics, unix_now};
+pub use recorder::{
+    Metrics, RouteMetrics, TokenCacheEvent, UpstreamErrorKind, UpstreamMetrics, unix_now,
+};

@@ -37,6 +37,8 @@ fn class_index(status: u16) -> usize {
 /// The Prometheus exporter: every family plus resolved handles.
 pub struct Metrics {
     families: Families,
+    /// `hit`, `miss`, `eviction` of the token cache, resolved once.
+    token_cache: [IntCounter; 3],
 }
 
 /// Handles of one route.
@@ -55,6 +57,17 @@ pub struct UpstreamMetrics {
     families: Arc<Metrics>,
     latency: Histogram,
     errors: [OnceLock<IntCounter>; 4],
+}
+
+/// Token-cache events, each a `result` label of `portcullis_token_cache_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCacheEvent {
+    /// Served from the cache.
+    Hit = 0,
+    /// Verified anew.
+    Miss = 1,
+    /// Entries dropped to make room.
+    Eviction = 2,
 }
 
 /// Kinds of upstream failure.
@@ -90,7 +103,12 @@ impl Metrics {
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        Ok(Arc::new(Metrics { families }))
+        let token_cache =
+            ["hit", "miss", "eviction"].map(|r| families.token_cache.with_label_values(&[r]));
+        Ok(Arc::new(Metrics {
+            families,
+            token_cache,
+        }))
     }
 
     /// The families, for exporters and scrape-time gauges.
@@ -128,12 +146,9 @@ impl Metrics {
         })
     }
 
-    /// A token-cache event: `hit`, `miss` or `eviction`.
-    pub fn token_cache(&self, result: &'static str, n: u64) {
-        self.families
-            .token_cache
-            .with_label_values(&[result])
-            .inc_by(n);
+    /// A token-cache event.
+    pub fn token_cache(&self, event: TokenCacheEvent, n: u64) {
+        self.token_cache[event as usize].inc_by(n);
     }
 
     /// The clock offset `now - iat` of an accepted token.

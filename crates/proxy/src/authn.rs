@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use portcullis_jwks::KidLookup;
-use portcullis_metrics::Metrics;
+use portcullis_metrics::{Metrics, TokenCacheEvent};
 use portcullis_policy::verify::{check_header, printable, verify};
 use portcullis_policy::{Reason, Rejection, UnverifiedToken, VerifiedClaims, bearer, jws};
 
@@ -37,7 +37,7 @@ pub async fn authenticate(
     if let Some(claims) = cache.get(&key, |iss| {
         route.issuers.get(iss).map(|i| Arc::clone(&i.keys))
     }) {
-        metrics.token_cache("hit", 1);
+        metrics.token_cache(TokenCacheEvent::Hit, 1);
         let leeway = route
             .issuers
             .get(&*claims.issuer)
@@ -45,7 +45,7 @@ pub async fn authenticate(
         claims.check_time(now, leeway)?;
         return Ok(Authenticated { claims });
     }
-    metrics.token_cache("miss", 1);
+    metrics.token_cache(TokenCacheEvent::Miss, 1);
     let unverified = jws::decode(token)?;
     let issuer = select_issuer(route, &unverified)?;
     if token.len() > issuer.config.max_token_bytes {
@@ -74,7 +74,7 @@ pub async fn authenticate(
         now,
     );
     if evicted > 0 {
-        metrics.token_cache("eviction", evicted);
+        metrics.token_cache(TokenCacheEvent::Eviction, evicted);
     }
     Ok(Authenticated { claims })
 }
