@@ -486,12 +486,18 @@ async fn report_only_mode_forwards_and_counts_would_deny() {
     let weak = env.token("chat:read", json!({}));
     let reply = env.get("/v1/chat/x", &[]).await;
     assert_eq!(reply.status, 200, "report-only lets the request through");
-    assert!(reply.json()["headers"].get("x-portcullis-subject").is_none(), "no claims without a valid token");
+    assert!(
+        reply.json()["headers"]
+            .get("x-portcullis-subject")
+            .is_none(),
+        "no claims without a valid token"
+    );
     assert_eq!(env.get_with_token("/v1/chat/x", &weak).await.status, 200);
     assert_eq!(env.upstream.requests(), 2);
     let text = env.metrics.render();
     for reason in ["token_missing", "scope_insufficient"] {
-        let line = format!("portcullis_auth_would_deny_total{{reason=\"{reason}\",route=\"chat\"}} 1");
+        let line =
+            format!("portcullis_auth_would_deny_total{{reason=\"{reason}\",route=\"chat\"}} 1");
         assert!(text.contains(&line), "missing {line}:\n{text}");
     }
 }

@@ -127,6 +127,15 @@ impl TestEnv {
     pub async fn start_with(auth: AuthServer, upstream: DemoUpstream, yaml: &str) -> TestEnv {
         let config = portcullis_config::load_str(yaml, "test.yaml", Path::new("."), &|_| None)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        Self::start_config(auth, upstream, config).await
+    }
+
+    /// Starts a gateway for a validated configuration.
+    pub async fn start_config(
+        auth: AuthServer,
+        upstream: DemoUpstream,
+        config: portcullis_config::GatewayConfig,
+    ) -> TestEnv {
         let metrics = Metrics::new().expect("metrics");
         let gateway = Gateway::new(config, Arc::clone(&metrics)).expect("gateway");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

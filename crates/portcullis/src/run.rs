@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use portcullis_config::GatewayConfig;
-use portcullis_metrics::{AdminHooks, Metrics, serve_admin};
-use portcullis_proxy::Gateway;
+use portcullis_metrics::{Metrics, serve_admin};
+use portcullis_proxy::{Gateway, Reloader};
 use tokio::net::TcpListener;
 
 use crate::summary::summarise;
@@ -56,50 +56,6 @@ pub fn build_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::R
         .context("cannot start the Tokio runtime")
 }
 
-/// Reloads the configuration file and swaps it in, or keeps the old one.
-#[derive(Clone)]
-pub struct Reloader {
-    path: PathBuf,
-    gateway: Arc<Gateway>,
-    metrics: Arc<Metrics>,
-}
-
-impl Reloader {
-    /// Loads, validates and applies the file; the error text lists every problem.
-    pub fn reload(&self) -> Result<String, String> {
-        let config = match portcullis_config::load(&self.path) {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics.config_reload(false);
-                tracing::error!(errors = %e, "configuration reload refused; the running configuration stays");
-                return Err(e.to_string());
-            }
-        };
-        let warnings = config.warnings.clone();
-        match self.gateway.apply(config) {
-            Ok(report) => {
-                for w in &report.not_applied {
-                    tracing::warn!(setting = %w, "not applied by a reload");
-                }
-                let msg = format!(
-                    "reloaded {}: issuers with kept key caches: [{}]; not applied: [{}]; warnings: {}",
-                    self.path.display(),
-                    report.issuers_kept.join(", "),
-                    report.not_applied.join("; "),
-                    warnings.len()
-                );
-                tracing::info!("{msg}");
-                Ok(msg)
-            }
-            Err(e) => {
-                self.metrics.config_reload(false);
-                tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
-                Err(e)
-            }
-        }
-    }
-}
-
 /// Runs the gateway until `shutdown` resolves.
 pub async fn run(
     path: PathBuf,
@@ -123,57 +79,33 @@ pub async fn run(
     let listener = TcpListener::bind(listen.address)
         .await
         .with_context(|| format!("cannot listen on {}", listen.address))?;
-    let reloader = Reloader {
-        path,
-        gateway: Arc::clone(&gateway),
-        metrics: Arc::clone(&metrics),
+    let reloader = Reloader::new(path, Arc::clone(&gateway));
+    let _watch = match reloader.watch() {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::warn!(error = %e, "file watch unavailable; reload with SIGHUP or POST /-/reload");
+            None
+        }
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = admin_addr {
         let admin = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on admin address {addr}"))?;
-        let hooks = admin_hooks(&gateway, &reloader);
+        let hooks = gateway.admin_hooks(Some(reloader.hook()));
         tokio::spawn(serve_admin(admin, hooks, async move {
             let _ = admin_stop_rx.await;
         }));
         tracing::info!(%addr, "admin listener: /metrics /healthz /readyz POST /-/reload");
     }
-    tokio::spawn(reload_on_sighup(reloader));
+    #[cfg(unix)]
+    tokio::spawn(reloader.clone().reload_on_sighup());
     tracing::info!(address = %listen.address, tls = listen.tls.is_some(), "gateway listening");
     portcullis_proxy::serve(gateway, listener, tls, shutdown).await;
     let _ = admin_stop_tx.send(());
     tracing::info!("gateway stopped");
     Ok(())
 }
-
-fn admin_hooks(gateway: &Arc<Gateway>, reloader: &Reloader) -> AdminHooks {
-    let r = reloader.clone();
-    gateway.admin_hooks(Some(Arc::new(move || {
-        let r = r.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || r.reload())
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
-        })
-    })))
-}
-
-#[cfg(unix)]
-async fn reload_on_sighup(reloader: Reloader) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the configuration");
-        let r = reloader.clone();
-        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
-    }
-}
-
-#[cfg(not(unix))]
-async fn reload_on_sighup(_reloader: Reloader) {}
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

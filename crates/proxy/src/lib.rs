@@ -10,6 +10,7 @@ pub mod headers;
 pub mod observe;
 pub mod pipeline;
 pub mod reject;
+pub mod reload;
 pub mod route_table;
 pub mod runtime;
 pub mod server;
@@ -18,4 +19,5 @@ pub mod upstream;
 
 pub use gateway::{ApplyReport, Gateway};
 pub use pipeline::ConnInfo;
+pub use reload::Reloader;
 pub use server::{serve, tls_acceptor};
