@@ -73,7 +73,9 @@ async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
 fn reloads(env: &TestEnv, outcome: &str) -> u64 {
     let text = env.metrics.render();
     let needle = format!("portcullis_config_reloads_total{{outcome=\"{outcome}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&needle)?.parse().ok()).unwrap_or(0)
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle)?.parse().ok())
+        .unwrap_or(0)
 }
 
 struct Scenario {
@@ -83,15 +85,23 @@ struct Scenario {
 }
 
 async fn start(dir: &Path, config_path: PathBuf, write: impl Fn(&str)) -> Scenario {
-    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     write(&version(0, auth.issuer(), &upstream.url()));
     let config = portcullis_config::load(&config_path).unwrap();
     let env = Arc::new(TestEnv::start_config(auth, upstream, config).await);
     let reloader = Reloader::new(config_path, Arc::clone(&env.gateway));
     let watch = reloader.watch().unwrap();
     let _ = dir;
-    Scenario { env, reloader, _watch: watch }
+    Scenario {
+        env,
+        reloader,
+        _watch: watch,
+    }
 }
 
 async fn run_edits(s: &Scenario, write: impl Fn(&str)) {
@@ -105,9 +115,18 @@ async fn run_edits(s: &Scenario, write: impl Fn(&str)) {
     // An SSE stream open across every reload.
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<Bytes>>();
-    let stream_resp = client.get(env.url("/r/sse?chunks=30&interval_ms=100").parse().unwrap()).await.unwrap();
+    let stream_resp = client
+        .get(env.url("/r/sse?chunks=30&interval_ms=100").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(stream_resp.status(), 200);
-    let stream = tokio::spawn(async move { stream_resp.into_body().collect().await.map(|b| b.to_bytes()) });
+    let stream = tokio::spawn(async move {
+        stream_resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+    });
 
     // Steady traffic.
     let stop = Arc::new(AtomicBool::new(false));
@@ -128,24 +147,48 @@ async fn run_edits(s: &Scenario, write: impl Fn(&str)) {
         let failures = reloads(env, "failure");
         write(&good);
         let want = format!("/v{i}/x");
-        until(&format!("version {i} live"), async || env.get("/r/x", &[]).await.json()["uri"] == want.as_str()).await;
+        until(&format!("version {i} live"), async || {
+            env.get("/r/x", &[]).await.json()["uri"] == want.as_str()
+        })
+        .await;
 
         let (bad, message) = broken(i, &good);
         write(&bad);
-        until(&format!("broken edit {i} refused"), async || reloads(env, "failure") > failures).await;
+        until(&format!("broken edit {i} refused"), async || {
+            reloads(env, "failure") > failures
+        })
+        .await;
         let refused = s.reloader.reload().unwrap_err();
         assert!(refused.contains(message), "edit {i}: {refused}");
         assert!(!refused.contains("sk-"), "no secret in messages");
-        assert_eq!(env.get("/r/x", &[]).await.json()["uri"], want.as_str(), "the old config stays after a broken edit");
+        assert_eq!(
+            env.get("/r/x", &[]).await.json()["uri"],
+            want.as_str(),
+            "the old config stays after a broken edit"
+        );
     }
 
     stop.store(true, Ordering::Relaxed);
     let statuses = load.await.unwrap();
-    assert!(statuses.len() > 20, "steady traffic ran: {}", statuses.len());
-    assert!(statuses.iter().all(|s| *s == 200), "a request failed during reloads: {statuses:?}");
-    let body = stream.await.unwrap().expect("the stream completed across reloads");
+    assert!(
+        statuses.len() > 20,
+        "steady traffic ran: {}",
+        statuses.len()
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "a request failed during reloads: {statuses:?}"
+    );
+    let body = stream
+        .await
+        .unwrap()
+        .expect("the stream completed across reloads");
     assert_eq!(String::from_utf8_lossy(&body).matches("data:").count(), 30);
-    assert_eq!(env.auth.jwks_hits(), jwks_before, "an unchanged issuer keeps its key cache");
+    assert_eq!(
+        env.auth.jwks_hits(),
+        jwks_before,
+        "an unchanged issuer keeps its key cache"
+    );
     assert_eq!(env.get_with_token("/p/x", &token).await.status, 200);
 }
 

@@ -33,6 +33,9 @@ pub struct RunArgs {
     /// The configuration file.
     #[arg(long, short, default_value = "gateway.yaml", env = "PORTCULLIS_CONFIG")]
     pub config: PathBuf,
+    /// Do not watch the file; reload only on SIGHUP or `POST /-/reload`.
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 /// Options of `demo`.

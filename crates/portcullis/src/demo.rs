@@ -29,7 +29,7 @@ Call the gateway:\n  curl -s http://{gw}/v1/models -H \"Authorization: Bearer $T
             issuer = auth.issuer(),
             up = upstream.url(),
         );
-        let result = run(args.config.clone(), config, shutdown_signal()).await;
+        let result = run(args.config.clone(), config, true, shutdown_signal()).await;
         drop(auth);
         drop(upstream);
         result

@@ -16,7 +16,7 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
-        Command::Run(args) => run::main(&args.config),
+        Command::Run(args) => run::main(&args.config, !args.no_watch),
         Command::Validate(args) => return run::validate(&args.config),
         Command::Demo(args) => demo::main(&args),
     };

@@ -37,11 +37,11 @@ pub fn validate(path: &Path) -> ExitCode {
 }
 
 /// `portcullis run`.
-pub fn main(path: &Path) -> anyhow::Result<()> {
+pub fn main(path: &Path, watch: bool) -> anyhow::Result<()> {
     let config = portcullis_config::load(path).map_err(|e| anyhow!("{e}"))?;
     crate::logging::init(&config.logging);
     let runtime = build_runtime(config.workers)?;
-    runtime.block_on(run(path.to_path_buf(), config, shutdown_signal()))
+    runtime.block_on(run(path.to_path_buf(), config, watch, shutdown_signal()))
 }
 
 /// A Tokio runtime with `workers` threads (default: one per core).
@@ -60,6 +60,7 @@ pub fn build_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::R
 pub async fn run(
     path: PathBuf,
     config: GatewayConfig,
+    watch: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tracing::info!(config = %path.display(), "effective configuration:\n{}", summarise(&config));
@@ -80,12 +81,13 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", listen.address))?;
     let reloader = Reloader::new(path, Arc::clone(&gateway));
-    let _watch = match reloader.watch() {
-        Ok(guard) => Some(guard),
-        Err(e) => {
-            tracing::warn!(error = %e, "file watch unavailable; reload with SIGHUP or POST /-/reload");
-            None
-        }
+    let _watch = if watch {
+        reloader
+            .watch()
+            .map_err(|e| tracing::warn!(error = %e, "file watch unavailable; reload with SIGHUP or POST /-/reload"))
+            .ok()
+    } else {
+        None
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = admin_addr {

@@ -1,0 +1,222 @@
+//! The `portcullis` binary itself: `validate` on good and broken files, and a
+//! running gateway that reloads on SIGHUP and drains on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn repo_file(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name)
+}
+
+#[test]
+fn the_repository_gateway_yaml_validates() {
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(repo_file("gateway.yaml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OK (4 routes, 1 issuers, 1 upstreams)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warning: routes[3] (health) is public"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_with_file_line_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(repo_file("gateway.yaml"))
+        .unwrap()
+        .replace("upstream: llm\n    max_body", "upstream: lm\n    max_body")
+        .replace("allow: [127.0.0.0/8", "allow: [127.0.0.1/8");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    let file = path.display().to_string();
+    assert!(
+        lines[0].starts_with(&format!("{file}:"))
+            && lines[0].contains(": network.allow[0]: 127.0.0.1/8 has host bits set"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains(": routes[1].upstream: unknown upstream \"lm\" (did you mean \"llm\"?)"),
+        "{stderr}"
+    );
+    // file:line:column
+    let parts: Vec<&str> = lines[1][file.len() + 1..].splitn(3, ':').collect();
+    assert!(
+        parts[0].parse::<usize>().is_ok() && parts[1].parse::<usize>().is_ok(),
+        "{}",
+        lines[1]
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A GET over a fresh connection; returns the status and body.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn config(port: u16, admin: u16, upstream: u16, prefix: &str) -> String {
+    format!(
+        r#"
+listen: {{ address: "127.0.0.1:{port}" }}
+admin: {{ address: "127.0.0.1:{admin}" }}
+upstreams:
+  u: {{ targets: ["http://127.0.0.1:{upstream}"] }}
+routes:
+  - {{ name: r, match: {{ path_prefix: /r/ }}, upstream: u, public: true, rewrite: {{ strip_prefix: /r, replace_prefix: {prefix} }} }}
+"#
+    )
+}
+
+/// Serves `HTTP/1.1 200` echoing the request line's path, on a thread.
+fn echo_upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{path}",
+                    path.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+#[cfg(unix)]
+#[test]
+fn sighup_reloads_and_sigterm_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let (port, admin, upstream) = (free_port(), free_port(), echo_upstream());
+    std::fs::write(&path, config(port, admin, upstream, "/one")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--no-watch", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the gateway", || {
+        get(port, "/r/x").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(get(port, "/r/x").unwrap().1, "/one/x");
+    assert_eq!(get(admin, "/healthz").unwrap().0, 200);
+
+    // Without the watch, an edit changes nothing until SIGHUP.
+    std::fs::write(&path, config(port, admin, upstream, "/two")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(port, "/r/x").unwrap().1, "/one/x");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("the SIGHUP reload", || {
+        get(port, "/r/x").is_some_and(|(_, b)| b == "/two/x")
+    });
+    let metrics = get(admin, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("portcullis_config_reloads_total{outcome=\"success\"} 2"),
+        "{metrics}"
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit 0 after draining: {status:?}");
+}
