@@ -147,3 +147,26 @@ fn bad_yaml_is_located() {
     let err = load("routes: [\n  - name: a\n").unwrap_err();
     assert!(err.problems[0].line.is_some(), "{err}");
 }
+
+#[test]
+fn validate_warnings() {
+    let text = GOOD.replace("  - name: health", "  - name: chat-again\n    match: { path_prefix: /v1/, methods: [POST] }\n    upstream: llm\n    public: true\n  - name: health")
+        .replace("upstreams:\n", "upstreams:\n  unused:\n    targets: [http://127.0.0.1:1]\n")
+        .replace("    public: true\n\"", "    public: true\n    ip: { allow: [10.1.0.0/16], deny: [10.0.0.0/8] }\n\"");
+    let text = format!("{text}    ip: {{ allow: [10.1.0.0/16], deny: [10.0.0.0/8] }}\n");
+    let c = load(&text).unwrap();
+    let all = c.warnings.join("\n");
+    assert!(
+        all.contains("routes[1] (chat-again) can never match: routes \"chat\""),
+        "{all}"
+    );
+    assert!(all.contains("routes[2] (health) is public"), "{all}");
+    assert!(
+        all.contains("routes[2] (health): the ip deny list covers the whole allow list"),
+        "{all}"
+    );
+    assert!(
+        all.contains("upstreams.unused is not used by any route"),
+        "{all}"
+    );
+}

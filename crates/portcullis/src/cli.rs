@@ -25,6 +25,65 @@ pub enum Command {
     Validate(RunArgs),
     /// Run the embedded demo: gateway, development authorization server and demo upstream.
     Demo(DemoArgs),
+    /// Name the exact step at which the gateway would refuse a request, with evidence and fix.
+    Diagnose(DiagnoseArgs),
+    /// Work with tokens.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `portcullis token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Decode a token's header and claims without verifying it (UNVERIFIED).
+    Inspect {
+        /// The token; read from standard input when absent.
+        token: Option<String>,
+    },
+}
+
+/// Options of `diagnose`.
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// The configuration file.
+    #[arg(long, short, default_value = "gateway.yaml", env = "PORTCULLIS_CONFIG")]
+    pub config: PathBuf,
+    /// The request URL, e.g. https://api.example.com/v1/chat/completions.
+    #[arg(long)]
+    pub url: String,
+    /// The request method.
+    #[arg(long, short = 'X', default_value = "GET")]
+    pub method: String,
+    /// The bearer token.
+    #[arg(long, conflicts_with_all = ["token_file", "token_env"])]
+    pub token: Option<String>,
+    /// Read the bearer token from a file.
+    #[arg(long, conflicts_with = "token_env")]
+    pub token_file: Option<PathBuf>,
+    /// Read the bearer token from an environment variable.
+    #[arg(long)]
+    pub token_env: Option<String>,
+    /// The TCP peer address the request comes from (default 127.0.0.1).
+    #[arg(long)]
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The X-Forwarded-For value the request carries.
+    #[arg(long)]
+    pub forwarded_for: Option<String>,
+    /// Extra request headers, `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    /// The request body size, to check against the route's limit.
+    #[arg(long)]
+    pub content_length: Option<u64>,
+    /// Do not probe the upstream.
+    #[arg(long)]
+    pub no_upstream: bool,
+    /// Print a stable JSON document instead of the checklist.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `run` and `validate`.

@@ -1,8 +1,10 @@
 //! The `portcullis` command: run the gateway, validate a configuration, run the
-//! embedded demo, and (later) diagnose a request.
+//! embedded demo, diagnose a request, inspect a token.
 
 mod cli;
 mod demo;
+mod diagnose;
+mod inspect;
 mod logging;
 mod run;
 mod summary;
@@ -11,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, TokenCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,6 +21,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(&args.config, !args.no_watch),
         Command::Validate(args) => return run::validate(&args.config),
         Command::Demo(args) => demo::main(&args),
+        Command::Diagnose(args) => return diagnose::main(&args),
+        Command::Token {
+            command: TokenCommand::Inspect { token },
+        } => return inspect::main(token.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,6 +71,18 @@ impl Runtime {
         metrics: &Arc<Metrics>,
         observer: &Arc<dyn JwksObserver>,
     ) -> Result<Runtime, String> {
+        Self::build_with(config, previous, metrics, observer, true)
+    }
+
+    /// As [`Runtime::build`]; `refresh_in_background: false` leaves key fetching
+    /// to the caller (the `diagnose` command fetches once, explicitly).
+    pub fn build_with(
+        config: GatewayConfig,
+        previous: Option<&Runtime>,
+        metrics: &Arc<Metrics>,
+        observer: &Arc<dyn JwksObserver>,
+        refresh_in_background: bool,
+    ) -> Result<Runtime, String> {
         let mut issuers = BTreeMap::new();
         for (name, ic) in &config.issuers {
             let reused = previous
@@ -89,7 +101,9 @@ impl Runtime {
                     )
                     .map_err(|e| format!("issuers.{name}: {e}"))?;
                     let keys = Arc::new(keys);
-                    keys.spawn_refresher();
+                    if refresh_in_background {
+                        keys.spawn_refresher();
+                    }
                     Arc::new(IssuerRuntime {
                         config: Arc::clone(ic),
                         keys,
