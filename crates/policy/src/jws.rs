@@ -48,9 +48,23 @@ impl UnverifiedToken<'_> {
     }
 }
 
-/// Splits and decodes a compact JWS. Every failure is `token_malformed` with a
-/// detail naming the exact structural fault.
-pub fn decode(token: &str) -> Result<UnverifiedToken<'_>, Rejection> {
+/// A compact JWS split and decoded, payload not interpreted.
+#[derive(Debug, Clone)]
+pub struct JwsParts<'a> {
+    /// The decoded JOSE header.
+    pub header: JoseHeader,
+    /// The payload bytes.
+    pub payload: Vec<u8>,
+    /// `BASE64URL(header) || '.' || BASE64URL(payload)`: the signed bytes.
+    pub signing_input: &'a str,
+    /// The decoded signature.
+    pub signature: Vec<u8>,
+}
+
+/// Splits a compact JWS (RFC 7515 §7.1) into its three strictly base64url-decoded
+/// segments and parses the header. Every failure is `token_malformed` with a detail
+/// naming the exact structural fault.
+pub fn split(token: &str) -> Result<JwsParts<'_>, Rejection> {
     let segments = token.split('.').count();
     if segments != 3 {
         let hint = if segments == 5 {
@@ -66,31 +80,42 @@ pub fn decode(token: &str) -> Result<UnverifiedToken<'_>, Rejection> {
     let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(malformed("token has fewer than 3 segments"));
     };
+    if h.is_empty() {
+        return Err(malformed("header segment is empty"));
+    }
     let header_bytes = b64(h, "header")?;
-    let payload_bytes = b64(p, "payload")?;
+    let payload = b64(p, "payload")?;
     let signature = b64(s, "signature")?;
     let header: JoseHeader = serde_json::from_slice(&header_bytes).map_err(|e| {
         malformed(format!(
             "header is not a JSON object with a string alg: {e}"
         ))
     })?;
-    let claims: Map<String, Value> = match serde_json::from_slice::<Value>(&payload_bytes) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(malformed("payload is JSON but not an object")),
-        Err(e) => return Err(malformed(format!("payload is not JSON: {e}"))),
-    };
-    Ok(UnverifiedToken {
+    Ok(JwsParts {
         header,
-        claims,
+        payload,
         signing_input: &token[..h.len() + 1 + p.len()],
         signature,
     })
 }
 
+/// Splits a compact JWS and parses its payload as a JWT claims object.
+pub fn decode(token: &str) -> Result<UnverifiedToken<'_>, Rejection> {
+    let parts = split(token)?;
+    let claims: Map<String, Value> = match serde_json::from_slice::<Value>(&parts.payload) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(malformed("payload is JSON but not an object")),
+        Err(e) => return Err(malformed(format!("payload is not JSON: {e}"))),
+    };
+    Ok(UnverifiedToken {
+        header: parts.header,
+        claims,
+        signing_input: parts.signing_input,
+        signature: parts.signature,
+    })
+}
+
 fn b64(segment: &str, what: &str) -> Result<Vec<u8>, Rejection> {
-    if segment.is_empty() && what != "signature" {
-        return Err(malformed(format!("{what} segment is empty")));
-    }
     URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| malformed(format!("{what} segment is not unpadded base64url")))

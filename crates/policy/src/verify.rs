@@ -11,7 +11,7 @@ use std::sync::Arc;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use crate::jws::UnverifiedToken;
+use crate::jws::{JoseHeader, UnverifiedToken};
 use crate::keys::KeySnapshot;
 use crate::reason::{Reason, Rejection};
 use crate::time::human_duration;
@@ -98,32 +98,47 @@ pub fn verify(
     keys: &KeySnapshot,
     now: i64,
 ) -> Result<VerifiedClaims, Rejection> {
-    let alg = check_header(token, rules)?;
-    let kid = token.header.kid.as_deref();
+    verify_signature(
+        &token.header,
+        token.signing_input,
+        &token.signature,
+        rules,
+        keys,
+    )?;
+    check_claims(&token.claims, rules, now)
+}
+
+/// The JWS layer: header checks, key selection and the signature itself. Used by
+/// [`verify`] and, alone, by the Wycheproof JWS conformance tests.
+pub fn verify_signature(
+    header: &JoseHeader,
+    signing_input: &str,
+    signature: &[u8],
+    rules: &IssuerRules,
+    keys: &KeySnapshot,
+) -> Result<(), Rejection> {
+    let alg = check_jose_header(header, rules)?;
+    let kid = header.kid.as_deref();
     let Some(key) = keys.select(kid) else {
         return Err(key_unknown(kid, keys));
     };
+    let key_name = printable(key.kid().unwrap_or("(no kid)"));
     if !key.supports(alg) {
         return Err(Rejection::new(
             Reason::KeyUnknown,
-            format!(
-                "key {} cannot verify {}",
-                printable(key.kid().unwrap_or("(no kid)")),
-                token.header.alg
-            ),
+            format!("key {key_name} cannot verify {}", header.alg),
         ));
     }
-    if !key.verify(alg, token.signing_input.as_bytes(), &token.signature) {
+    if !key.verify(alg, signing_input.as_bytes(), signature) {
         return Err(Rejection::new(
             Reason::SignatureInvalid,
             format!(
-                "signature does not verify with key {} ({})",
-                printable(key.kid().unwrap_or("(no kid)")),
-                token.header.alg
+                "signature does not verify with key {key_name} ({})",
+                header.alg
             ),
         ));
     }
-    check_claims(&token.claims, rules, now)
+    Ok(())
 }
 
 /// The header checks that precede key selection: allow-list, `crit`, `typ`.
@@ -131,14 +146,19 @@ pub fn check_header(
     token: &UnverifiedToken<'_>,
     rules: &IssuerRules,
 ) -> Result<Algorithm, Rejection> {
-    let alg = parse_algorithm(&token.header.alg)
+    check_jose_header(&token.header, rules)
+}
+
+/// [`check_header`] on a bare JOSE header.
+pub fn check_jose_header(header: &JoseHeader, rules: &IssuerRules) -> Result<Algorithm, Rejection> {
+    let alg = parse_algorithm(&header.alg)
         .filter(|a| rules.algorithms.contains(a))
         .ok_or_else(|| {
             Rejection::new(
                 Reason::AlgorithmNotAllowed,
                 format!(
                     "alg {} is not allowed for issuer {}; allowed: {}",
-                    printable(&token.header.alg),
+                    printable(&header.alg),
                     rules.issuer,
                     rules
                         .algorithms
@@ -149,14 +169,14 @@ pub fn check_header(
                 ),
             )
         })?;
-    if token.header.crit.is_some() {
+    if header.crit.is_some() {
         return Err(Rejection::new(
             Reason::TokenMalformed,
             "header has crit extensions, and Portcullis understands none (RFC 7515 §4.1.11)",
         ));
     }
     if let Some(want) = &rules.required_typ {
-        let got = token.header.typ.as_deref().unwrap_or("");
+        let got = header.typ.as_deref().unwrap_or("");
         let got = got.strip_prefix("application/").unwrap_or(got);
         if !got.eq_ignore_ascii_case(want) {
             return Err(Rejection::new(
