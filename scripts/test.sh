@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests of every crate and the end-to-end tests
-# in tests/ (real gateway, authorization server and upstream on 127.0.0.1), then
-# prints one total line ("tests: N passed, N failed").
-# Installs nothing beyond the Rust toolchain today; add installs here when a test
-# needs a third-party tool, so that a fresh machine runs the same command.
+# Runs the whole test suite on a fresh machine: installs what the tests need
+# (Node.js and the third-party authorization server oauth2-mock-server for
+# tests/third_party_idp.rs), then unit tests of every crate and the end-to-end
+# tests in tests/ (real gateways, authorization servers and upstreams on
+# 127.0.0.1), then prints one total line ("tests: N passed, N failed").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "== installing Node.js (Debian packages)"
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+if [ ! -d tests/third_party/node_modules/oauth2-mock-server ] \
+   || [ tests/third_party/package-lock.json -nt tests/third_party/node_modules/.package-lock.json ]; then
+  echo "== npm ci (tests/third_party: oauth2-mock-server)"
+  npm ci --prefix tests/third_party --no-audit --no-fund --loglevel=error
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
