@@ -501,3 +501,118 @@ async fn report_only_mode_forwards_and_counts_would_deny() {
         assert!(text.contains(&line), "missing {line}:\n{text}");
     }
 }
+
+const OPTIONS_CONFIG: &str = r#"
+listen: { address: "127.0.0.1:0" }
+admin: { enabled: false }
+logging: { access_log: false }
+issuers:
+  dev: { issuer: "{ISSUER}", jwks_uri: "{ISSUER}jwks" }
+  typed: { issuer: "{ISSUER}", jwks_uri: "{ISSUER}jwks", required_typ: at+jwt }
+  perms: { issuer: "{ISSUER}", jwks_uri: "{ISSUER}jwks", scope_claim: permissions }
+  shared: { issuer: "https://shared.example/", secret: "0123456789abcdef0123456789abcdef-shared" }
+upstreams:
+  llm: { targets: ["{UPSTREAM}"] }
+routes:
+  - { name: query, match: { path_prefix: /q/ }, upstream: llm, auth: { issuers: [dev], audiences: [portcullis-demo], query_token: true } }
+  - { name: plain, match: { path_prefix: /plain/ }, upstream: llm, auth: { issuers: [dev], audiences: [portcullis-demo] } }
+  - { name: typed, match: { path_prefix: /typed/ }, upstream: llm, auth: { issuers: [typed], audiences: [portcullis-demo] } }
+  - { name: perms, match: { path_prefix: /perms/ }, upstream: llm, auth: { issuers: [perms], audiences: [portcullis-demo], scopes: { all_of: [read] } } }
+  - { name: hmac, match: { path_prefix: /hmac/ }, upstream: llm, auth: { issuers: [shared], audiences: [portcullis-demo] } }
+  - { name: passthrough, match: { path_prefix: /pass/ }, upstream: llm, auth: { issuers: [dev], audiences: [portcullis-demo], forward_token: true } }
+"#;
+
+#[tokio::test]
+async fn route_and_issuer_options() {
+    let env = TestEnv::start(OPTIONS_CONFIG).await;
+    let token = env.token("", json!({}));
+
+    // Query tokens only where enabled, never forwarded, never together with a header.
+    let reply = env
+        .get(&format!("/q/x?a=1&access_token={token}&b=2"), &[])
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.json());
+    assert_eq!(
+        reply.json()["uri"],
+        "/q/x?a=1&b=2",
+        "the query token is not forwarded"
+    );
+    let reply = env
+        .get_with_token(&format!("/q/x?access_token={token}"), &token)
+        .await;
+    assert_eq!(reply.reason(), "request_malformed");
+    let reply = env
+        .get(&format!("/plain/x?access_token={token}"), &[])
+        .await;
+    assert_eq!(
+        reply.reason(),
+        "token_missing",
+        "query tokens are refused unless the route enables them"
+    );
+
+    // required_typ: the token endpoint issues at+jwt; a plain JWT is refused.
+    let reply = env.get_with_token("/typed/x", &token).await;
+    assert_eq!(reply.reason(), "token_malformed");
+    assert!(reply.json()["detail"].as_str().unwrap().contains("typ"));
+    let claims = env.auth.claims("", json!({}));
+    let key = env.auth.signing_key();
+    let at_jwt = key
+        .sign_with_header(
+            &json!({"alg": "RS256", "kid": key.kid(), "typ": "at+jwt"}),
+            &claims,
+        )
+        .unwrap();
+    assert_eq!(env.get_with_token("/typed/x", &at_jwt).await.status, 200);
+    assert_eq!(
+        env.get_with_token("/plain/x", &at_jwt).await.status,
+        200,
+        "the same iss without typ rules"
+    );
+
+    // A custom scope claim.
+    let with_perms = env.token("", json!({"scope": null, "permissions": ["read", "write"]}));
+    assert_eq!(
+        env.get_with_token("/perms/x", &with_perms).await.status,
+        200
+    );
+    let scope_only = env.token("read", json!({}));
+    assert_eq!(
+        env.get_with_token("/perms/x", &scope_only).await.reason(),
+        "scope_insufficient",
+        "only the configured claim counts"
+    );
+
+    // A shared-secret issuer takes HS256 and nothing else.
+    let secret = b"0123456789abcdef0123456789abcdef-shared";
+    let hs = SigningKey::hmac("s", secret)
+        .sign(
+            &env.auth
+                .claims("", json!({"iss": "https://shared.example/"})),
+        )
+        .unwrap();
+    assert_eq!(env.get_with_token("/hmac/x", &hs).await.status, 200);
+    let rs = env.token("", json!({"iss": "https://shared.example/"}));
+    assert_eq!(
+        env.get_with_token("/hmac/x", &rs).await.reason(),
+        "algorithm_not_allowed"
+    );
+    let wrong_secret = SigningKey::hmac("s", b"another-secret-another-secret-12345")
+        .sign(
+            &env.auth
+                .claims("", json!({"iss": "https://shared.example/"})),
+        )
+        .unwrap();
+    assert_eq!(
+        env.get_with_token("/hmac/x", &wrong_secret).await.reason(),
+        "signature_invalid"
+    );
+
+    // forward_token keeps the client's Authorization towards the upstream.
+    let reply = env.get_with_token("/pass/x", &token).await;
+    assert_eq!(
+        reply.json()["headers"]["authorization"][0],
+        format!("Bearer {token}")
+    );
+    let reply = env.get_with_token("/plain/x", &token).await;
+    assert!(reply.json()["headers"].get("authorization").is_none());
+}

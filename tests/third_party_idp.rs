@@ -50,16 +50,21 @@ fn start_idp() -> ThirdPartyIdp {
             }
         }
     });
-    let issuer = rx.recv_timeout(Duration::from_secs(30)).expect("oauth2-mock-server did not start");
+    let issuer = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("oauth2-mock-server did not start");
     ThirdPartyIdp { child, issuer }
 }
 
 async fn client_credentials(issuer: &str, scope: &str) -> String {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     let req = http::Request::post(format!("{issuer}/token"))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("authorization", "Basic Y2xpZW50OnNlY3JldA==")
-        .body(Full::new(Bytes::from(format!("grant_type=client_credentials&scope={scope}"))))
+        .body(Full::new(Bytes::from(format!(
+            "grant_type=client_credentials&scope={scope}"
+        ))))
         .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -71,8 +76,12 @@ async fn client_credentials(issuer: &str, scope: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_from_a_third_party_authorization_server() {
     let idp = start_idp();
-    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let yaml = format!(
         r#"
 listen: {{ address: "127.0.0.1:0" }}
@@ -99,13 +108,23 @@ routes:
 
     let weak = client_credentials(&idp.issuer, "chat:read").await;
     let reply = env.get_with_token("/v1/x", &weak).await;
-    assert_eq!((reply.status.as_u16(), reply.reason().as_str()), (403, "scope_insufficient"));
+    assert_eq!(
+        (reply.status.as_u16(), reply.reason().as_str()),
+        (403, "scope_insufficient")
+    );
 
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     // Flip the first signature character (never the last, whose spare bits matter).
     let first = if parts[2].starts_with('A') { "B" } else { "A" };
     parts[2].replace_range(0..1, first);
     let reply = env.get_with_token("/v1/x", &parts.join(".")).await;
-    assert_eq!((reply.status.as_u16(), reply.reason().as_str()), (401, "signature_invalid"));
-    assert_eq!(env.upstream.requests(), 1, "only the valid request reached the upstream");
+    assert_eq!(
+        (reply.status.as_u16(), reply.reason().as_str()),
+        (401, "signature_invalid")
+    );
+    assert_eq!(
+        env.upstream.requests(),
+        1,
+        "only the valid request reached the upstream"
+    );
 }

@@ -741,7 +741,12 @@ fn compile_auth(
     for (i, name) in ra.issuers.iter().enumerate() {
         match issuers.get(name) {
             Some(ic) => {
-                by_iss.insert(ic.rules.issuer.clone(), Arc::clone(ic));
+                if let Some(other) = by_iss.insert(ic.rules.issuer.clone(), Arc::clone(ic)) {
+                    ctx.err(
+                        format!("{path}.issuers[{i}]"),
+                        format!("issuers {:?} and {name:?} share the iss {:?}; a route can accept only one of them", other.name, ic.rules.issuer),
+                    );
+                }
             }
             None => {
                 let hint = did_you_mean(name, issuers.keys().map(String::as_str));
@@ -810,6 +815,7 @@ fn compile_auth(
         },
         mode,
         forward_token: ra.forward_token.unwrap_or(false),
+        query_token: ra.query_token.unwrap_or(false),
         claim_headers,
     })
 }

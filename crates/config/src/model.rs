@@ -298,6 +298,8 @@ pub struct ProtectedRoute {
     pub mode: AuthMode,
     /// Forward the client's Authorization header to the upstream.
     pub forward_token: bool,
+    /// Accept `?access_token=` (RFC 6750 §2.3) when no Authorization header is sent.
+    pub query_token: bool,
     /// Claims copied into request headers (claim name, header).
     pub claim_headers: Vec<(String, HeaderName)>,
 }

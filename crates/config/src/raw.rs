@@ -214,6 +214,7 @@ pub struct RawAuth {
     pub claims: Vec<RawClaimRule>,
     pub mode: Option<String>,
     pub forward_token: Option<bool>,
+    pub query_token: Option<bool>,
     #[serde(default)]
     pub claim_headers: BTreeMap<String, String>,
 }

@@ -170,3 +170,15 @@ fn validate_warnings() {
         "{all}"
     );
 }
+
+#[test]
+fn a_route_cannot_accept_two_issuers_with_one_iss() {
+    let text = GOOD
+        .replace(
+            "issuers:\n  dev:\n",
+            "issuers:\n  dev2:\n    issuer: http://127.0.0.1:9000/\n  dev:\n",
+        )
+        .replace("issuers: [dev]", "issuers: [dev, dev2]");
+    let err = load(&text).unwrap_err().to_string();
+    assert!(err.contains("share the iss"), "{err}");
+}

@@ -72,6 +72,47 @@ where
         .map_err(|_| Rejection::new(Reason::RequestMalformed, "token is not ASCII"))
 }
 
+/// The `access_token` query parameter (RFC 6750 §2.3), for routes that enable it.
+/// `None` when the query has none; two of them, or one that is not a plain
+/// b64token, is `request_malformed`.
+pub fn extract_from_query(query: &str, max_len: usize) -> Option<Result<&str, Rejection>> {
+    let mut found = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("access_token="));
+    let token = found.next()?;
+    if found.next().is_some() {
+        return Some(Err(Rejection::new(
+            Reason::RequestMalformed,
+            "more than one access_token parameter",
+        )));
+    }
+    if token.len() > max_len {
+        return Some(Err(Rejection::new(
+            Reason::TokenTooLarge,
+            format!("token is {} bytes; the limit is {max_len}", token.len()),
+        )));
+    }
+    // Form encoding turns '+' into a space; a JWT never needs escaping, so anything
+    // that is not a plain b64token (no '%', no '+') is refused rather than guessed at.
+    if token.is_empty() || token.contains('+') || !is_b64token(token.as_bytes()) {
+        return Some(Err(Rejection::new(
+            Reason::RequestMalformed,
+            "access_token parameter is empty or not a plain b64token",
+        )));
+    }
+    Some(Ok(token))
+}
+
+/// Removes every `access_token` parameter from a query, so the credential is never
+/// forwarded.
+pub fn strip_query_token(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|p| !p.starts_with("access_token=") && !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(token: &[u8]) -> bool {
     let body_end = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
@@ -121,6 +162,33 @@ mod tests {
         for (input, want) in table {
             assert_eq!(run(input), want.map(str::to_owned), "input {input:?}");
         }
+    }
+
+    #[test]
+    fn query_tokens() {
+        assert_eq!(
+            extract_from_query("a=1&access_token=abc.def", 64)
+                .unwrap()
+                .unwrap(),
+            "abc.def"
+        );
+        assert!(extract_from_query("a=1", 64).is_none());
+        assert_eq!(
+            extract_from_query("access_token=a&access_token=b", 64)
+                .unwrap()
+                .unwrap_err()
+                .reason,
+            Reason::RequestMalformed
+        );
+        assert_eq!(
+            extract_from_query("access_token=a%2Eb", 64)
+                .unwrap()
+                .unwrap_err()
+                .reason,
+            Reason::RequestMalformed
+        );
+        assert_eq!(strip_query_token("a=1&access_token=x&b=2"), "a=1&b=2");
+        assert_eq!(strip_query_token("access_token=x"), "");
     }
 
     #[test]

@@ -300,10 +300,16 @@ impl KeySnapshot {
     }
 
     /// The key for a token: by `kid` when the token names one; without a kid, the
-    /// key only when the set holds exactly one.
+    /// key only when the set holds exactly one. A set of exactly one key that has
+    /// no kid itself (a shared secret, a PEM file) serves tokens whatever kid they
+    /// name, since there is nothing to match the kid against.
     pub fn select(&self, kid: Option<&str>) -> Option<&Arc<VerifyingKey>> {
+        let sole_anonymous = || match self.all.as_slice() {
+            [only] if only.kid().is_none() => Some(only),
+            _ => None,
+        };
         match kid {
-            Some(kid) => self.by_kid.get(kid),
+            Some(kid) => self.by_kid.get(kid).or_else(sole_anonymous),
             None if self.all.len() == 1 => self.all.first(),
             None => None,
         }
@@ -360,6 +366,10 @@ mod tests {
         let one = VerifyingKey::hmac(None, None, &secret, &[Algorithm::HS256]).unwrap();
         let snap = KeySnapshot::new(vec![one]);
         assert!(snap.select(None).is_some());
+        assert!(
+            snap.select(Some("any")).is_some(),
+            "a lone key without kid serves any kid"
+        );
         let a = VerifyingKey::hmac(Some("a".into()), None, &secret, &[Algorithm::HS256]).unwrap();
         let b = VerifyingKey::hmac(Some("b".into()), None, &secret, &[Algorithm::HS256]).unwrap();
         let snap = KeySnapshot::new(vec![a, b]);

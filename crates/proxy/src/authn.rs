@@ -24,15 +24,12 @@ pub struct Authenticated {
 pub async fn authenticate(
     route: &CompiledRoute,
     headers: &HeaderMap,
+    query: Option<&str>,
     cache: &TokenCache,
     metrics: &Metrics,
     now: i64,
 ) -> Result<Authenticated, Rejection> {
-    let values = headers
-        .get_all(http::header::AUTHORIZATION)
-        .iter()
-        .map(|v| v.as_bytes());
-    let token = bearer::extract(values, route.max_token_bytes)?;
+    let token = extract_token(route, headers, query)?;
     let key = token_key(token);
     if let Some(claims) = cache.get(&key, |iss| {
         route.issuers.get(iss).map(|i| Arc::clone(&i.keys))
@@ -77,6 +74,35 @@ pub async fn authenticate(
         metrics.token_cache(TokenCacheEvent::Eviction, evicted);
     }
     Ok(Authenticated { claims })
+}
+
+/// The bearer token: from the Authorization header, or, when the route enables it
+/// and no header is sent, from `?access_token=` (RFC 6750 §2.3). Both at once is
+/// `request_malformed` (§2: a client uses one method only).
+fn extract_token<'a>(
+    route: &CompiledRoute,
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<&'a str, Rejection> {
+    let query_enabled = route.protected().is_some_and(|p| p.query_token);
+    let in_query = query
+        .filter(|_| query_enabled)
+        .and_then(|q| bearer::extract_from_query(q, route.max_token_bytes));
+    let header_sent = headers.contains_key(http::header::AUTHORIZATION);
+    match (in_query, header_sent) {
+        (Some(_), true) => Err(Rejection::new(
+            Reason::RequestMalformed,
+            "token sent both in the Authorization header and the query",
+        )),
+        (Some(token), false) => token,
+        (None, _) => {
+            let values = headers
+                .get_all(http::header::AUTHORIZATION)
+                .iter()
+                .map(|v| v.as_bytes());
+            bearer::extract(values, route.max_token_bytes)
+        }
+    }
 }
 
 /// The route's issuer for the token's `iss`: a map lookup, never a trial of each.

@@ -77,9 +77,19 @@ pub async fn forward(
         parts.headers.insert(header::HOST, h.clone());
     }
 
+    // A token accepted from the query is never forwarded.
+    let query = match (
+        parts.uri.query(),
+        route.protected().is_some_and(|p| p.query_token),
+    ) {
+        (Some(q), true) => {
+            Some(portcullis_policy::bearer::strip_query_token(q)).filter(|q| !q.is_empty())
+        }
+        (q, _) => q.map(str::to_owned),
+    };
     let path_and_query = rewrite_path(
         parts.uri.path(),
-        parts.uri.query(),
+        query.as_deref(),
         route.config.rewrite.as_ref(),
     );
     parts.uri = http::Uri::builder()

@@ -187,6 +187,7 @@ async fn steps(
             let verdict = match authenticate(
                 &route,
                 req.headers(),
+                req.uri().query(),
                 gw.token_cache(),
                 gw.metrics(),
                 now,

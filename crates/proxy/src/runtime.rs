@@ -127,10 +127,6 @@ impl Runtime {
             };
             upstreams.insert(name.clone(), pool);
         }
-        let by_iss: HashMap<&str, &Arc<IssuerRuntime>> = issuers
-            .values()
-            .map(|i| (i.config.rules.issuer.as_str(), i))
-            .collect();
         let mut compiled = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
             let upstream = upstreams
@@ -140,13 +136,13 @@ impl Runtime {
             let (route_issuers, max_token_bytes, claim_headers) = match &rc.auth {
                 RouteAuth::Public => (HashMap::new(), 8 << 10, Vec::new()),
                 RouteAuth::Protected(p) => {
+                    // By issuer name: two issuer entries may share an `iss` with
+                    // different rules, each route using its own.
                     let map: HashMap<String, Arc<IssuerRuntime>> = p
                         .issuers
-                        .keys()
-                        .filter_map(|iss| {
-                            by_iss
-                                .get(iss.as_str())
-                                .map(|r| (iss.clone(), Arc::clone(r)))
+                        .iter()
+                        .filter_map(|(iss, ic)| {
+                            issuers.get(&ic.name).map(|r| (iss.clone(), Arc::clone(r)))
                         })
                         .collect();
                     let max = map
