@@ -27,6 +27,12 @@ pub enum Command {
     Demo(DemoArgs),
     /// Name the exact step at which the gateway would refuse a request, with evidence and fix.
     Diagnose(DiagnoseArgs),
+    /// Probe a health endpoint (for container HEALTHCHECKs): exit 0 on HTTP 200, else 1.
+    Healthcheck {
+        /// The URL to GET (plain http).
+        #[arg(long, default_value = "http://127.0.0.1:9091/healthz")]
+        url: String,
+    },
     /// Work with tokens.
     Token {
         /// What to do.

@@ -4,6 +4,7 @@
 mod cli;
 mod demo;
 mod diagnose;
+mod healthcheck;
 mod inspect;
 mod logging;
 mod run;
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => return run::validate(&args.config),
         Command::Demo(args) => demo::main(&args),
         Command::Diagnose(args) => return diagnose::main(&args),
+        Command::Healthcheck { url } => return healthcheck::main(&url),
         Command::Token {
             command: TokenCommand::Inspect { token },
         } => return inspect::main(token.as_deref()),

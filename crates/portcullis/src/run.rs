@@ -44,12 +44,19 @@ pub fn main(path: &Path, watch: bool) -> anyhow::Result<()> {
     runtime.block_on(run(path.to_path_buf(), config, watch, shutdown_signal()))
 }
 
-/// A Tokio runtime with `workers` threads (default: one per core).
+/// A Tokio runtime with `workers` threads (default: one per core). With one
+/// worker it is a `current_thread` runtime: no work-stealing scheduler to pay for,
+/// which is what a gateway pinned to one core wants.
 pub fn build_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n);
-    }
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder
         .enable_all()
         .build()

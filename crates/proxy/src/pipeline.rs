@@ -128,11 +128,8 @@ async fn steps(
     strip_spoofed(req.headers_mut(), &[], peer_trusted);
 
     // route
-    let host = request_host(&req);
-    let route = match runtime
-        .table
-        .find(&normalise_host(&host), req.uri().path(), req.method())
-    {
+    let host = normalise_host(request_host(&req));
+    let route = match runtime.table.find(&host, req.uri().path(), req.method()) {
         Lookup::Found(route) => Arc::clone(route),
         Lookup::MethodNotAllowed(methods) => {
             let list: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
@@ -232,7 +229,8 @@ fn check_header_size(req: &Request<Incoming>, max: usize) -> Result<(), Rejectio
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().to_string().len();
+        + req.uri().authority().map_or(0, |a| a.as_str().len())
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len());
     if size > max {
         return Err(Rejection::new(
             Reason::HeadersTooLarge,
@@ -243,12 +241,11 @@ fn check_header_size(req: &Request<Incoming>, max: usize) -> Result<(), Rejectio
 }
 
 /// The request's host: `Host`, else the URI authority (HTTP/2).
-fn request_host(req: &Request<Incoming>) -> String {
+fn request_host(req: &Request<Incoming>) -> &str {
     req.headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or_default()
 }
 
