@@ -8,21 +8,25 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The response body type of the gateway.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The response body of the gateway: an upstream's body streamed through, or a
+/// complete body of the gateway's own (rejections). An enum rather than a boxed
+/// trait object, so a proxied response costs no allocation for its body.
+pub enum ProxyBody {
+    /// Bytes the gateway wrote itself.
+    Full(Full<Bytes>),
+    /// The upstream's body, frame by frame.
+    Upstream(Incoming),
+}
 
 /// A complete body.
 pub fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    ProxyBody::Full(Full::new(bytes))
 }
 
 /// An empty body.
@@ -30,9 +34,42 @@ pub fn empty() -> ProxyBody {
     full(Bytes::new())
 }
 
-/// Boxes an upstream response body.
-pub fn boxed(body: Incoming) -> ProxyBody {
-    body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+/// An upstream response body, streamed.
+pub fn streamed(body: Incoming) -> ProxyBody {
+    ProxyBody::Upstream(body)
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            ProxyBody::Full(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            ProxyBody::Upstream(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(full) => full.is_end_stream(),
+            ProxyBody::Upstream(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(full) => full.size_hint(),
+            ProxyBody::Upstream(incoming) => incoming.size_hint(),
+        }
+    }
 }
 
 /// The request body was larger than the route allows.

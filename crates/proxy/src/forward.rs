@@ -13,7 +13,7 @@ use portcullis_config::Rewrite;
 use portcullis_policy::{Reason, Rejection, VerifiedClaims};
 use serde_json::Value;
 
-use crate::body::{ForwardBody, ProxyBody, boxed};
+use crate::body::{ForwardBody, ProxyBody, streamed};
 use crate::headers::{X_REQUEST_ID, is_upgrade_request, remove_hop_by_hop, set_forwarded};
 use crate::runtime::CompiledRoute;
 
@@ -147,11 +147,11 @@ pub async fn forward(
             }
         });
         let (parts, body) = response.into_parts();
-        return Ok((Response::from_parts(parts, boxed(body)), latency));
+        return Ok((Response::from_parts(parts, streamed(body)), latency));
     }
     remove_hop_by_hop(response.headers_mut(), false);
     let (parts, body) = response.into_parts();
-    Ok((Response::from_parts(parts, boxed(body)), latency))
+    Ok((Response::from_parts(parts, streamed(body)), latency))
 }
 
 /// Methods that may be retried after a reset when `retry.idempotent` is on (RFC 9110 §9.2.2).

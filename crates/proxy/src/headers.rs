@@ -31,6 +31,15 @@ const HOP_BY_HOP: [&HeaderName; 8] = [
 /// Removes hop-by-hop fields: those `Connection` lists, then the fixed set, and
 /// `Upgrade` unless the exchange is an upgrade being passed through.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: most messages carry none of these; one pass over the names is
+    // cheaper than a hash lookup per removal.
+    if !keep_upgrade
+        && !headers
+            .keys()
+            .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(&k))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -93,6 +102,18 @@ pub fn mint_request_id() -> HeaderValue {
 /// the route's claim headers, and, from an untrusted peer, `X-Forwarded-*` and
 /// `Forwarded`.
 pub fn strip_spoofed(headers: &mut HeaderMap, claim_headers: &[HeaderName], peer_trusted: bool) {
+    let spoofable = |k: &HeaderName| {
+        k.as_str().starts_with("x-portcullis-")
+            || claim_headers.contains(k)
+            || (!peer_trusted
+                && (k == X_FORWARDED_FOR
+                    || k == X_FORWARDED_PROTO
+                    || k == X_FORWARDED_HOST
+                    || k == header::FORWARDED))
+    };
+    if !headers.keys().any(spoofable) {
+        return;
+    }
     let ours: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("x-portcullis-"))

@@ -9,7 +9,8 @@
 //! A lookup is a hash lookup per host group and per `/` boundary of the path: no
 //! allocation, and no scan over all routes, so 10 and 10,000 routes cost the same.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt;
 
 use http::Method;
 use portcullis_config::{HostMatch, PathMatch, RouteMatch};

@@ -3,7 +3,9 @@
 //! reload builds a new one beside it, reusing the caches and pools of issuers and
 //! upstreams whose settings did not change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use http::HeaderName;

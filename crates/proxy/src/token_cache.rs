@@ -32,7 +32,7 @@ struct Entry {
 
 /// A bounded concurrent map of verified tokens.
 pub struct TokenCache {
-    map: DashMap<TokenKey, Entry>,
+    map: DashMap<TokenKey, Entry, foldhash::fast::RandomState>,
     enabled: AtomicBool,
     max_entries: AtomicUsize,
     max_ttl_ms: AtomicU64,
@@ -51,7 +51,7 @@ impl TokenCache {
     /// An empty cache.
     pub fn new(enabled: bool, max_entries: usize, max_ttl: Duration) -> Self {
         TokenCache {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             enabled: AtomicBool::new(enabled),
             max_entries: AtomicUsize::new(max_entries),
             max_ttl_ms: AtomicU64::new(max_ttl.as_millis() as u64),

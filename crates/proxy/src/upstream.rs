@@ -30,6 +30,10 @@ pub struct UpstreamFailure {
 
 struct TargetState {
     target: Target,
+    /// The `Host` value for this target, built once.
+    host: Option<http::HeaderValue>,
+    /// The scheme, built once.
+    scheme: http::uri::Scheme,
     failures: AtomicU32,
     /// Milliseconds since the pool's epoch until which the target is set aside.
     sidelined_until: AtomicU64,
@@ -84,6 +88,12 @@ impl UpstreamPool {
             .targets
             .iter()
             .map(|t| TargetState {
+                host: http::HeaderValue::from_str(t.authority.as_str()).ok(),
+                scheme: if t.https {
+                    http::uri::Scheme::HTTPS
+                } else {
+                    http::uri::Scheme::HTTP
+                },
                 target: t.clone(),
                 failures: AtomicU32::new(0),
                 sidelined_until: AtomicU64::new(0),
@@ -166,30 +176,44 @@ impl UpstreamPool {
         retry_after_send: bool,
         set_host: bool,
     ) -> Result<(Response<Incoming>, Duration), UpstreamFailure> {
-        let attempts = self.config.attempts.max(1);
+        // A retry goes to another target, so with one target there is none.
+        let attempts = if self.targets.len() > 1 {
+            self.config.attempts.max(1)
+        } else {
+            1
+        };
         let path_and_query = request
             .uri()
             .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let mut attempt = 0;
         loop {
             attempt += 1;
             let index = self.pick();
-            let Some(target) = self.target(index) else {
+            let Some(state) = self.targets.get(index) else {
                 return Err(unreachable_failure("the upstream has no targets"));
             };
-            let uri = Uri::builder()
-                .scheme(target.scheme())
-                .authority(target.authority.clone())
-                .path_and_query(format!("{}{}", target.base_path, path_and_query))
-                .build()
+            let target = &state.target;
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(state.scheme.clone());
+            parts.authority = Some(target.authority.clone());
+            parts.path_and_query = Some(if target.base_path.is_empty() {
+                path_and_query.clone()
+            } else {
+                format!("{}{}", target.base_path, path_and_query)
+                    .parse()
+                    .map_err(|_| unreachable_failure("cannot build the upstream URI"))?
+            });
+            *request.uri_mut() = Uri::from_parts(parts)
                 .map_err(|e| unreachable_failure(&format!("cannot build the upstream URI: {e}")))?;
-            *request.uri_mut() = uri;
-            if set_host && let Ok(v) = http::HeaderValue::from_str(target.authority.as_str()) {
-                request.headers_mut().insert(http::header::HOST, v);
+            if set_host && let Some(host) = &state.host {
+                request
+                    .headers_mut()
+                    .insert(http::header::HOST, host.clone());
             }
-            // The request is consumed by the client; keep what a retry needs.
+            // The request is consumed by the client; keep what a retry needs, only
+            // when a retry can happen (a bodiless request, another target).
             let retry_copy = (attempt < attempts && request.body().is_end_stream_hint())
                 .then(|| clone_head(&request));
             let started = Instant::now();
