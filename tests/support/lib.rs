@@ -137,6 +137,11 @@ impl TestEnv {
         config: portcullis_config::GatewayConfig,
     ) -> TestEnv {
         let metrics = Metrics::new().expect("metrics");
+        let tls = config
+            .listen
+            .tls
+            .as_ref()
+            .map(|files| portcullis_proxy::tls_acceptor(files).expect("TLS configuration"));
         let gateway = Gateway::new(config, Arc::clone(&metrics)).expect("gateway");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -146,7 +151,7 @@ impl TestEnv {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let gw = Arc::clone(&gateway);
         tokio::spawn(async move {
-            portcullis_proxy::serve(gw, listener, None, async move {
+            portcullis_proxy::serve(gw, listener, tls, async move {
                 let _ = stop_rx.await;
             })
             .await;

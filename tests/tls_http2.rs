@@ -1,0 +1,213 @@
+//! Transport end to end: TLS termination with ALPN (h2 and http/1.1), HTTP/2 with
+//! prior knowledge (h2c), an https upstream trusted through a private CA spoken to
+//! over HTTP/2, and the connection limit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Version;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use portcullis_tests::{AuthServer, DemoUpstream, TestEnv};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A private CA and a server certificate for localhost / 127.0.0.1, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+}
+
+fn pki() -> Pki {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Portcullis test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem() + &ca.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    Pki {
+        dir,
+        ca_pem: ca.pem(),
+    }
+}
+
+async fn servers() -> (AuthServer, DemoUpstream) {
+    (
+        AuthServer::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap(),
+        DemoUpstream::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap(),
+    )
+}
+
+fn public_config(extra_listen: &str, target: &str, upstream_extra: &str) -> String {
+    format!(
+        r#"
+listen: {{ address: "127.0.0.1:0"{extra_listen} }}
+admin: {{ enabled: false }}
+logging: {{ access_log: false }}
+upstreams:
+  u: {{ targets: ["{target}"]{upstream_extra} }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: u, public: true }}
+"#
+    )
+}
+
+async fn tls_gateway(pki: &Pki) -> TestEnv {
+    let (auth, upstream) = servers().await;
+    let d = pki.dir.path().display();
+    let tls = format!(", tls: {{ cert_file: \"{d}/cert.pem\", key_file: \"{d}/key.pem\" }}");
+    let yaml = public_config(&tls, &upstream.url(), "");
+    TestEnv::start_with(auth, upstream, &yaml).await
+}
+
+fn tls_client(
+    pki: &Pki,
+    h2: bool,
+) -> Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+> {
+    let tls = portcullis_jwks::tls::client_config(Some(pki.ca_pem.as_bytes())).unwrap();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let connector = if h2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    let mut b = Client::builder(TokioExecutor::new());
+    b.http2_only(h2);
+    b.build(connector)
+}
+
+#[tokio::test]
+async fn tls_termination_negotiates_h2_and_http1() {
+    let pki = pki();
+    let env = tls_gateway(&pki).await;
+    let url: http::Uri = format!("https://localhost:{}/hello", env.addr.port())
+        .parse()
+        .unwrap();
+    for (h2, version) in [(true, Version::HTTP_2), (false, Version::HTTP_11)] {
+        let resp = tls_client(&pki, h2).get(url.clone()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), version, "ALPN h2={h2}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+    }
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge() {
+    let (auth, upstream) = servers().await;
+    let yaml = public_config("", &upstream.url(), "");
+    let env = TestEnv::start_with(auth, upstream, &yaml).await;
+    let mut b = Client::builder(TokioExecutor::new());
+    b.http2_only(true);
+    let client = b.build_http::<Empty<Bytes>>();
+    let resp = client.get(env.url("/x").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        echo["headers"]["host"][0]
+            .as_str()
+            .map(|h| h.starts_with("127.0.0.1:")),
+        Some(true),
+        "Host set from the target"
+    );
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca_over_http2() {
+    let pki = pki();
+    let inner = tls_gateway(&pki).await;
+    let (auth, upstream) = servers().await;
+    let ca = pki.dir.path().join("ca.pem");
+    let target = format!("https://localhost:{}", inner.addr.port());
+    let yaml = public_config(
+        "",
+        &target,
+        &format!(", http2: true, ca_file: \"{}\"", ca.display()),
+    );
+    let outer = TestEnv::start_with(auth, upstream, &yaml).await;
+    let reply = outer.get("/through/two/gateways", &[]).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["uri"], "/through/two/gateways");
+    assert_eq!(inner.upstream.requests(), 1);
+
+    // Without the private CA the certificate is refused: 502, nothing forwarded.
+    let (auth, upstream) = servers().await;
+    let yaml = public_config("", &target, ", http2: true");
+    let untrusting = TestEnv::start_with(auth, upstream, &yaml).await;
+    let reply = untrusting.get("/x", &[]).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.reason().as_str()),
+        (502, "upstream_unreachable")
+    );
+    assert_eq!(inner.upstream.requests(), 1);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed() {
+    let (auth, upstream) = servers().await;
+    let yaml = public_config("", &upstream.url(), "")
+        .replace("admin:", "limits: { max_connections: 1 }\nadmin:");
+    let env = TestEnv::start_with(auth, upstream, &yaml).await;
+    let mut first = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    first
+        .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The first connection stays open; a second one is closed at once.
+    let mut second = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    let _ = second
+        .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "the second connection got an answer: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        env.metrics
+            .render()
+            .contains("portcullis_rejected_connections_total 1")
+    );
+    drop(first);
+}
