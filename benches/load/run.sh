@@ -22,6 +22,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# Stop servers a previous run of this script left behind, before replacing the folder.
+[ -x "$scratch/stop.sh" ] && "$scratch/stop.sh" >/dev/null 2>&1 || true
 rm -rf "$scratch"; cp -r "$repo/../shared/bench" "$scratch"; chmod -R u+w "$scratch"
 cd "$scratch"
 ./setup.sh
