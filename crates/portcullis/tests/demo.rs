@@ -13,7 +13,9 @@ struct Demo(Child);
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -47,8 +49,13 @@ fn demo_serves_a_streamed_chat_completion() {
         .unwrap();
     let _demo = Demo(child);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", 8080)).is_err() || TcpStream::connect(("127.0.0.1", 9000)).is_err() {
-        assert!(Instant::now() < deadline, "the demo did not start (ports 8080 and 9000)");
+    while TcpStream::connect(("127.0.0.1", 8080)).is_err()
+        || TcpStream::connect(("127.0.0.1", 9000)).is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not start (ports 8080 and 9000)"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -75,9 +82,15 @@ fn demo_serves_a_streamed_chat_completion() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("text/event-stream"), "{reply}");
     assert!(reply.contains("data: [DONE]"), "{reply}");
-    assert!(reply.matches("data: {").count() > 3, "a stream of chunks: {reply}");
+    assert!(
+        reply.matches("data: {").count() > 3,
+        "a stream of chunks: {reply}"
+    );
 
-    let reply = exchange(8080, "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let reply = exchange(
+        8080,
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
     assert!(reply.contains("\"reason\":\"token_missing\""), "{reply}");
 }
