@@ -49,6 +49,8 @@ pub struct AuthControl {
     pub max_age: AtomicU64,
     /// When set, discovery advertises this issuer instead of the real one.
     pub issuer_override: Mutex<Option<String>>,
+    /// When false, the OIDC discovery document answers 404 (only RFC 8414 metadata).
+    pub oidc_discovery: std::sync::atomic::AtomicBool,
     /// JWKS requests served.
     pub jwks_hits: AtomicUsize,
     /// Discovery requests served.
@@ -79,6 +81,7 @@ impl AuthServer {
             fault: Mutex::new(JwksFault::None),
             max_age: AtomicU64::new(300),
             issuer_override: Mutex::new(None),
+            oidc_discovery: std::sync::atomic::AtomicBool::new(true),
             jwks_hits: AtomicUsize::new(0),
             discovery_hits: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
@@ -188,32 +191,45 @@ async fn handle(
 ) -> hyper::Response<DevBody> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/.well-known/openid-configuration") => {
+        (Method::GET, "/.well-known/openid-configuration")
+            if !ctl.oidc_discovery.load(Ordering::SeqCst) =>
+        {
+            json_response(404, &json!({"error": "not_found"}))
+        }
+        // RFC 8414 §3: for an issuer without a path, the metadata sits at the root.
+        (
+            Method::GET,
+            "/.well-known/openid-configuration" | "/.well-known/oauth-authorization-server",
+        ) => {
             ctl.discovery_hits.fetch_add(1, Ordering::SeqCst);
-            let advertised = ctl
-                .issuer_override
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_else(|| issuer.to_owned());
-            json_response(
-                200,
-                &json!({
-                    "issuer": advertised,
-                    "jwks_uri": format!("{issuer}jwks"),
-                    "token_endpoint": format!("{issuer}token"),
-                    "grant_types_supported": ["client_credentials"],
-                    "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-                    "id_token_signing_alg_values_supported": ["RS256"],
-                    "response_types_supported": ["token"],
-                    "subject_types_supported": ["public"],
-                }),
-            )
+            metadata(ctl, issuer)
         }
         (Method::GET, "/jwks") => jwks(ctl).await,
         (Method::POST, "/token") => token(req, ctl, issuer).await,
         _ => json_response(404, &json!({"error": "not_found"})),
     }
+}
+
+fn metadata(ctl: &AuthControl, issuer: &str) -> hyper::Response<DevBody> {
+    let advertised = ctl
+        .issuer_override
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_else(|| issuer.to_owned());
+    json_response(
+        200,
+        &json!({
+            "issuer": advertised,
+            "jwks_uri": format!("{issuer}jwks"),
+            "token_endpoint": format!("{issuer}token"),
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["token"],
+            "subject_types_supported": ["public"],
+        }),
+    )
 }
 
 async fn jwks(ctl: &AuthControl) -> hyper::Response<DevBody> {

@@ -65,6 +65,25 @@ async fn discovery_then_keys() {
 }
 
 #[tokio::test]
+async fn discovery_falls_back_to_rfc8414_metadata() {
+    let s = server().await;
+    s.control.oidc_discovery.store(false, Ordering::SeqCst);
+    let c = cache(&s, KeySource::Discovery, settings());
+    c.refresh().await.unwrap();
+    assert!(
+        c.usable_snapshot()
+            .unwrap()
+            .select(Some("dev-rsa-1"))
+            .is_some()
+    );
+    assert_eq!(
+        s.control.discovery_hits.load(Ordering::SeqCst),
+        1,
+        "the RFC 8414 document served the keys' location"
+    );
+}
+
+#[tokio::test]
 async fn discovery_issuer_mismatch_refused() {
     let s = server().await;
     *s.control.issuer_override.lock().unwrap() = Some("http://evil.example/".into());
