@@ -74,6 +74,32 @@ async fn routing_precedence_and_rewrite() {
 }
 
 #[tokio::test]
+async fn non_canonical_paths_are_refused_before_routing() {
+    let env = TestEnv::start(ROUTING).await;
+    for path in [
+        "/v1/../openai/x",
+        "/v1/%2e%2e/openai/x",
+        "/v1/%2F..%2Fopenai",
+        "/v1/./exact",
+        "/v1\\..\\x",
+    ] {
+        let reply = env.get(path, &[]).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.reason().as_str()),
+            (400, "path_invalid"),
+            "{path}"
+        );
+        assert!(reply.header("www-authenticate").is_none());
+    }
+    assert_eq!(env.upstream.requests(), 0, "nothing reached the upstream");
+    assert_eq!(
+        env.get("/v1/a.b/..c", &[]).await.status,
+        200,
+        "dots inside names are fine"
+    );
+}
+
+#[tokio::test]
 async fn method_not_allowed_and_not_found() {
     let env = TestEnv::start(&ROUTING.replace(
         "  - { name: root, match: { path_prefix: / }, upstream: a, public: true }\n",

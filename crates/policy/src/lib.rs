@@ -11,6 +11,7 @@ pub mod bearer;
 pub mod ip;
 pub mod jws;
 pub mod keys;
+pub mod path;
 pub mod reason;
 pub mod time;
 pub mod verify;

@@ -58,6 +58,9 @@ pub enum Reason {
     UpstreamProtocolError,
     /// The gateway is shedding load or shutting down.
     Overloaded,
+    /// The path has dot-segments or encoded separators, which upstreams may
+    /// resolve differently from the route match (path confusion).
+    PathInvalid,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -77,7 +80,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -101,6 +104,7 @@ impl Reason {
         Reason::UpstreamTimeout,
         Reason::UpstreamProtocolError,
         Reason::Overloaded,
+        Reason::PathInvalid,
     ];
 
     /// The stable snake_case code.
@@ -129,6 +133,7 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::UpstreamProtocolError => "upstream_protocol_error",
             Reason::Overloaded => "overloaded",
+            Reason::PathInvalid => "path_invalid",
         }
     }
 
@@ -145,7 +150,7 @@ impl Reason {
             | Reason::AudienceMismatch
             | Reason::TokenExpired
             | Reason::TokenNotYetValid => 401,
-            Reason::RequestMalformed => 400,
+            Reason::RequestMalformed | Reason::PathInvalid => 400,
             Reason::ScopeInsufficient | Reason::ClaimMismatch | Reason::IpDenied => 403,
             Reason::IdpUnavailable | Reason::Overloaded => 503,
             Reason::RouteNotFound => 404,
@@ -181,7 +186,8 @@ impl Reason {
             | Reason::UpstreamUnreachable
             | Reason::UpstreamTimeout
             | Reason::UpstreamProtocolError
-            | Reason::Overloaded => Challenge::None,
+            | Reason::Overloaded
+            | Reason::PathInvalid => Challenge::None,
         }
     }
 
@@ -211,6 +217,7 @@ impl Reason {
             Reason::UpstreamTimeout => "Upstream timeout",
             Reason::UpstreamProtocolError => "Upstream protocol error",
             Reason::Overloaded => "Gateway overloaded",
+            Reason::PathInvalid => "Path not canonical",
         }
     }
 

@@ -119,6 +119,12 @@ async fn every_reason_names_its_step() {
     let future = token("chat:write", json!({"nbf": 4_000_000_000u64}));
     let cases: Vec<(&str, Vec<String>, &str, &str)> = vec![
         ("route_not_found", vec![format!("{g}/nowhere")], "route", ""),
+        (
+            "path_invalid",
+            vec![format!("{g}/v1/../admin")],
+            "route",
+            "..",
+        ),
         ("method_not_allowed", vec![format!("{g}/post")], "route", ""),
         (
             "ip_denied",

@@ -127,7 +127,8 @@ async fn steps(
     let peer_trusted = !trusted.is_empty() && trusted.contains(peer);
     strip_spoofed(req.headers_mut(), &[], peer_trusted);
 
-    // route
+    // route: only canonical paths are matched (no path confusion with the upstream).
+    portcullis_policy::path::check(req.uri().path())?;
     let host = normalise_host(request_host(&req));
     let route = match runtime.table.find(&host, req.uri().path(), req.method()) {
         Lookup::Found(route) => Arc::clone(route),

@@ -122,6 +122,10 @@ async fn diagnose(
     } else {
         uri.path()
     };
+    if let Err(r) = portcullis_policy::path::check(path) {
+        report.fail(r.reason, format!("{path}: {}", r.detail));
+        return Ok(report);
+    }
     let route = match rt.table.find(&normalise_host(&host), path, &method) {
         Lookup::Found(route) => {
             let c = &route.config;

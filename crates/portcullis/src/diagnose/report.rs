@@ -26,7 +26,7 @@ pub const STEPS: [&str; 15] = [
 /// The one step at which each reason fails. Exhaustive on purpose.
 pub fn step_for(reason: Reason) -> &'static str {
     match reason {
-        Reason::RouteNotFound | Reason::MethodNotAllowed => "route",
+        Reason::RouteNotFound | Reason::MethodNotAllowed | Reason::PathInvalid => "route",
         Reason::IpDenied => "client_ip",
         Reason::HeadersTooLarge | Reason::BodyTooLarge | Reason::Overloaded => "request",
         Reason::TokenMissing | Reason::RequestMalformed | Reason::TokenTooLarge => {
@@ -53,6 +53,9 @@ pub fn fix_for(reason: Reason) -> &'static str {
     match reason {
         Reason::RouteNotFound => {
             "no route matches this host and path: check the routes' match blocks"
+        }
+        Reason::PathInvalid => {
+            "send the path without `.`/`..` segments or percent-encoded `.`, `/` and `\\`"
         }
         Reason::MethodNotAllowed => {
             "add the method to the route's match.methods, or use an allowed one"
