@@ -276,3 +276,30 @@ async fn readyz_follows_the_authorization_server() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_disabled_token_cache_counts_nothing() {
+    let config = BASE_CONFIG.replace(
+        "logging: { access_log: false }",
+        "logging: { access_log: false }\ntoken_cache: { enabled: false }",
+    );
+    let env = TestEnv::start(&config).await;
+    let good = env.token("chat:write", json!({}));
+    for _ in 0..3 {
+        assert_eq!(env.get_with_token("/v1/chat/x", &good).await.status, 200);
+    }
+    let s = scrape(&env).await;
+    assert_eq!(
+        value(&s, "portcullis_token_cache_total", &[]),
+        0.0,
+        "no lookups, so no hits or misses"
+    );
+    assert_eq!(
+        value(
+            &s,
+            "portcullis_auth_decisions_total",
+            &[("outcome", "allow")]
+        ),
+        3.0
+    );
+}

@@ -92,8 +92,9 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
 }
 
 /// Verifies the header, the signature and the registered time claims of `token`.
+/// Consumes the token: its claims move into the result, they are not copied.
 pub fn verify(
-    token: &UnverifiedToken<'_>,
+    token: UnverifiedToken<'_>,
     rules: &IssuerRules,
     keys: &KeySnapshot,
     now: i64,
@@ -105,7 +106,7 @@ pub fn verify(
         rules,
         keys,
     )?;
-    check_claims(&token.claims, rules, now)
+    check_claims(token.claims, rules, now)
 }
 
 /// The JWS layer: header checks, key selection and the signature itself. Used by
@@ -206,8 +207,10 @@ fn key_unknown(kid: Option<&str>, keys: &KeySnapshot) -> Rejection {
     Rejection::new(Reason::KeyUnknown, detail)
 }
 
-fn check_claims(
-    claims: &Map<String, Value>,
+/// The registered claims (`iss`, `exp`, `nbf`, `iat`, `aud` shape) of a token
+/// whose signature verified. Takes the claims by value: they become the result's.
+pub fn check_claims(
+    claims: Map<String, Value>,
     rules: &IssuerRules,
     now: i64,
 ) -> Result<VerifiedClaims, Rejection> {
@@ -276,8 +279,8 @@ fn check_claims(
         expires_at: exp,
         not_before: nbf,
         issued_at: iat,
-        scopes: read_scopes(claims, rules.scope_claim.as_deref()),
-        claims: claims.clone(),
+        scopes: read_scopes(&claims, rules.scope_claim.as_deref()),
+        claims,
     })
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use portcullis_jwks::KidLookup;
 use portcullis_metrics::{Metrics, TokenCacheEvent};
-use portcullis_policy::verify::{check_header, printable, verify};
+use portcullis_policy::verify::{check_claims, check_header, printable, verify_signature};
 use portcullis_policy::{Reason, Rejection, UnverifiedToken, VerifiedClaims, bearer, jws};
 
 use crate::runtime::{CompiledRoute, IssuerRuntime};
@@ -30,10 +30,13 @@ pub async fn authenticate(
     now: i64,
 ) -> Result<Authenticated, Rejection> {
     let token = extract_token(route, headers, query)?;
-    let key = token_key(token);
-    if let Some(claims) = cache.get(&key, |iss| {
-        route.issuers.get(iss).map(|i| Arc::clone(&i.keys))
-    }) {
+    // With the cache off there is nothing to hash for, and no hit or miss to count.
+    let key = cache.is_enabled().then(|| token_key(token));
+    if let Some(key) = &key
+        && let Some(claims) = cache.get(key, |iss| {
+            route.issuers.get(iss).map(|i| Arc::clone(&i.keys))
+        })
+    {
         metrics.token_cache(TokenCacheEvent::Hit, 1);
         let leeway = route
             .issuers
@@ -42,7 +45,9 @@ pub async fn authenticate(
         claims.check_time(now, leeway)?;
         return Ok(Authenticated { claims });
     }
-    metrics.token_cache(TokenCacheEvent::Miss, 1);
+    if key.is_some() {
+        metrics.token_cache(TokenCacheEvent::Miss, 1);
+    }
     let unverified = jws::decode(token)?;
     let issuer = select_issuer(route, &unverified)?;
     if token.len() > issuer.config.max_token_bytes {
@@ -56,22 +61,24 @@ pub async fn authenticate(
             ),
         ));
     }
-    let (claims, generation) = verify_with_refresh(issuer, &unverified, now).await?;
+    let (claims, generation) = verify_with_refresh(issuer, unverified, now).await?;
     let claims = Arc::new(claims);
     if let Some(iat) = claims.issued_at {
         metrics.clock_offset(&issuer.config.rules.issuer, (now - iat) as f64);
     }
     // The entry records the key-set generation that verified it; a rotation makes
     // it stale.
-    let evicted = cache.insert(
-        key,
-        Arc::clone(&claims),
-        Arc::clone(&issuer.keys),
-        generation,
-        now,
-    );
-    if evicted > 0 {
-        metrics.token_cache(TokenCacheEvent::Eviction, evicted);
+    if let Some(key) = key {
+        let evicted = cache.insert(
+            key,
+            Arc::clone(&claims),
+            Arc::clone(&issuer.keys),
+            generation,
+            now,
+        );
+        if evicted > 0 {
+            metrics.token_cache(TokenCacheEvent::Eviction, evicted);
+        }
     }
     Ok(Authenticated { claims })
 }
@@ -131,16 +138,17 @@ fn select_issuer<'a>(
 }
 
 /// Verifies on the current snapshot; on a missing key set or an unknown kid, one
-/// single-flight refresh, then once more. Returns the claims and the key-set
-/// generation that verified them.
+/// single-flight refresh, then once more. The signature is checked by reference
+/// (a retry needs the token again), then the claims move into the result, never
+/// copied. Returns the claims and the key-set generation that verified them.
 pub async fn verify_with_refresh(
     issuer: &IssuerRuntime,
-    token: &UnverifiedToken<'_>,
+    token: UnverifiedToken<'_>,
     now: i64,
 ) -> Result<(VerifiedClaims, u64), Rejection> {
     let rules = &issuer.config.rules;
     // Header checks first, so `alg: none` or a foreign algorithm never costs a fetch.
-    check_header(token, rules)?;
+    check_header(&token, rules)?;
     let kid = token.header.kid.as_deref();
     let state = match issuer.keys.usable_state() {
         Some(s) => s,
@@ -152,19 +160,31 @@ pub async fn verify_with_refresh(
                 .ok_or_else(|| idp_unavailable(issuer))?
         }
     };
-    match verify(token, rules, &state.snapshot, now) {
+    let signature = |snapshot: &portcullis_policy::KeySnapshot| {
+        verify_signature(
+            &token.header,
+            token.signing_input,
+            &token.signature,
+            rules,
+            snapshot,
+        )
+    };
+    let generation = match signature(&state.snapshot) {
+        Ok(()) => state.generation,
         Err(r) if r.reason == Reason::KeyUnknown => match issuer.keys.refresh_for_kid(kid).await {
             KidLookup::Found => {
                 let fresh = issuer
                     .keys
                     .usable_state()
                     .ok_or_else(|| idp_unavailable(issuer))?;
-                verify(token, rules, &fresh.snapshot, now).map(|c| (c, fresh.generation))
+                signature(&fresh.snapshot)?;
+                fresh.generation
             }
-            KidLookup::Unknown => Err(r),
+            KidLookup::Unknown => return Err(r),
         },
-        other => other.map(|c| (c, state.generation)),
-    }
+        Err(r) => return Err(r),
+    };
+    Ok((check_claims(token.claims, rules, now)?, generation))
 }
 
 fn idp_unavailable(issuer: &IssuerRuntime) -> Rejection {

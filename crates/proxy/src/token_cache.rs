@@ -69,6 +69,11 @@ impl TokenCache {
         }
     }
 
+    /// Whether verified tokens are cached at all.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.map.len()
