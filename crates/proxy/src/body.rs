@@ -11,6 +11,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::pool::Checkin;
+
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -21,7 +23,62 @@ pub enum ProxyBody {
     /// Bytes the gateway wrote itself.
     Full(Full<Bytes>),
     /// The upstream's body, frame by frame.
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
+}
+
+/// An upstream response body; once read to its end, the connection it came on
+/// goes back to the pool. Dropped before its end, the connection is closed.
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+    finished: bool,
+}
+
+impl UpstreamBody {
+    /// Wraps a response body; `checkin` returns its connection when it is read.
+    pub fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
+        UpstreamBody {
+            inner,
+            checkin,
+            finished: false,
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if (self.finished || self.inner.is_end_stream())
+            && let Some(checkin) = self.checkin.take()
+        {
+            checkin.give_back();
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finished = true,
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A complete body.
@@ -35,7 +92,7 @@ pub fn empty() -> ProxyBody {
 }
 
 /// An upstream response body, streamed.
-pub fn streamed(body: Incoming) -> ProxyBody {
+pub fn streamed(body: UpstreamBody) -> ProxyBody {
     ProxyBody::Upstream(body)
 }
 

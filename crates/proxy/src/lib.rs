@@ -4,11 +4,13 @@
 
 pub mod authn;
 pub mod body;
+pub mod connect;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
 pub mod observe;
 pub mod pipeline;
+pub mod pool;
 pub mod reject;
 pub mod reload;
 pub mod route_table;

@@ -1,23 +1,27 @@
-//! Upstream pools: one pooled keep-alive client per upstream, round-robin over its
-//! targets, passive health (a target failing `max_failures` connects in a row is
-//! set aside for `cooldown`), timeouts, and retries only where safe.
+//! Upstream pools: keep-alive connections per target (see `pool.rs`), round-robin
+//! over the targets, passive health (a target failing `max_failures` connects in a
+//! row is set aside for `cooldown`), timeouts, and retries only where safe.
+//!
+//! Requests go straight to hyper's connection handles from the request's own task:
+//! no client-wide pool lock, no extra task per request to return a connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Target, UpstreamConfig};
 use portcullis_jwks::fetch::error_chain;
 use portcullis_metrics::{UpstreamErrorKind, UpstreamMetrics};
 use portcullis_policy::{Reason, Rejection};
 
-use crate::body::ForwardBody;
+use crate::body::{ForwardBody, UpstreamBody};
+use crate::connect::{ConnectError, Dialer, Sender};
+use crate::pool::{Checkin, TargetPool};
+
+/// Idle keep-alive connections kept per target at most.
+const MAX_IDLE_PER_TARGET: usize = 1024;
 
 /// Why a request to an upstream failed.
 #[derive(Debug)]
@@ -37,12 +41,22 @@ struct TargetState {
     failures: AtomicU32,
     /// Milliseconds since the pool's epoch until which the target is set aside.
     sidelined_until: AtomicU64,
+    /// Its keep-alive connections.
+    pool: TargetPool,
+}
+
+/// How one exchange with a target failed.
+enum ExchangeError {
+    /// No connection could be opened; nothing was sent.
+    Connect(ConnectError),
+    /// The request was (or may have been) sent and failed.
+    Failed(hyper::Error),
 }
 
 /// One upstream's client, targets and health.
 pub struct UpstreamPool {
     config: Arc<UpstreamConfig>,
-    client: Client<HttpsConnector<HttpConnector>, ForwardBody>,
+    dialer: Dialer,
     targets: Vec<TargetState>,
     next: AtomicUsize,
     epoch: Instant,
@@ -62,28 +76,7 @@ impl UpstreamPool {
     pub fn new(config: Arc<UpstreamConfig>, metrics: Arc<UpstreamMetrics>) -> Result<Self, String> {
         let tls = portcullis_jwks::tls::client_config(config.ca_pem.as_deref())
             .map_err(|e| e.to_string())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let https = if config.http2 {
-            builder.enable_http1().enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().wrap_connector(http)
-        };
-        let mut cb = Client::builder(TokioExecutor::new());
-        cb.pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        if config.http2 && config.targets.iter().all(|t| !t.https) {
-            cb.http2_only(true);
-        }
-        let client = cb.build(https);
+        let dialer = Dialer::new(tls, config.http2, config.connect_timeout);
         let targets = config
             .targets
             .iter()
@@ -97,11 +90,12 @@ impl UpstreamPool {
                 target: t.clone(),
                 failures: AtomicU32::new(0),
                 sidelined_until: AtomicU64::new(0),
+                pool: TargetPool::new(MAX_IDLE_PER_TARGET, config.idle_timeout),
             })
             .collect();
         Ok(UpstreamPool {
             config,
-            client,
+            dialer,
             targets,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
@@ -169,13 +163,15 @@ impl UpstreamPool {
     /// another target after a connect failure (nothing was sent), and, when
     /// `retry_after_send` is set (idempotent method, `retry.idempotent: true`),
     /// after a reset too. A streamed body cannot be replayed, so it is never retried.
+    /// A pooled connection found closed before the request was written is simply
+    /// replaced; that is not a retry.
     pub async fn send(
         &self,
         mut request: Request<ForwardBody>,
         timeout: Duration,
         retry_after_send: bool,
         set_host: bool,
-    ) -> Result<(Response<Incoming>, Duration), UpstreamFailure> {
+    ) -> Result<(Response<UpstreamBody>, Duration), UpstreamFailure> {
         // A retry goes to another target, so with one target there is none.
         let attempts = if self.targets.len() > 1 {
             self.config.attempts.max(1)
@@ -195,31 +191,28 @@ impl UpstreamPool {
                 return Err(unreachable_failure("the upstream has no targets"));
             };
             let target = &state.target;
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(state.scheme.clone());
-            parts.authority = Some(target.authority.clone());
-            parts.path_and_query = Some(if target.base_path.is_empty() {
-                path_and_query.clone()
+            *request.uri_mut() = if target.base_path.is_empty() {
+                Uri::from(path_and_query.clone())
             } else {
                 format!("{}{}", target.base_path, path_and_query)
                     .parse()
                     .map_err(|_| unreachable_failure("cannot build the upstream URI"))?
-            });
-            *request.uri_mut() = Uri::from_parts(parts)
-                .map_err(|e| unreachable_failure(&format!("cannot build the upstream URI: {e}")))?;
-            if set_host && let Some(host) = &state.host {
+            };
+            if let Some(host) = &state.host
+                && (set_host || !request.headers().contains_key(http::header::HOST))
+            {
                 request
                     .headers_mut()
                     .insert(http::header::HOST, host.clone());
             }
-            // The request is consumed by the client; keep what a retry needs, only
+            // The request is consumed by the exchange; keep what a retry needs, only
             // when a retry can happen (a bodiless request, another target).
             let retry_copy = (attempt < attempts && request.body().is_end_stream_hint())
                 .then(|| clone_head(&request));
             let started = Instant::now();
-            let result = tokio::time::timeout(timeout, self.client.request(request)).await;
+            let result = tokio::time::timeout(timeout, self.exchange(state, request)).await;
             let elapsed = started.elapsed();
-            let error = match result {
+            let failure = match result {
                 Ok(Ok(response)) => {
                     self.record_success(index);
                     self.metrics.latency(elapsed.as_secs_f64());
@@ -239,9 +232,8 @@ impl UpstreamPool {
                         kind: UpstreamErrorKind::Timeout,
                     });
                 }
-                Ok(Err(e)) => e,
+                Ok(Err(e)) => classify(&e, &self.config.name, target.authority.as_str()),
             };
-            let failure = classify(&error, &self.config.name, target.authority.as_str());
             self.metrics.error(failure.kind);
             if failure.kind == UpstreamErrorKind::Connect {
                 self.record_connect_failure(index);
@@ -256,6 +248,89 @@ impl UpstreamPool {
                 _ => return Err(failure),
             }
         }
+    }
+
+    /// One request to one target: on a pooled connection when one is open, else on
+    /// a new one. Absolute-form URIs are only used for HTTP/2.
+    async fn exchange(
+        &self,
+        state: &TargetState,
+        mut request: Request<ForwardBody>,
+    ) -> Result<Response<UpstreamBody>, ExchangeError> {
+        while let Some(mut sender) = state.pool.take_http1() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(with_checkin(response, &state.pool, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Closed before the request was written: try the next connection.
+                    Some(unsent) => request = unsent,
+                    None => return Err(ExchangeError::Failed(e.into_error())),
+                },
+            }
+        }
+        if let Some(mut sender) = state.pool.take_http2() {
+            set_absolute(&mut request, state);
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response.map(|b| UpstreamBody::new(b, None))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(ExchangeError::Failed(e.into_error())),
+                },
+            }
+        }
+        match self
+            .dialer
+            .dial(&state.target)
+            .await
+            .map_err(ExchangeError::Connect)?
+        {
+            Sender::Http1(mut sender) => {
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(ExchangeError::Failed)?;
+                Ok(with_checkin(response, &state.pool, sender))
+            }
+            Sender::Http2(mut sender) => {
+                state.pool.share_http2(sender.clone());
+                set_absolute(&mut request, state);
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(ExchangeError::Failed)?;
+                Ok(response.map(|b| UpstreamBody::new(b, None)))
+            }
+        }
+    }
+
+    /// Idle keep-alive connections of the target at `index` (for tests).
+    pub fn idle_connections(&self, index: usize) -> usize {
+        self.targets.get(index).map_or(0, |t| t.pool.idle_count())
+    }
+}
+
+/// Attaches the connection's return to the pool to the response body; an upgraded
+/// connection (101) belongs to the tunnel and never returns.
+fn with_checkin(
+    response: Response<Incoming>,
+    pool: &TargetPool,
+    sender: hyper::client::conn::http1::SendRequest<ForwardBody>,
+) -> Response<UpstreamBody> {
+    let checkin: Option<Checkin> =
+        (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| pool.lend(sender));
+    response.map(|b| UpstreamBody::new(b, checkin))
+}
+
+/// HTTP/2 carries the scheme and authority as pseudo-headers, from the URI.
+fn set_absolute(request: &mut Request<ForwardBody>, state: &TargetState) {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(state.scheme.clone());
+    parts.authority = Some(state.target.authority.clone());
+    parts.path_and_query = request.uri().path_and_query().cloned();
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
     }
 }
 
@@ -276,33 +351,34 @@ fn unreachable_failure(detail: &str) -> UpstreamFailure {
     }
 }
 
-fn classify(
-    e: &hyper_util::client::legacy::Error,
-    upstream: &str,
-    target: &str,
-) -> UpstreamFailure {
+fn classify(e: &ExchangeError, upstream: &str, target: &str) -> UpstreamFailure {
+    let e = match e {
+        ExchangeError::Connect(e) => {
+            return UpstreamFailure {
+                rejection: Rejection::new(
+                    Reason::UpstreamUnreachable,
+                    format!("cannot connect to upstream {upstream} ({target}): {e}"),
+                ),
+                kind: UpstreamErrorKind::Connect,
+            };
+        }
+        ExchangeError::Failed(e) => e,
+    };
     let chain = error_chain(e);
-    if e.is_connect() {
-        return UpstreamFailure {
-            rejection: Rejection::new(
-                Reason::UpstreamUnreachable,
-                format!("cannot connect to upstream {upstream} ({target}): {chain}"),
-            ),
-            kind: UpstreamErrorKind::Connect,
-        };
-    }
-    let reset = chain.contains("reset")
+    let reset = e.is_incomplete_message()
+        || e.is_closed()
+        || e.is_canceled()
+        || chain.contains("reset")
         || chain.contains("closed")
-        || chain.contains("incomplete")
         || chain.contains("broken pipe");
-    let (kind, reason) = if reset {
-        (UpstreamErrorKind::Reset, Reason::UpstreamProtocolError)
+    let kind = if reset {
+        UpstreamErrorKind::Reset
     } else {
-        (UpstreamErrorKind::Protocol, Reason::UpstreamProtocolError)
+        UpstreamErrorKind::Protocol
     };
     UpstreamFailure {
         rejection: Rejection::new(
-            reason,
+            Reason::UpstreamProtocolError,
             format!("upstream {upstream} ({target}) failed: {chain}"),
         ),
         kind,
