@@ -84,9 +84,9 @@ impl TargetPool {
         }
     }
 
-    /// The most recently used idle HTTP/1.1 connection still open, if any.
-    pub fn take_http1(&self) -> Option<http1::SendRequest<ForwardBody>> {
-        let now = Instant::now();
+    /// The most recently used idle HTTP/1.1 connection still open and idle for
+    /// less than the idle timeout at `now`, if any.
+    pub fn take_http1(&self, now: Instant) -> Option<http1::SendRequest<ForwardBody>> {
         let shard = &self.shared.shards[shard_index(self.shared.shards.len())];
         let mut idle = lock(shard);
         while let Some(entry) = idle.pop() {

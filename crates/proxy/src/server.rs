@@ -181,7 +181,9 @@ async fn drive<I>(
     let gw = Arc::clone(gw);
     let svc = service_fn(move |req| {
         let gw = Arc::clone(&gw);
-        async move { Ok::<_, Infallible>(handle(&gw, info, req).await) }
+        // Boxed: hyper moves the service future into its dispatcher, and moving a
+        // pointer is cheaper than moving the whole request state machine.
+        Box::pin(async move { Ok::<_, Infallible>(handle(&gw, info, req).await) })
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);

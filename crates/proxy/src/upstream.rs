@@ -210,7 +210,7 @@ impl UpstreamPool {
             let retry_copy = (attempt < attempts && request.body().is_end_stream_hint())
                 .then(|| clone_head(&request));
             let started = Instant::now();
-            let result = tokio::time::timeout(timeout, self.exchange(state, request)).await;
+            let result = tokio::time::timeout(timeout, self.exchange(state, request, started)).await;
             let elapsed = started.elapsed();
             let failure = match result {
                 Ok(Ok(response)) => {
@@ -256,8 +256,9 @@ impl UpstreamPool {
         &self,
         state: &TargetState,
         mut request: Request<ForwardBody>,
+        now: Instant,
     ) -> Result<Response<UpstreamBody>, ExchangeError> {
-        while let Some(mut sender) = state.pool.take_http1() {
+        while let Some(mut sender) = state.pool.take_http1(now) {
             if sender.ready().await.is_err() {
                 continue;
             }
@@ -280,9 +281,9 @@ impl UpstreamPool {
                 },
             }
         }
-        match self
-            .dialer
-            .dial(&state.target)
+        // Boxed: the dial (DNS, TCP, TLS) is the rare path and its state is large;
+        // inline it would be carried, and moved, by every request.
+        match Box::pin(self.dialer.dial(&state.target))
             .await
             .map_err(ExchangeError::Connect)?
         {
