@@ -7,7 +7,7 @@
 #
 # It copies ../shared/bench to a scratch folder, runs its setup (Debian packages,
 # keys, tokens), builds Portcullis in release mode, starts two gateways pinned to
-# CPU 0 (port 19700 with the verified-token cache, 19701 without it, so that every
+# CPU 0 at the anchors' nice level (port 19700 with the verified-token cache, 19701 without it, so that every
 # request is verified), checks that both enforce (verify.sh), then runs the harness
 # at -c 1, -c 50, -c 256 and with --rotate, and writes the raw summaries to
 # $SCRATCH/portcullis-results.md. Needs a quiet machine; stops what it started.
@@ -36,7 +36,7 @@ trap cleanup EXIT
 start_gateway() { # port cache
   sed -e "s|@BENCH@|$scratch|g" -e "s|@PORT@|$1|g" -e "s|@CACHE@|$2|g" "$repo/benches/load/portcullis.yaml.in" > "portcullis-$1.yaml"
   "$bin" validate --config "portcullis-$1.yaml" >/dev/null
-  taskset -c 0 "$bin" run --no-watch --config "portcullis-$1.yaml" > "logs/portcullis-$1.log" 2>&1 &
+  nice -n "${NICE:--10}" taskset -c 0 "$bin" run --no-watch --config "portcullis-$1.yaml" > "logs/portcullis-$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "portcullis on :$1 did not start" >&2; exit 1

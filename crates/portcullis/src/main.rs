@@ -16,11 +16,6 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command, TokenCommand};
 
-// mimalloc for the many small, short-lived allocations of the request path. It was
-// measured only together with the other hot-path changes of BENCHMARKS.md, not alone.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run(cli.run)) {

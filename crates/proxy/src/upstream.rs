@@ -210,7 +210,8 @@ impl UpstreamPool {
             let retry_copy = (attempt < attempts && request.body().is_end_stream_hint())
                 .then(|| clone_head(&request));
             let started = Instant::now();
-            let result = tokio::time::timeout(timeout, self.exchange(state, request, started)).await;
+            let result =
+                tokio::time::timeout(timeout, self.exchange(state, request, started)).await;
             let elapsed = started.elapsed();
             let failure = match result {
                 Ok(Ok(response)) => {
