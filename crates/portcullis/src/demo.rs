@@ -12,7 +12,7 @@ use crate::run::{build_runtime, run, shutdown_signal};
 pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
     let config = portcullis_config::load(&args.config).map_err(|e| anyhow!("{e}"))?;
     crate::logging::init(&config.logging);
-    let runtime = build_runtime(config.workers)?;
+    let runtime = build_runtime()?;
     runtime.block_on(async {
         let auth = AuthServer::start(args.auth_address)
             .await

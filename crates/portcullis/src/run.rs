@@ -40,27 +40,26 @@ pub fn validate(path: &Path) -> ExitCode {
 pub fn main(path: &Path, watch: bool) -> anyhow::Result<()> {
     let config = portcullis_config::load(path).map_err(|e| anyhow!("{e}"))?;
     crate::logging::init(&config.logging);
-    let runtime = build_runtime(config.workers)?;
+    let runtime = build_runtime()?;
     runtime.block_on(run(path.to_path_buf(), config, watch, shutdown_signal()))
 }
 
-/// A Tokio runtime with `workers` threads (default: one per core). With one
-/// worker it is a `current_thread` runtime: no work-stealing scheduler to pay for,
-/// which is what a gateway pinned to one core wants.
-pub fn build_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    builder
+/// The main thread's runtime: the admin listener, reloads and key refreshes, and
+/// the traffic too when there is one worker. Traffic workers are threads of their
+/// own, each with a single-threaded runtime (see [`serve_on_workers`]): no
+/// work-stealing scheduler and no cross-core task hand-offs on the request path.
+pub fn build_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the Tokio runtime")
+}
+
+/// `workers`, or one per core.
+pub fn worker_count(configured: Option<usize>) -> usize {
+    configured
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
 }
 
 /// Runs the gateway until `shutdown` resolves.
@@ -75,6 +74,7 @@ pub async fn run(
         tracing::warn!("{w}");
     }
     let metrics = Metrics::new().map_err(|e| anyhow!("metrics: {e}"))?;
+    let workers = worker_count(config.workers);
     let listen = config.listen.clone();
     let admin_addr = config.admin;
     let gateway = Gateway::new(config, Arc::clone(&metrics)).map_err(|e| anyhow!(e))?;
@@ -84,8 +84,8 @@ pub async fn run(
         .map(portcullis_proxy::tls_acceptor)
         .transpose()
         .map_err(|e| anyhow!("TLS: {e}"))?;
-    let listener = TcpListener::bind(listen.address)
-        .await
+    // Bound before anything else starts, so a taken port fails the start at once.
+    let listeners = portcullis_proxy::bind_workers(listen.address, workers)
         .with_context(|| format!("cannot listen on {}", listen.address))?;
     let reloader = Reloader::new(path, Arc::clone(&gateway));
     let _watch = if watch {
@@ -109,10 +109,85 @@ pub async fn run(
     }
     #[cfg(unix)]
     tokio::spawn(reloader.clone().reload_on_sighup());
-    tracing::info!(address = %listen.address, tls = listen.tls.is_some(), "gateway listening");
-    portcullis_proxy::serve(gateway, listener, tls, shutdown).await;
+    tracing::info!(address = %listen.address, tls = listen.tls.is_some(), workers, "gateway listening");
+    let served = if workers == 1 {
+        serve_here(gateway, listeners, tls, shutdown).await
+    } else {
+        serve_on_workers(gateway, listeners, tls, shutdown).await
+    };
     let _ = admin_stop_tx.send(());
+    served?;
     tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// One worker: traffic on this thread's runtime.
+async fn serve_here(
+    gateway: Arc<Gateway>,
+    listeners: Vec<std::net::TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listener = listeners
+        .into_iter()
+        .next()
+        .context("no listening socket")?;
+    let listener = TcpListener::from_std(listener).context("cannot use the listening socket")?;
+    portcullis_proxy::serve(gateway, listener, tls, shutdown).await;
+    Ok(())
+}
+
+/// One thread per listener, each with a single-threaded runtime serving its own
+/// `SO_REUSEPORT` socket; the connection limit and everything in the gateway
+/// (routes, key caches, token cache, upstream pools) are shared. On `shutdown`
+/// every worker drains, and this returns once all have.
+pub async fn serve_on_workers(
+    gateway: Arc<Gateway>,
+    listeners: Vec<std::net::TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let slots = portcullis_proxy::connection_slots(&gateway);
+    // Dropping the sender (an early return) stops the workers already started.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut finished = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a worker runtime")?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let gateway = Arc::clone(&gateway);
+        let tls = tls.clone();
+        let slots = Arc::clone(&slots);
+        let mut stop = stop_rx.clone();
+        std::thread::Builder::new()
+            .name(format!("portcullis-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let stopped = async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            };
+                            portcullis_proxy::serve_worker(gateway, listener, tls, slots, stopped)
+                                .await;
+                        }
+                        Err(e) => {
+                            tracing::error!(worker = index, error = %e, "worker cannot use its listening socket")
+                        }
+                    }
+                });
+                let _ = done_tx.send(());
+            })
+            .context("cannot start a worker thread")?;
+        finished.push(done_rx);
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for done in finished {
+        let _ = done.await;
+    }
     Ok(())
 }
 

@@ -22,4 +22,4 @@ pub mod upstream;
 pub use gateway::{ApplyReport, Gateway};
 pub use pipeline::ConnInfo;
 pub use reload::Reloader;
-pub use server::{serve, tls_acceptor};
+pub use server::{bind_workers, connection_slots, serve, serve_worker, tls_acceptor};

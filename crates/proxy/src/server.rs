@@ -42,6 +42,38 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Listening sockets for `workers` workers on one address, with `SO_REUSEPORT` so
+/// the kernel spreads connections over them. Port 0 is resolved by the first
+/// socket and shared by the rest. Sockets are non-blocking, ready for Tokio.
+pub fn bind_workers(
+    address: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_reuseport(address)?;
+    let address = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers.max(1) {
+        listeners.push(bind_reuseport(address)?);
+    }
+    Ok(listeners)
+}
+
+fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own head buffer is larger than our limit, so an oversized head
@@ -71,9 +103,28 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let slots = connection_slots(&gateway);
+    serve_worker(gateway, listener, tls, slots, shutdown).await;
+}
+
+/// The connection limit (`limits.max_connections`), to share among workers.
+pub fn connection_slots(gateway: &Gateway) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        gateway.runtime().config.limits.max_connections,
+    ))
+}
+
+/// [`serve`] for one of several workers, each with its own listener on the same
+/// address; `slots` is the connection limit they share.
+pub async fn serve_worker(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    slots: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) {
     let limits = gateway.runtime().config.limits.clone();
     let builder = Arc::new(http_builder(&limits));
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = tokio_util_tracker::Tracker::default();
     tokio::pin!(shutdown);
