@@ -143,12 +143,12 @@ pub struct ForwardBody {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
-    exceeded: Arc<AtomicBool>,
+    exceeded: Option<Arc<AtomicBool>>,
 }
 
 impl ForwardBody {
-    /// Wraps a body; `exceeded` is set if the limit trips.
-    pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    /// Wraps a body; `exceeded`, when given, is set if the limit trips.
+    pub fn new(inner: Incoming, limit: u64, exceeded: Option<Arc<AtomicBool>>) -> Self {
         ForwardBody {
             inner: Some(inner),
             limit,
@@ -163,7 +163,7 @@ impl ForwardBody {
             inner: None,
             limit: 0,
             seen: 0,
-            exceeded: Arc::new(AtomicBool::new(false)),
+            exceeded: None,
         }
     }
 
@@ -190,7 +190,9 @@ impl Body for ForwardBody {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
-                        this.exceeded.store(true, Ordering::Release);
+                        if let Some(flag) = &this.exceeded {
+                            flag.store(true, Ordering::Release);
+                        }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
                             limit: this.limit,
                         }))));

@@ -23,8 +23,8 @@ pub struct ForwardContext<'a> {
     pub route: &'a CompiledRoute,
     /// Verified claims, when the route is protected and the token passed.
     pub claims: Option<&'a VerifiedClaims>,
-    /// The TCP peer.
-    pub peer: std::net::IpAddr,
+    /// The TCP peer's address, as a header value.
+    pub peer: &'a HeaderValue,
     /// Whether the downstream connection is TLS.
     pub https: bool,
     /// The request id.
@@ -78,37 +78,44 @@ pub async fn forward(
     }
 
     // A token accepted from the query is never forwarded.
-    let query = match (
-        parts.uri.query(),
-        route.protected().is_some_and(|p| p.query_token),
-    ) {
-        (Some(q), true) => {
-            Some(portcullis_policy::bearer::strip_query_token(q)).filter(|q| !q.is_empty())
-        }
-        (q, _) => q.map(str::to_owned),
+    let strip_query =
+        route.protected().is_some_and(|p| p.query_token) && parts.uri.query().is_some();
+    parts.uri = if route.config.rewrite.is_none() && !strip_query {
+        // The common case: the path goes upstream as it came, without a copy.
+        let pq = std::mem::take(&mut parts.uri).into_parts().path_and_query;
+        http::Uri::from(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
+    } else {
+        let query = match parts.uri.query() {
+            Some(q) if strip_query => {
+                Some(portcullis_policy::bearer::strip_query_token(q)).filter(|q| !q.is_empty())
+            }
+            q => q.map(str::to_owned),
+        };
+        let path_and_query = rewrite_path(
+            parts.uri.path(),
+            query.as_deref(),
+            route.config.rewrite.as_ref(),
+        );
+        http::Uri::builder()
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| {
+                Rejection::new(
+                    Reason::RequestMalformed,
+                    "the rewritten path is not a valid URI",
+                )
+            })?
     };
-    let path_and_query = rewrite_path(
-        parts.uri.path(),
-        query.as_deref(),
-        route.config.rewrite.as_ref(),
-    );
-    parts.uri = http::Uri::builder()
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| {
-            Rejection::new(
-                Reason::RequestMalformed,
-                "the rewritten path is not a valid URI",
-            )
-        })?;
     parts.version = if upstream_config.http2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
 
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let body = ForwardBody::new(body, route.config.max_body_bytes, Arc::clone(&exceeded));
+    // A body known to be empty cannot exceed the limit: no flag to allocate.
+    let exceeded =
+        (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicBool::new(false)));
+    let body = ForwardBody::new(body, route.config.max_body_bytes, exceeded.clone());
     let request = Request::from_parts(parts, body);
     let retry_after_send = upstream_config.retry_idempotent && is_idempotent(request.method());
     let timeout = route
@@ -121,7 +128,7 @@ pub async fn forward(
         .await;
     let (mut response, latency) = match sent {
         Ok(r) => r,
-        Err(_) if exceeded.load(Ordering::Acquire) => {
+        Err(_) if exceeded.as_ref().is_some_and(|e| e.load(Ordering::Acquire)) => {
             return Err(Rejection::new(
                 Reason::BodyTooLarge,
                 format!(

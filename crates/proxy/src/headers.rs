@@ -40,12 +40,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     {
         return;
     }
+    // Only names present are collected: `Connection: keep-alive` alone (the usual
+    // case) allocates nothing.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| headers.contains_key(*name))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .filter(|n| !(keep_upgrade && n == header::UPGRADE))
         .collect();
     for name in named {
@@ -133,17 +137,24 @@ pub fn strip_spoofed(headers: &mut HeaderMap, claim_headers: &[HeaderName], peer
 /// Appends the peer to `X-Forwarded-For` and sets `-Proto` / `-Host` when absent.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: std::net::IpAddr,
+    peer: &HeaderValue,
     https: bool,
     original_host: Option<&HeaderValue>,
 ) {
-    let peer_text = peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer_text}"),
-        _ => peer_text,
+    // `peer` is the client address already as a value: no formatting per request
+    // unless a prior chain must be extended.
+    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prior) if !prior.trim_ascii().is_empty() => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + peer.len());
+            joined.extend_from_slice(prior);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => Some(peer.clone()),
     };
     headers.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {

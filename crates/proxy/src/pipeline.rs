@@ -38,12 +38,28 @@ use crate::route_table::{Lookup, normalise_host};
 use crate::runtime::Runtime;
 
 /// The downstream connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub https: bool,
+    /// The peer's address as a header value for `X-Forwarded-For`, made once per
+    /// connection rather than once per request.
+    pub peer_value: HeaderValue,
+}
+
+impl ConnInfo {
+    /// The connection from `peer`.
+    pub fn new(peer: SocketAddr, https: bool) -> Self {
+        let peer_value = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            https,
+            peer_value,
+        }
+    }
 }
 
 /// Handles one request through every step; never fails.
@@ -215,7 +231,7 @@ async fn steps(
     let ctx = ForwardContext {
         route: &route,
         claims: claims.as_deref(),
-        peer,
+        peer: &conn.peer_value,
         https: conn.https,
         request_id,
     };

@@ -196,7 +196,7 @@ async fn serve_connection(
                 gw,
                 builder,
                 TokioIo::new(stream),
-                ConnInfo { peer, https: false },
+                ConnInfo::new(peer, false),
                 stop,
             )
             .await
@@ -208,7 +208,7 @@ async fn serve_connection(
                         gw,
                         builder,
                         TokioIo::new(tls_stream),
-                        ConnInfo { peer, https: true },
+                        ConnInfo::new(peer, true),
                         stop,
                     )
                     .await
@@ -230,8 +230,10 @@ async fn drive<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let gw = Arc::clone(gw);
+    let peer = info.peer;
     let svc = service_fn(move |req| {
         let gw = Arc::clone(&gw);
+        let info = info.clone();
         // Boxed: hyper moves the service future into its dispatcher, and moving a
         // pointer is cheaper than moving the whole request state machine.
         Box::pin(async move { Ok::<_, Infallible>(handle(&gw, info, req).await) })
@@ -241,7 +243,7 @@ async fn drive<I>(
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
-                tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
         () = async { let _ = stop.wait_for(|s| *s).await; } => {
