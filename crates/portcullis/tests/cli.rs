@@ -125,6 +125,46 @@ routes:
     )
 }
 
+/// Runs `portcullis run --no-watch` on `path` until `/r/x` on `port` answers 200.
+fn start_gateway(path: &Path, port: u16) -> std::process::Child {
+    let child = Command::new(BIN)
+        .args(["run", "--no-watch", "--config"])
+        .arg(path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the gateway", || {
+        get(port, "/r/x").is_some_and(|(s, _)| s == 200)
+    });
+    child
+}
+
+/// Sends `signal` (as `kill` names it, e.g. `-HUP`) to the child.
+fn send_signal(child: &std::process::Child, signal: &str) {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Sends SIGTERM and waits for the gateway to drain and exit 0.
+fn terminate_and_expect_clean_exit(child: &mut std::process::Child) {
+    send_signal(child, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit 0 after draining: {status:?}");
+}
+
 /// Serves `HTTP/1.1 200` echoing the request line's path, on a thread.
 fn echo_upstream() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -165,17 +205,7 @@ fn sighup_reloads_and_sigterm_drains() {
     let path = dir.path().join("gateway.yaml");
     let (port, admin, upstream) = (free_port(), free_port(), echo_upstream());
     std::fs::write(&path, config(port, admin, upstream, "/one")).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--no-watch", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the gateway", || {
-        get(port, "/r/x").is_some_and(|(s, _)| s == 200)
-    });
+    let mut child = start_gateway(&path, port);
     assert_eq!(get(port, "/r/x").unwrap().1, "/one/x");
     assert_eq!(get(admin, "/healthz").unwrap().0, 200);
 
@@ -183,14 +213,7 @@ fn sighup_reloads_and_sigterm_drains() {
     std::fs::write(&path, config(port, admin, upstream, "/two")).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(get(port, "/r/x").unwrap().1, "/one/x");
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_signal(&child, "-HUP");
     wait_for("the SIGHUP reload", || {
         get(port, "/r/x").is_some_and(|(_, b)| b == "/two/x")
     });
@@ -200,28 +223,11 @@ fn sighup_reloads_and_sigterm_drains() {
         "{metrics}"
     );
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "exit 0 after draining: {status:?}");
+    terminate_and_expect_clean_exit(&mut child);
 }
 
-/// Sends one keep-alive request on `s` and reads the reply head and body.
+/// Sends one keep-alive request on `s`; the reply's status, or `None` if the
+/// connection was closed instead.
 fn keep_alive_get(s: &mut TcpStream, path: &str) -> Option<u16> {
     write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
     let mut buf = [0u8; 4096];
@@ -247,17 +253,7 @@ fn workers_serve_one_port_and_share_the_connection_limit() {
         config(port, admin, upstream, "/w")
     );
     std::fs::write(&path, yaml).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--no-watch", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the gateway", || {
-        get(port, "/r/x").is_some_and(|(s, _)| s == 200)
-    });
+    let mut child = start_gateway(&path, port);
     // Four traffic threads, each with its own runtime and socket on the port.
     let workers = std::fs::read_dir(format!("/proc/{}/task", child.id()))
         .unwrap()
@@ -289,24 +285,5 @@ fn workers_serve_one_port_and_share_the_connection_limit() {
     assert_eq!(keep_alive_get(&mut extra, "/r/extra"), None);
     drop(held);
 
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "workers did not drain after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "exit 0 after draining: {status:?}");
+    terminate_and_expect_clean_exit(&mut child);
 }
