@@ -124,11 +124,6 @@ impl TargetPool {
             pool: Arc::downgrade(&self.shared),
         }
     }
-
-    /// The number of idle HTTP/1.1 connections (for tests and diagnostics).
-    pub fn idle_count(&self) -> usize {
-        self.shared.shards.iter().map(|s| lock(s).len()).sum()
-    }
 }
 
 impl Shared {

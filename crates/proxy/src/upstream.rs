@@ -306,11 +306,6 @@ impl UpstreamPool {
             }
         }
     }
-
-    /// Idle keep-alive connections of the target at `index` (for tests).
-    pub fn idle_connections(&self, index: usize) -> usize {
-        self.targets.get(index).map_or(0, |t| t.pool.idle_count())
-    }
 }
 
 /// Attaches the connection's return to the pool to the response body; an upgraded
