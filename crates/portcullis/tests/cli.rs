@@ -287,3 +287,30 @@ fn workers_serve_one_port_and_share_the_connection_limit() {
 
     terminate_and_expect_clean_exit(&mut child);
 }
+
+#[test]
+fn a_port_already_taken_fails_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for workers in [1, 4] {
+        let path = dir.path().join(format!("gateway-{workers}.yaml"));
+        let yaml = format!(
+            "workers: {workers}\n{}",
+            config(port, free_port(), free_port(), "/x")
+        );
+        std::fs::write(&path, yaml).unwrap();
+        let out = Command::new(BIN)
+            .args(["run", "--no-watch", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "workers {workers}: started anyway");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+            "workers {workers}: {stderr}"
+        );
+    }
+}

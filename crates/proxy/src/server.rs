@@ -42,23 +42,26 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Listening sockets for `workers` workers on one address, with `SO_REUSEPORT` so
-/// the kernel spreads connections over them. Port 0 is resolved by the first
-/// socket and shared by the rest. Sockets are non-blocking, ready for Tokio.
+/// Listening sockets for `workers` workers on one address. Several get
+/// `SO_REUSEPORT`, so the kernel spreads connections over them; a single one does
+/// not, so that a second process on the same port fails to start instead of
+/// silently sharing it. Port 0 is resolved by the first socket and shared by the
+/// rest. Sockets are non-blocking, ready for Tokio.
 pub fn bind_workers(
     address: SocketAddr,
     workers: usize,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let first = bind_reuseport(address)?;
+    let share = workers > 1;
+    let first = bind_listener(address, share)?;
     let address = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..workers.max(1) {
-        listeners.push(bind_reuseport(address)?);
+        listeners.push(bind_listener(address, share)?);
     }
     Ok(listeners)
 }
 
-fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn bind_listener(address: SocketAddr, share: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(address),
@@ -67,7 +70,9 @@ fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener>
     )?;
     socket.set_reuse_address(true)?;
     #[cfg(unix)]
-    socket.set_reuse_port(true)?;
+    if share {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;
