@@ -211,3 +211,39 @@ async fn connections_over_the_limit_are_closed() {
     );
     drop(first);
 }
+
+#[tokio::test]
+async fn http2_upstream_gets_the_host_as_authority_only() {
+    // h2c by prior knowledge to the demo upstream; with and without preserve_host.
+    for (preserve, expected_authority) in [(true, Some("api.example.test")), (false, None)] {
+        let (auth, upstream) = servers().await;
+        let target = upstream.url();
+        let yaml = format!(
+            r#"
+listen: {{ address: "127.0.0.1:0" }}
+admin: {{ enabled: false }}
+logging: {{ access_log: false }}
+upstreams:
+  u: {{ targets: ["{target}"], http2: true }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: u, public: true, preserve_host: {preserve} }}
+"#
+        );
+        let env = TestEnv::start_with(auth, upstream, &yaml).await;
+        let reply = env.get("/h2/x", &[("host", "api.example.test")]).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        let echo = reply.json();
+        assert_eq!(echo["version"], "HTTP/2.0");
+        // RFC 9113 §8.3.1: the host travels as :authority, never also as Host.
+        assert!(echo["headers"].get("host").is_none(), "{echo}");
+        let uri: http::Uri = echo["uri"].as_str().unwrap().parse().unwrap();
+        let authority = uri.authority().unwrap().as_str().to_owned();
+        let target_authority = target.trim_start_matches("http://");
+        assert_eq!(
+            authority,
+            expected_authority.unwrap_or(target_authority),
+            "preserve_host: {preserve}"
+        );
+        assert_eq!(uri.path(), "/h2/x");
+    }
+}

@@ -320,11 +320,19 @@ fn with_checkin(
     response.map(|b| UpstreamBody::new(b, checkin))
 }
 
-/// HTTP/2 carries the scheme and authority as pseudo-headers, from the URI.
+/// HTTP/2 carries the scheme and authority as pseudo-headers, from the URI, and
+/// the host as `:authority` rather than `Host` (RFC 9113 §8.3.1): the `Host` the
+/// request would have had (the target's, or the client's with `preserve_host`)
+/// becomes `:authority`, so the two can never disagree.
 fn set_absolute(request: &mut Request<ForwardBody>, state: &TargetState) {
+    let authority = request
+        .headers_mut()
+        .remove(http::header::HOST)
+        .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok())
+        .unwrap_or_else(|| state.target.authority.clone());
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(state.scheme.clone());
-    parts.authority = Some(state.target.authority.clone());
+    parts.authority = Some(authority);
     parts.path_and_query = request.uri().path_and_query().cloned();
     if let Ok(uri) = Uri::from_parts(parts) {
         *request.uri_mut() = uri;
