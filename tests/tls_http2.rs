@@ -247,3 +247,25 @@ routes:
         assert_eq!(uri.path(), "/h2/x");
     }
 }
+
+#[tokio::test]
+async fn concurrent_first_requests_share_one_http2_connection() {
+    let (auth, upstream) = servers().await;
+    let yaml =
+        public_config("", "{UPSTREAM}", ", http2: true").replace("{UPSTREAM}", &upstream.url());
+    let env = TestEnv::start_with(auth, upstream, &yaml).await;
+    // All arrive before any connection exists; one dials, the others wait for it.
+    let paths: Vec<String> = (0..20).map(|i| format!("/c/{i}")).collect();
+    let replies = futures_util::future::join_all(paths.iter().map(|p| env.get(p, &[]))).await;
+    let mut peers = std::collections::BTreeSet::new();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.json()["version"], "HTTP/2.0");
+        peers.insert(reply.json()["peer"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        peers.len(),
+        1,
+        "one upstream connection expected: {peers:?}"
+    );
+}

@@ -30,6 +30,10 @@ struct Shared {
     max_idle_per_shard: usize,
     idle_timeout: Duration,
     http2: Mutex<Option<http2::SendRequest<ForwardBody>>>,
+    /// Held by the one request that dials the shared HTTP/2 connection.
+    dialing_http2: tokio::sync::Mutex<()>,
+    /// A dial meant for HTTP/2 got HTTP/1.1 (ALPN): dial without taking turns.
+    http1_only: AtomicBool,
     sweeping: AtomicBool,
 }
 
@@ -79,6 +83,8 @@ impl TargetPool {
                 max_idle_per_shard: max_idle.div_ceil(shards).max(1),
                 idle_timeout,
                 http2: Mutex::new(None),
+                dialing_http2: tokio::sync::Mutex::new(()),
+                http1_only: AtomicBool::new(false),
                 sweeping: AtomicBool::new(false),
             }),
         }
@@ -110,6 +116,21 @@ impl TargetPool {
             }
             None => None,
         }
+    }
+
+    /// Waits for the turn to dial the shared HTTP/2 connection, so that requests
+    /// arriving together open one connection rather than one each; `None` once the
+    /// target has shown it answers HTTP/1.1 only.
+    pub async fn http2_dial_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.shared.http1_only.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.shared.dialing_http2.lock().await)
+    }
+
+    /// Records that a dial meant for HTTP/2 got HTTP/1.1.
+    pub fn note_http1_only(&self) {
+        self.shared.http1_only.store(true, Ordering::Relaxed);
     }
 
     /// Makes an HTTP/2 connection the shared one.

@@ -272,14 +272,26 @@ impl UpstreamPool {
                 },
             }
         }
-        if let Some(mut sender) = state.pool.take_http2() {
-            set_absolute(&mut request, state);
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(|b| UpstreamBody::new(b, None))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(ExchangeError::Failed(e.into_error())),
-                },
+        // HTTP/2: one shared connection. If there is none, one request dials it
+        // while the others wait for their turn and then find it.
+        let mut dial_turn = None;
+        loop {
+            if let Some(mut sender) = state.pool.take_http2() {
+                set_absolute(&mut request, state);
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(response.map(|b| UpstreamBody::new(b, None))),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => request = unsent,
+                        None => return Err(ExchangeError::Failed(e.into_error())),
+                    },
+                }
+            }
+            if dial_turn.is_some() || !self.config.http2 {
+                break;
+            }
+            match state.pool.http2_dial_turn().await {
+                Some(turn) => dial_turn = Some(turn),
+                None => break,
             }
         }
         // Boxed: the dial (DNS, TCP, TLS) is the rare path and its state is large;
@@ -289,6 +301,11 @@ impl UpstreamPool {
             .map_err(ExchangeError::Connect)?
         {
             Sender::Http1(mut sender) => {
+                if self.config.http2 {
+                    state.pool.note_http1_only();
+                }
+                drop(dial_turn);
+                set_origin_form(&mut request);
                 let response = sender
                     .send_request(request)
                     .await
@@ -297,6 +314,7 @@ impl UpstreamPool {
             }
             Sender::Http2(mut sender) => {
                 state.pool.share_http2(sender.clone());
+                drop(dial_turn);
                 set_absolute(&mut request, state);
                 let response = sender
                     .send_request(request)
@@ -325,10 +343,12 @@ fn with_checkin(
 /// request would have had (the target's, or the client's with `preserve_host`)
 /// becomes `:authority`, so the two can never disagree.
 fn set_absolute(request: &mut Request<ForwardBody>, state: &TargetState) {
+    // Idempotent: on a second call (a retry) the host is already in the URI.
     let authority = request
         .headers_mut()
         .remove(http::header::HOST)
         .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok())
+        .or_else(|| request.uri().authority().cloned())
         .unwrap_or_else(|| state.target.authority.clone());
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(state.scheme.clone());
@@ -337,6 +357,25 @@ fn set_absolute(request: &mut Request<ForwardBody>, state: &TargetState) {
     if let Ok(uri) = Uri::from_parts(parts) {
         *request.uri_mut() = uri;
     }
+}
+
+/// Undoes [`set_absolute`] for a request that ends up on HTTP/1.1 after all (an
+/// HTTP/2 connection lost before it was sent, then ALPN chose HTTP/1.1).
+fn set_origin_form(request: &mut Request<ForwardBody>) {
+    let Some(authority) = request.uri().authority().cloned() else {
+        return;
+    };
+    if !request.headers().contains_key(http::header::HOST)
+        && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *request.uri_mut() = Uri::from(path_and_query);
 }
 
 /// Copies a bodiless request's head for a retry.
