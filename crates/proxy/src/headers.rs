@@ -91,7 +91,8 @@ pub fn accept_or_mint_request_id(headers: &HeaderMap) -> HeaderValue {
     mint_request_id()
 }
 
-/// 128 random bits as 32 hex digits.
+/// 128 random bits as 32 hex digits. The value is owned by a shared buffer, so
+/// the copies for the upstream request and the response cost no allocation.
 pub fn mint_request_id() -> HeaderValue {
     let n: u128 = rand::random();
     let mut buf = [0u8; 32];
@@ -99,7 +100,8 @@ pub fn mint_request_id() -> HeaderValue {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Removes client copies of headers the gateway sets: every `x-portcullis-*`,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method, Request};
 use hyper::body::Incoming;
 use portcullis_config::{GatewayConfig, SubjectLogging};
-use portcullis_policy::{Reason, Rejection};
+use portcullis_policy::{Reason, Rejection, VerifiedClaims};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::Gateway;
@@ -46,8 +46,8 @@ pub struct Trace {
     pub rejection: Option<Rejection>,
     /// Time to upstream response headers.
     pub upstream_latency: Option<Duration>,
-    /// The token subject, for the access log.
-    pub subject: Option<String>,
+    /// The verified claims (shared, not copied), for the access log's subject.
+    pub claims: Option<Arc<VerifiedClaims>>,
     /// For 405: the methods allowed.
     pub allow: Option<String>,
 }
@@ -63,7 +63,7 @@ impl Trace {
             decision: Decision::NotEvaluated,
             rejection: None,
             upstream_latency: None,
-            subject: None,
+            claims: None,
             allow: None,
         }
     }
@@ -136,7 +136,8 @@ fn access_log(
         _ => "-",
     };
     let detail = trace.rejection.as_ref().map_or("", |r| r.detail.as_str());
-    let subject = match (config.logging.subject, &trace.subject) {
+    let sub = trace.claims.as_ref().and_then(|c| c.subject.as_ref());
+    let subject = match (config.logging.subject, sub) {
         (SubjectLogging::Plain, Some(s)) => s.clone(),
         (SubjectLogging::Hash, Some(s)) => hash_subject(s),
         _ => "-".to_owned(),

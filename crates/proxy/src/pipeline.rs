@@ -214,7 +214,7 @@ async fn steps(
             match (verdict, protected.mode) {
                 (Ok(claims), _) => {
                     trace.decision = Decision::Allowed;
-                    trace.subject = claims.subject.clone();
+                    trace.claims = Some(Arc::clone(&claims));
                     Some(claims)
                 }
                 (Err(rejection), AuthMode::Enforce) => return Err(rejection),
