@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use hyper::client::conn::{http1, http2};
 
 use crate::body::ForwardBody;
@@ -29,7 +30,8 @@ struct Shared {
     shards: Box<[Mutex<Vec<Idle>>]>,
     max_idle_per_shard: usize,
     idle_timeout: Duration,
-    http2: Mutex<Option<http2::SendRequest<ForwardBody>>>,
+    /// Read lock-free by every request to an HTTP/2 upstream.
+    http2: ArcSwapOption<http2::SendRequest<ForwardBody>>,
     /// Held by the one request that dials the shared HTTP/2 connection.
     dialing_http2: tokio::sync::Mutex<()>,
     /// A dial meant for HTTP/2 got HTTP/1.1 (ALPN): dial without taking turns.
@@ -82,7 +84,7 @@ impl TargetPool {
                 shards: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
                 max_idle_per_shard: max_idle.div_ceil(shards).max(1),
                 idle_timeout,
-                http2: Mutex::new(None),
+                http2: ArcSwapOption::empty(),
                 dialing_http2: tokio::sync::Mutex::new(()),
                 http1_only: AtomicBool::new(false),
                 sweeping: AtomicBool::new(false),
@@ -107,14 +109,10 @@ impl TargetPool {
 
     /// The shared HTTP/2 connection, if one is open.
     pub fn take_http2(&self) -> Option<http2::SendRequest<ForwardBody>> {
-        let mut slot = lock(&self.shared.http2);
-        match slot.as_ref() {
+        let shared = self.shared.http2.load();
+        match shared.as_deref() {
             Some(sender) if !sender.is_closed() => Some(sender.clone()),
-            Some(_) => {
-                *slot = None;
-                None
-            }
-            None => None,
+            _ => None,
         }
     }
 
@@ -135,7 +133,7 @@ impl TargetPool {
 
     /// Makes an HTTP/2 connection the shared one.
     pub fn share_http2(&self, sender: http2::SendRequest<ForwardBody>) {
-        *lock(&self.shared.http2) = Some(sender);
+        self.shared.http2.store(Some(Arc::new(sender)));
     }
 
     /// Lends an HTTP/1.1 connection to a request.

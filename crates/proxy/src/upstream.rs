@@ -275,23 +275,25 @@ impl UpstreamPool {
         // HTTP/2: one shared connection. If there is none, one request dials it
         // while the others wait for their turn and then find it.
         let mut dial_turn = None;
-        loop {
-            if let Some(mut sender) = state.pool.take_http2() {
-                set_absolute(&mut request, state);
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(response.map(|b| UpstreamBody::new(b, None))),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => request = unsent,
-                        None => return Err(ExchangeError::Failed(e.into_error())),
-                    },
+        if self.config.http2 {
+            loop {
+                if let Some(mut sender) = state.pool.take_http2() {
+                    set_absolute(&mut request, state);
+                    match sender.try_send_request(request).await {
+                        Ok(response) => return Ok(response.map(|b| UpstreamBody::new(b, None))),
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => request = unsent,
+                            None => return Err(ExchangeError::Failed(e.into_error())),
+                        },
+                    }
                 }
-            }
-            if dial_turn.is_some() || !self.config.http2 {
-                break;
-            }
-            match state.pool.http2_dial_turn().await {
-                Some(turn) => dial_turn = Some(turn),
-                None => break,
+                if dial_turn.is_some() {
+                    break;
+                }
+                match state.pool.http2_dial_turn().await {
+                    Some(turn) => dial_turn = Some(turn),
+                    None => break,
+                }
             }
         }
         // Boxed: the dial (DNS, TCP, TLS) is the rare path and its state is large;
