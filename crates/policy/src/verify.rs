@@ -123,18 +123,19 @@ pub fn verify_signature(
     let Some(key) = keys.select(kid) else {
         return Err(key_unknown(kid, keys));
     };
-    let key_name = printable(key.kid().unwrap_or("(no kid)"));
+    let key_name = || printable(key.kid().unwrap_or("(no kid)"));
     if !key.supports(alg) {
         return Err(Rejection::new(
             Reason::KeyUnknown,
-            format!("key {key_name} cannot verify {}", header.alg),
+            format!("key {} cannot verify {}", key_name(), header.alg),
         ));
     }
     if !key.verify(alg, signing_input.as_bytes(), signature) {
         return Err(Rejection::new(
             Reason::SignatureInvalid,
             format!(
-                "signature does not verify with key {key_name} ({})",
+                "signature does not verify with key {} ({})",
+                key_name(),
                 header.alg
             ),
         ));

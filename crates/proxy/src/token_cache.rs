@@ -135,17 +135,12 @@ impl TokenCache {
         if ttl.is_zero() {
             return 0;
         }
-        let mut evicted = 0;
         let max = self.max_entries.load(Ordering::Relaxed);
-        if self.map.len() >= max {
-            let before = self.map.len();
-            let now = Instant::now();
-            self.map.retain(|_, e| e.valid_until > now);
-            if self.map.len() >= max {
-                self.map.clear();
-            }
-            evicted = (before - self.map.len()) as u64;
-        }
+        let evicted = if self.map.len() >= max {
+            self.evict_batch(max)
+        } else {
+            0
+        };
         if max > 0 {
             self.map.insert(
                 key,
@@ -158,5 +153,189 @@ impl TokenCache {
             );
         }
         evicted
+    }
+
+    /// Makes room in a full cache by removing a small batch of entries (1/64 of the
+    /// bound, at least one): expired ones first, then whichever the scan meets. Keys
+    /// are SHA-256 digests, so the scan order is unrelated to age or popularity and
+    /// this is random eviction: a working set slightly larger than the cache keeps
+    /// most of its hits instead of losing all of them at once, and no insert pays
+    /// for dropping the whole cache.
+    fn evict_batch(&self, max: usize) -> u64 {
+        let batch = (max / EVICTION_BATCH_DIVISOR).max(1);
+        let scan = self
+            .map
+            .iter()
+            .take(batch * EVICTION_SCAN_FACTOR)
+            .map(|entry| (*entry.key(), entry.valid_until));
+        let victims = choose_victims(scan, batch, Instant::now());
+        victims
+            .iter()
+            .filter(|key| self.map.remove(*key).is_some())
+            .count() as u64
+    }
+}
+
+/// Picks up to `batch` keys to evict from the scanned `(key, valid_until)` pairs:
+/// every expired one first, then live ones in scan order.
+fn choose_victims(
+    scan: impl Iterator<Item = (TokenKey, Instant)>,
+    batch: usize,
+    now: Instant,
+) -> Vec<TokenKey> {
+    let mut victims = Vec::with_capacity(batch);
+    let mut live = Vec::with_capacity(batch);
+    for (key, valid_until) in scan {
+        if valid_until <= now {
+            victims.push(key);
+            if victims.len() == batch {
+                return victims;
+            }
+        } else if live.len() < batch {
+            live.push(key);
+        }
+    }
+    let room = batch - victims.len();
+    victims.extend(live.into_iter().take(room));
+    victims
+}
+
+/// A full cache evicts `max_entries / EVICTION_BATCH_DIVISOR` entries at a time.
+const EVICTION_BATCH_DIVISOR: usize = 64;
+/// How many entries per evicted one the eviction scan may look at for expired ones.
+const EVICTION_SCAN_FACTOR: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_jwks::{JwksSettings, KeySource, NoopObserver};
+    use portcullis_policy::Algorithm;
+
+    const FAR_FUTURE: i64 = 4_102_444_800;
+
+    fn issuer_keys() -> Arc<KeyCache> {
+        let cache = KeyCache::new(
+            "https://issuer.test/".to_owned(),
+            KeySource::Secret(b"a test secret of thirty-two bytes".to_vec()),
+            JwksSettings::default(),
+            vec![Algorithm::HS256],
+            Arc::new(NoopObserver),
+        );
+        Arc::new(cache.expect("a static secret always parses"))
+    }
+
+    fn claims(expires_at: i64) -> Arc<VerifiedClaims> {
+        Arc::new(VerifiedClaims {
+            issuer: Arc::from("https://issuer.test/"),
+            subject: None,
+            audiences: Vec::new(),
+            expires_at,
+            not_before: None,
+            issued_at: None,
+            scopes: Vec::new(),
+            claims: serde_json::Map::new(),
+        })
+    }
+
+    fn key(i: usize) -> TokenKey {
+        token_key(&format!("token-{i}"))
+    }
+
+    /// Inserts `count` distinct tokens; returns the evictions the inserts reported.
+    fn fill(cache: &TokenCache, keys: &Arc<KeyCache>, from: usize, count: usize) -> u64 {
+        let generation = keys.state().generation;
+        (from..from + count)
+            .map(|i| cache.insert(key(i), claims(FAR_FUTURE), Arc::clone(keys), generation, 0))
+            .sum()
+    }
+
+    fn hits(cache: &TokenCache, keys: &Arc<KeyCache>, range: std::ops::Range<usize>) -> usize {
+        range
+            .filter(|&i| cache.get(&key(i), |_| Some(Arc::clone(keys))).is_some())
+            .count()
+    }
+
+    #[test]
+    fn a_full_cache_evicts_a_small_batch_not_everything() {
+        let keys = issuer_keys();
+        let cache = TokenCache::new(true, 1_000, Duration::from_secs(300));
+        assert_eq!(fill(&cache, &keys, 0, 1_000), 0);
+        assert_eq!(cache.len(), 1_000);
+
+        let evicted = fill(&cache, &keys, 1_000, 1);
+        assert_eq!(evicted, 1_000 / EVICTION_BATCH_DIVISOR as u64);
+        assert_eq!(cache.len(), 1_000 - 1_000 / EVICTION_BATCH_DIVISOR + 1);
+        assert_eq!(
+            hits(&cache, &keys, 1_000..1_001),
+            1,
+            "the new entry is cached"
+        );
+        let survivors = hits(&cache, &keys, 0..1_000);
+        assert_eq!(survivors, 1_000 - 1_000 / EVICTION_BATCH_DIVISOR);
+    }
+
+    #[test]
+    fn the_bound_holds_under_churn_and_a_larger_working_set_keeps_most_hits() {
+        let keys = issuer_keys();
+        let cache = TokenCache::new(true, 1_000, Duration::from_secs(300));
+        let mut evicted = 0;
+        for pass in 0..5 {
+            evicted += fill(&cache, &keys, 0, 1_100);
+            assert!(cache.len() <= 1_000, "pass {pass}: {} entries", cache.len());
+        }
+        assert!(evicted > 0);
+        // 1,100 tokens in turn through room for 1,000: random eviction keeps most
+        // of them (clear-on-full kept at most the last 100 after every clear).
+        let kept = hits(&cache, &keys, 0..1_100);
+        assert!(kept >= 800, "only {kept} of 1,100 tokens still cached");
+    }
+
+    #[test]
+    fn expired_entries_are_chosen_before_live_ones() {
+        let now = Instant::now();
+        let live = now + Duration::from_secs(60);
+        let expired = now - Duration::from_secs(1);
+        let scan = [
+            (key(0), live),
+            (key(1), expired),
+            (key(2), live),
+            (key(3), expired),
+        ];
+        assert_eq!(
+            choose_victims(scan.into_iter(), 2, now),
+            [key(1), key(3)],
+            "both expired entries, though live ones came first"
+        );
+        assert_eq!(
+            choose_victims(scan.into_iter(), 3, now),
+            [key(1), key(3), key(0)],
+            "then live ones in scan order"
+        );
+        assert_eq!(choose_victims(scan.into_iter().take(1), 2, now), [key(0)]);
+    }
+
+    #[test]
+    fn a_full_cache_of_mostly_expired_entries_loses_only_expired_ones() {
+        let keys = issuer_keys();
+        let cache = TokenCache::new(true, 128, Duration::from_secs(300));
+        let generation = keys.state().generation;
+        fill(&cache, &keys, 0, 2);
+        // 126 entries whose lifetime ends one second after insertion.
+        for i in 2..128 {
+            cache.insert(key(i), claims(1), Arc::clone(&keys), generation, 0);
+        }
+        assert_eq!(cache.len(), 128);
+        std::thread::sleep(Duration::from_millis(1_100));
+        let evicted = fill(&cache, &keys, 1_000, 1);
+        assert_eq!(evicted, 2, "one batch: 128 / 64");
+        assert_eq!(hits(&cache, &keys, 0..2), 2, "no live entry was evicted");
+    }
+
+    #[test]
+    fn a_zero_bound_caches_nothing() {
+        let keys = issuer_keys();
+        let cache = TokenCache::new(true, 0, Duration::from_secs(300));
+        assert_eq!(fill(&cache, &keys, 0, 10), 0);
+        assert!(cache.is_empty());
     }
 }
