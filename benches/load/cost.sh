@@ -34,6 +34,7 @@ i=0
 for bin in "$@"; do
   port=$((19760 + i))
   sed -e "s|@BENCH@|$scratch|g" -e "s|@PORT@|$port|g" -e "s|@CACHE@|true|g" \
+    -e "s|@ENTRIES@|200000|g" -e "s|@ADMIN@|{ enabled: false }|g" \
     "$repo/benches/load/portcullis.yaml.in" > "cost-$port.yaml"
   nice -n -10 taskset -c 0 "$bin" run --no-watch --config "cost-$port.yaml" > "logs/cost-$port.log" 2>&1 &
   pids+=($!); ports+=("$port"); names+=("$bin"); i=$((i + 1))

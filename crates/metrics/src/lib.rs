@@ -12,5 +12,6 @@ pub mod recorder;
 pub use admin::{AdminHooks, BoxFuture, Readiness, ReloadHook, serve_admin};
 pub use families::Families;
 pub use recorder::{
-    Metrics, RouteMetrics, TokenCacheEvent, UpstreamErrorKind, UpstreamMetrics, unix_now,
+    IssuerMetrics, Metrics, RouteMetrics, TokenCacheEvent, UpstreamErrorKind, UpstreamMetrics,
+    unix_now,
 };

@@ -51,6 +51,18 @@ pub struct RouteMetrics {
     would_deny: Vec<OnceLock<IntCounter>>,
 }
 
+/// Handles of one issuer.
+pub struct IssuerMetrics {
+    clock_offset: Histogram,
+}
+
+impl IssuerMetrics {
+    /// The clock offset `now - iat` of a token of this issuer that was accepted.
+    pub fn clock_offset(&self, seconds: f64) {
+        self.clock_offset.observe(seconds);
+    }
+}
+
 /// Handles of one upstream.
 pub struct UpstreamMetrics {
     upstream: Arc<str>,
@@ -151,12 +163,12 @@ impl Metrics {
         self.token_cache[event as usize].inc_by(n);
     }
 
-    /// The clock offset `now - iat` of an accepted token.
-    pub fn clock_offset(&self, issuer: &str, seconds: f64) {
-        self.families
-            .clock_offset
-            .with_label_values(&[issuer])
-            .observe(seconds);
+    /// Resolves the handles of an issuer, labelled with its `iss` value (call when
+    /// a config is compiled).
+    pub fn issuer(&self, issuer: &str) -> IssuerMetrics {
+        IssuerMetrics {
+            clock_offset: self.families.clock_offset.with_label_values(&[issuer]),
+        }
     }
 
     /// A configuration load finished.

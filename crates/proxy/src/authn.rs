@@ -64,7 +64,7 @@ pub async fn authenticate(
     let (claims, generation) = verify_with_refresh(issuer, unverified, now).await?;
     let claims = Arc::new(claims);
     if let Some(iat) = claims.issued_at {
-        metrics.clock_offset(&issuer.config.rules.issuer, (now - iat) as f64);
+        issuer.metrics.clock_offset((now - iat) as f64);
     }
     // The entry records the key-set generation that verified it; a rotation makes
     // it stale.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::HeaderName;
 use portcullis_config::{GatewayConfig, IssuerConfig, ProtectedRoute, RouteAuth, RouteConfig};
 use portcullis_jwks::{JwksObserver, KeyCache};
-use portcullis_metrics::{Metrics, RouteMetrics};
+use portcullis_metrics::{IssuerMetrics, Metrics, RouteMetrics};
 
 use crate::route_table::RouteTable;
 use crate::upstream::UpstreamPool;
@@ -22,6 +22,8 @@ pub struct IssuerRuntime {
     pub config: Arc<IssuerConfig>,
     /// Its keys.
     pub keys: Arc<KeyCache>,
+    /// Its metric handles, resolved once.
+    pub metrics: IssuerMetrics,
 }
 
 /// A route ready for the request path.
@@ -109,6 +111,7 @@ impl Runtime {
                     Arc::new(IssuerRuntime {
                         config: Arc::clone(ic),
                         keys,
+                        metrics: metrics.issuer(&ic.rules.issuer),
                     })
                 }
             };
