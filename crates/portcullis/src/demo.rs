@@ -11,7 +11,7 @@ use crate::run::{build_runtime, run, shutdown_signal};
 /// Runs the demo until SIGINT/SIGTERM.
 pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
     let config = portcullis_config::load(&args.config).map_err(|e| anyhow!("{e}"))?;
-    crate::logging::init(&config.logging);
+    let _log_writer = crate::logging::init(&config.logging);
     let runtime = build_runtime()?;
     runtime.block_on(async {
         let auth = AuthServer::start(args.auth_address)

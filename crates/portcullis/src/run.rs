@@ -39,7 +39,7 @@ pub fn validate(path: &Path) -> ExitCode {
 /// `portcullis run`.
 pub fn main(path: &Path, watch: bool) -> anyhow::Result<()> {
     let config = portcullis_config::load(path).map_err(|e| anyhow!("{e}"))?;
-    crate::logging::init(&config.logging);
+    let _log_writer = crate::logging::init(&config.logging);
     let runtime = build_runtime()?;
     runtime.block_on(run(path.to_path_buf(), config, watch, shutdown_signal()))
 }
