@@ -157,8 +157,8 @@ impl TokenCache {
     }
 
     /// Makes room in a full cache: first every expired entry goes, then, if the
-    /// cache is still full, each live entry with probability `batch / len`, where
-    /// the batch is 1/64 of the bound. That is uniform random eviction: a working
+    /// cache is still full, each live entry with probability `(len - bound +
+    /// batch) / len`, where the batch is 1/64 of the bound. That is uniform random eviction: a working
     /// set a little larger than the cache keeps most of its hits (an LRU or FIFO
     /// cache cycling through it would keep none), and no insert pays for dropping
     /// the whole cache. A pass visits every entry, once per batch of inserts, and
@@ -169,8 +169,14 @@ impl TokenCache {
         self.map.retain(|_, e| e.valid_until > now);
         let batch = (max / EVICTION_BATCH_DIVISOR).max(1);
         let mut rng = rand::rng();
-        while self.map.len() >= max && !self.map.is_empty() {
-            let share = (batch as f64 / self.map.len() as f64).min(1.0);
+        loop {
+            let len = self.map.len();
+            if len < max || len == 0 {
+                break;
+            }
+            // Down to a batch below the bound: one pass, also after a reload
+            // lowered the bound far below the entries held.
+            let share = ((len - max + batch) as f64 / len as f64).min(1.0);
             self.map.retain(|_, _| !rng.random_bool(share));
         }
         before.saturating_sub(self.map.len()) as u64
@@ -283,6 +289,22 @@ mod tests {
         assert_eq!(evicted, 126, "every expired entry, and only those");
         assert_eq!(hits(&cache, &keys, 0..2), 2, "no live entry was evicted");
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn a_lowered_bound_is_reached_at_the_next_insert() {
+        let keys = issuer_keys();
+        let cache = TokenCache::new(true, 10_000, Duration::from_secs(300));
+        fill(&cache, &keys, 0, 10_000);
+        cache.configure(true, 1_000, Duration::from_secs(300));
+        let evicted = fill(&cache, &keys, 20_000, 1);
+        assert!(cache.len() <= 1_000, "{} entries", cache.len());
+        assert!(
+            cache.len() > 900,
+            "{} entries: far more evicted than needed",
+            cache.len()
+        );
+        assert_eq!(evicted as usize, 10_000 + 1 - cache.len());
     }
 
     #[test]
