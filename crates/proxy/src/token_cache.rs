@@ -299,11 +299,9 @@ mod tests {
         cache.configure(true, 1_000, Duration::from_secs(300));
         let evicted = fill(&cache, &keys, 20_000, 1);
         assert!(cache.len() <= 1_000, "{} entries", cache.len());
-        assert!(
-            cache.len() > 900,
-            "{} entries: far more evicted than needed",
-            cache.len()
-        );
+        // About 985 stay (standard deviation 30); 800 or fewer would mean far
+        // more was evicted than needed.
+        assert!(cache.len() > 800, "only {} entries left", cache.len());
         assert_eq!(evicted as usize, 10_000 + 1 - cache.len());
     }
 
