@@ -1,5 +1,6 @@
 //! The `portcullis` binary itself: `validate` on good and broken files, and a
-//! running gateway that reloads on SIGHUP and drains on SIGTERM.
+//! running gateway that reloads on SIGHUP, drains on SIGTERM and writes every
+//! access log line before it exits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
@@ -127,12 +128,22 @@ routes:
 
 /// Runs `portcullis run --no-watch` on `path` until `/r/x` on `port` answers 200.
 fn start_gateway(path: &Path, port: u16) -> std::process::Child {
+    start_gateway_logging_to(path, port, Stdio::null(), "warn")
+}
+
+/// As [`start_gateway`], with stderr going to `stderr` at log level `level`.
+fn start_gateway_logging_to(
+    path: &Path,
+    port: u16,
+    stderr: Stdio,
+    level: &str,
+) -> std::process::Child {
     let child = Command::new(BIN)
         .args(["run", "--no-watch", "--config"])
         .arg(path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     wait_for("the gateway", || {
@@ -313,4 +324,54 @@ fn a_port_already_taken_fails_the_start() {
             "workers {workers}: {stderr}"
         );
     }
+}
+
+/// The access log goes through a writer thread: every request still gets its line,
+/// and the lines still queued are written out when SIGTERM ends the process.
+#[cfg(unix)]
+#[test]
+fn every_request_gets_an_access_log_line_and_none_is_lost_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let (port, admin, upstream) = (free_port(), free_port(), echo_upstream());
+    let logged = format!(
+        "{}logging: {{ format: json, access_log: true }}\n",
+        config(port, admin, upstream, "/one")
+    );
+    std::fs::write(&path, logged).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut child = start_gateway_logging_to(&path, port, log_file.into(), "info");
+
+    let (served, unrouted) = (200, 100);
+    for i in 0..served {
+        assert_eq!(get(port, &format!("/r/{i}")).unwrap().0, 200);
+    }
+    for _ in 0..unrouted {
+        assert_eq!(get(port, "/elsewhere").unwrap().0, 404);
+    }
+    terminate_and_expect_clean_exit(&mut child);
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let access: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["target"] == "portcullis::access")
+        .collect();
+    let status_count = |status: u64| access.iter().filter(|v| v["status"] == status).count();
+    // One 200 more: the request start_gateway waits on.
+    assert_eq!(status_count(200), served + 1, "{text}");
+    assert_eq!(status_count(404), unrouted, "{text}");
+    assert_eq!(access.len(), served + 1 + unrouted);
+    assert!(
+        access
+            .iter()
+            .all(|v| v["request_id"].as_str().is_some_and(|id| id.len() > 8))
+    );
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.contains("gateway stopped")),
+        "{text}"
+    );
 }
