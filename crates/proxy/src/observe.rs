@@ -162,7 +162,26 @@ fn access_log(
 
 /// `sha256:` and the first 16 hex digits of the subject's SHA-256.
 pub fn hash_subject(subject: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(subject.as_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    let mut out = String::with_capacity(7 + 16);
+    out.push_str("sha256:");
+    for byte in &digest[..8] {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hashed_subject_is_the_first_16_hex_digits_of_its_sha256() {
+        // `printf client-0 | sha256sum` starts with 16c2885525297d11.
+        assert_eq!(hash_subject("client-0"), "sha256:16c2885525297d11");
+        assert_eq!(hash_subject("client-0").len(), 23);
+        assert_ne!(hash_subject("client-0"), hash_subject("client-1"));
+    }
 }
