@@ -161,6 +161,10 @@ async fn counters_move_exactly_per_reason() {
         value(&s, "portcullis_token_cache_total", &[("result", "hit")]),
         2.0
     );
+    // Cached: the good token and the one lacking the scope (its signature and
+    // time are fine; scopes are a route rule, checked on every request). The
+    // expired one is not.
+    assert_eq!(value(&s, "portcullis_token_cache_entries", &[]), 2.0);
     assert_eq!(
         value(&s, "portcullis_jwks_fetches_total", &[("outcome", "ok")]),
         1.0

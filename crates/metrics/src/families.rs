@@ -54,6 +54,8 @@ pub struct Families {
     pub config_reloads: IntCounterVec,
     /// `portcullis_config_last_reload_success_timestamp_seconds`.
     pub config_last_success: Gauge,
+    /// `portcullis_token_cache_entries`, refreshed at scrape time.
+    pub token_cache_entries: IntGauge,
     /// `portcullis_open_connections`.
     pub open_connections: IntGauge,
     /// `portcullis_in_flight_requests`.
@@ -126,6 +128,11 @@ impl Families {
         let in_flight =
             IntGauge::new("portcullis_in_flight_requests", "Requests being processed.")?;
         r.register(Box::new(in_flight.clone()))?;
+        let token_cache_entries = IntGauge::new(
+            "portcullis_token_cache_entries",
+            "Verified tokens held by the token cache (read at scrape time).",
+        )?;
+        r.register(Box::new(token_cache_entries.clone()))?;
         let config_last_success = Gauge::new(
             "portcullis_config_last_reload_success_timestamp_seconds",
             "Unix time of the last configuration load that succeeded.",
@@ -246,6 +253,7 @@ impl Families {
                 &["version"],
             )?,
             config_last_success,
+            token_cache_entries,
             open_connections,
             in_flight,
             rejected_connections,
@@ -269,6 +277,7 @@ impl Families {
             &fams.jwks_skipped,
             &fams.config_reloads,
             &fams.config_last_success,
+            &fams.token_cache_entries,
             &fams.open_connections,
             &fams.in_flight,
             &fams.build_info,

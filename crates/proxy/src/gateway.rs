@@ -201,10 +201,13 @@ impl Gateway {
         }
     }
 
-    /// Refreshes gauges computed at scrape time (key age and status per issuer).
+    /// Refreshes gauges computed at scrape time (key age and status per issuer,
+    /// token cache size).
     pub fn update_scrape_gauges(&self) {
         let rt = self.runtime();
         let f = self.metrics.families();
+        f.token_cache_entries
+            .set(i64::try_from(self.token_cache.len()).unwrap_or(i64::MAX));
         let now = Instant::now();
         for issuer in rt.issuers.values() {
             let label = issuer.config.rules.issuer.as_str();
