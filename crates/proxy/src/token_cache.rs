@@ -274,6 +274,28 @@ mod tests {
     }
 
     #[test]
+    fn requests_cycling_through_more_tokens_than_fit_still_hit_mostly() {
+        let keys = issuer_keys();
+        let cache = TokenCache::new(true, 1_000, Duration::from_secs(300));
+        let generation = keys.state().generation;
+        let mut hit_count = 0;
+        // Five passes of 1,100 requests, each token in turn, as a gateway would:
+        // look up, and verify and insert on a miss. An LRU or FIFO cache would miss
+        // every one of them after the first pass.
+        for pass in 0..5 {
+            for i in 0..1_100 {
+                if cache.get(&key(i), |_| Some(Arc::clone(&keys))).is_some() {
+                    hit_count += usize::from(pass > 0);
+                } else {
+                    cache.insert(key(i), claims(FAR_FUTURE), Arc::clone(&keys), generation, 0);
+                }
+            }
+        }
+        let rate = hit_count as f64 / 4_400.0;
+        assert!(rate > 0.6, "hit rate {rate:.3}");
+    }
+
+    #[test]
     fn a_full_cache_of_mostly_expired_entries_loses_only_expired_ones() {
         let keys = issuer_keys();
         let cache = TokenCache::new(true, 128, Duration::from_secs(300));
