@@ -126,6 +126,40 @@ routes:
     )
 }
 
+/// A gateway.yaml in a temporary folder: `extra` top-level keys, then [`config`]
+/// with fresh ports and an echo upstream of its own.
+struct GatewayFile {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    port: u16,
+    admin: u16,
+    upstream: u16,
+}
+
+impl GatewayFile {
+    fn new(extra: &str, prefix: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let file = GatewayFile {
+            path: dir.path().join("gateway.yaml"),
+            _dir: dir,
+            port: free_port(),
+            admin: free_port(),
+            upstream: echo_upstream(),
+        };
+        file.write(extra, prefix);
+        file
+    }
+
+    /// Replaces the file's contents (the ports stay).
+    fn write(&self, extra: &str, prefix: &str) {
+        let yaml = format!(
+            "{extra}{}",
+            config(self.port, self.admin, self.upstream, prefix)
+        );
+        std::fs::write(&self.path, yaml).unwrap();
+    }
+}
+
 /// Runs `portcullis run --no-watch` on `path` until `/r/x` on `port` answers 200.
 fn start_gateway(path: &Path, port: u16) -> std::process::Child {
     start_gateway_logging_to(path, port, Stdio::null(), "warn")
@@ -212,16 +246,14 @@ fn echo_upstream() -> u16 {
 #[cfg(unix)]
 #[test]
 fn sighup_reloads_and_sigterm_drains() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    let (port, admin, upstream) = (free_port(), free_port(), echo_upstream());
-    std::fs::write(&path, config(port, admin, upstream, "/one")).unwrap();
-    let mut child = start_gateway(&path, port);
+    let file = GatewayFile::new("", "/one");
+    let (port, admin) = (file.port, file.admin);
+    let mut child = start_gateway(&file.path, port);
     assert_eq!(get(port, "/r/x").unwrap().1, "/one/x");
     assert_eq!(get(admin, "/healthz").unwrap().0, 200);
 
     // Without the watch, an edit changes nothing until SIGHUP.
-    std::fs::write(&path, config(port, admin, upstream, "/two")).unwrap();
+    file.write("", "/two");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(get(port, "/r/x").unwrap().1, "/one/x");
     send_signal(&child, "-HUP");
@@ -256,15 +288,9 @@ fn keep_alive_get(s: &mut TcpStream, path: &str) -> Option<u16> {
 #[cfg(target_os = "linux")]
 #[test]
 fn workers_serve_one_port_and_share_the_connection_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    let (port, admin, upstream) = (free_port(), free_port(), echo_upstream());
-    let yaml = format!(
-        "workers: 4\nlimits: {{ max_connections: 3 }}\n{}",
-        config(port, admin, upstream, "/w")
-    );
-    std::fs::write(&path, yaml).unwrap();
-    let mut child = start_gateway(&path, port);
+    let file = GatewayFile::new("workers: 4\nlimits: { max_connections: 3 }\n", "/w");
+    let (port, admin) = (file.port, file.admin);
+    let mut child = start_gateway(&file.path, port);
     // Four traffic threads, each with its own runtime and socket on the port.
     let workers = std::fs::read_dir(format!("/proc/{}/task", child.id()))
         .unwrap()
@@ -331,17 +357,11 @@ fn a_port_already_taken_fails_the_start() {
 #[cfg(unix)]
 #[test]
 fn every_request_gets_an_access_log_line_and_none_is_lost_at_exit() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    let (port, admin, upstream) = (free_port(), free_port(), echo_upstream());
-    let logged = format!(
-        "{}logging: {{ format: json, access_log: true }}\n",
-        config(port, admin, upstream, "/one")
-    );
-    std::fs::write(&path, logged).unwrap();
-    let log_path = dir.path().join("stderr.log");
+    let file = GatewayFile::new("logging: { format: json, access_log: true }\n", "/one");
+    let port = file.port;
+    let log_path = file.path.with_file_name("stderr.log");
     let log_file = std::fs::File::create(&log_path).unwrap();
-    let mut child = start_gateway_logging_to(&path, port, log_file.into(), "info");
+    let mut child = start_gateway_logging_to(&file.path, port, log_file.into(), "info");
 
     let (served, unrouted) = (200, 100);
     for i in 0..served {
