@@ -96,12 +96,19 @@ pub fn accept_or_mint_request_id(headers: &HeaderMap) -> HeaderValue {
 pub fn mint_request_id() -> HeaderValue {
     let n: u128 = rand::random();
     let mut buf = [0u8; 32];
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
-    }
+    hex_into(&n.to_be_bytes(), &mut buf);
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
         .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Writes `bytes` as lower-case hex into `out`, two digits a byte; stops at the
+/// shorter of the two.
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
 }
 
 /// Removes client copies of headers the gateway sets: every `x-portcullis-*`,
@@ -204,6 +211,13 @@ mod tests {
         );
         let minted = accept_or_mint_request_id(&h);
         assert_eq!(minted.len(), 32);
+        assert!(
+            minted
+                .as_bytes()
+                .iter()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{minted:?}"
+        );
         assert_ne!(mint_request_id(), mint_request_id());
     }
 

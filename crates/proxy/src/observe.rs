@@ -162,14 +162,12 @@ fn access_log(
 
 /// `sha256:` and the first 16 hex digits of the subject's SHA-256.
 pub fn hash_subject(subject: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(subject.as_bytes());
-    let mut out = String::with_capacity(7 + 16);
+    let mut hex = [0u8; 16];
+    crate::headers::hex_into(&digest[..8], &mut hex);
+    let mut out = String::with_capacity(7 + hex.len());
     out.push_str("sha256:");
-    for byte in &digest[..8] {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
+    out.extend(hex.iter().map(|&b| char::from(b)));
     out
 }
 
