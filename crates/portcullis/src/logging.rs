@@ -2,8 +2,8 @@
 //! text or JSON lines, written to stderr by a writer thread.
 //!
 //! Request threads only format a line and hand it over a channel; the writer
-//! thread batches whatever has queued into one `write` to stderr. So the access log
-//! costs no system call and no lock on stderr per request. No line is dropped:
+//! thread batches whatever has queued into one `write` to stderr. So a request's
+//! access log line costs no `write` and no lock on stderr. No line is dropped:
 //! when the writer falls [`QUEUED_LINES`] behind, logging waits for it.
 
 use std::io::BufWriter;
