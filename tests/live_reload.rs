@@ -227,3 +227,81 @@ async fn kubernetes_configmap_symlink_swap() {
     let s = start(dir.path(), root.join("gateway.yaml"), write).await;
     run_edits(&s, write).await;
 }
+
+/// A log file (or an editor's swap file, or a sidecar) written continuously next
+/// to gateway.yaml must not postpone reloads: only events that name the
+/// configuration file count, and a reload is never put off past a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_sibling_file_does_not_starve_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let s = start(dir.path(), path.clone(), |text| {
+        std::fs::write(&path, text).unwrap()
+    })
+    .await;
+    let env = &s.env;
+    let (issuer, up) = (env.auth.issuer().to_owned(), env.upstream.url());
+
+    // The sibling: appended to every 10 ms, far more often than the debounce's
+    // quiet time, for as long as the test runs (a plain thread, stopped when the
+    // guard drops, so a failing assertion cannot leave it running).
+    let sibling = BusySibling::start(dir.path().join("portcullis.log"));
+
+    for i in 1..=5 {
+        // Plain in-place writes, as an operator's `cat > gateway.yaml` would.
+        std::fs::write(&path, version(i, &issuer, &up)).unwrap();
+        let want = format!("/v{i}/x");
+        until(
+            &format!("edit {i} live while the sibling is written"),
+            async || env.get("/r/x", &[]).await.json()["uri"] == want.as_str(),
+        )
+        .await;
+    }
+    let lines = sibling.stop();
+    assert!(
+        lines > 50,
+        "the sibling was written throughout: {lines} lines"
+    );
+    assert_eq!(reloads(env, "failure"), 0, "no edit was read half-written");
+}
+
+/// A file appended to every 10 ms by a thread of its own until stopped or dropped.
+struct BusySibling {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl BusySibling {
+    fn start(path: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path).unwrap();
+            let mut lines = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                writeln!(f, "access line {lines}").unwrap();
+                f.flush().unwrap();
+                lines += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            lines
+        });
+        BusySibling {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the writer; the number of lines it wrote.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+impl Drop for BusySibling {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -2,19 +2,36 @@
 //! write-then-rename and Kubernetes ConfigMap `..data` symlink swaps), on SIGHUP
 //! and on `POST /-/reload`. A new file is validated fully beside the live one and
 //! swapped in atomically, or refused with every problem while the old one stays.
+//!
+//! Only events that name the configuration file itself (or the `..data` link a
+//! Kubernetes volume swaps) count: a log file or an editor's swap file written
+//! next to it is ignored, and a change is applied at most [`MAX_DELAY`] after it
+//! happened even while relevant events keep coming.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use portcullis_metrics::{BoxFuture, ReloadHook};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
 
 use crate::gateway::Gateway;
 
-/// Quiet time after the last file event before a reload.
+/// Quiet time after the last relevant file event before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The longest a reload waits after the first relevant event of a burst, however
+/// many follow.
+pub const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// The name Kubernetes gives the symlink it swaps when a ConfigMap or Secret
+/// volume is updated (`file -> ..data/file`, `..data -> ..<timestamp>`).
+const KUBERNETES_DATA_LINK: &str = "..data";
 
 /// Reloads one configuration file into a gateway.
 #[derive(Clone)]
@@ -110,13 +127,17 @@ impl Reloader {
     }
 
     /// Watches the file's folder (not the file: editors and Kubernetes replace it)
-    /// and reloads after [`DEBOUNCE`] of quiet. The watch lasts as long as the
-    /// returned guard.
+    /// and reloads once the events that concern the file have been quiet for
+    /// [`DEBOUNCE`], or [`MAX_DELAY`] after the first of them at the latest. The
+    /// watch lasts as long as the returned guard.
     pub fn watch(&self) -> Result<WatchGuard, String> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let names = watched_names(&self.path);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if let Ok(event) = event
+                    && concerns(&event, &names)
+                {
                     let _ = tx.send(());
                 }
             })
@@ -132,8 +153,9 @@ impl Reloader {
         let reloader = self.clone();
         let task = tokio::spawn(async move {
             while rx.recv().await.is_some() {
-                // Debounce: wait until the folder has been quiet for a while.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                if !settle(&mut rx, DEBOUNCE, MAX_DELAY).await {
+                    return;
+                }
                 let r = reloader.clone();
                 let _ = tokio::task::spawn_blocking(move || r.reload_if_changed()).await;
             }
@@ -159,6 +181,48 @@ impl Reloader {
     }
 }
 
+/// The file names in the watched folder whose events concern `path`: its own
+/// name and the Kubernetes `..data` link.
+fn watched_names(path: &Path) -> Vec<OsString> {
+    let mut names = vec![OsString::from(KUBERNETES_DATA_LINK)];
+    if let Some(name) = path.file_name() {
+        names.push(name.to_owned());
+    }
+    names
+}
+
+/// Whether a file event may have changed one of the watched files: it names one
+/// of them (a write, a create, a rename onto it or away from it, a removal), and
+/// is not a mere open or read (the reload's own read of the file is one).
+fn concerns(event: &notify::Event, names: &[OsString]) -> bool {
+    let changes = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    };
+    changes
+        && event
+            .paths
+            .iter()
+            .filter_map(|p| p.file_name())
+            .any(|name| names.iter().any(|n| n == name))
+}
+
+/// After a first event: waits until no event has come for `quiet`, or until
+/// `max_delay` has passed since it was called, whichever is first. `false` when
+/// the channel closed (the watcher is gone).
+async fn settle(rx: &mut UnboundedReceiver<()>, quiet: Duration, max_delay: Duration) -> bool {
+    let deadline = Instant::now() + max_delay;
+    loop {
+        let until = (Instant::now() + quiet).min(deadline);
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(())) if Instant::now() < deadline => {}
+            Ok(Some(())) | Err(_) => return true,
+            Ok(None) => return false,
+        }
+    }
+}
+
 /// Keeps a file watch alive; dropping it stops watching.
 pub struct WatchGuard {
     _watcher: notify::RecommendedWatcher,
@@ -168,5 +232,106 @@ pub struct WatchGuard {
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind, path: &str) -> notify::Event {
+        notify::Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn only_events_naming_the_file_or_the_data_link_count() {
+        use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+        let names = watched_names(Path::new("/etc/portcullis/gateway.yaml"));
+        let modify = EventKind::Modify(ModifyKind::Any);
+        for (kind, path, counts) in [
+            (modify, "/etc/portcullis/gateway.yaml", true),
+            (modify, "/etc/portcullis/portcullis.log", false),
+            (modify, "/etc/portcullis/.gateway.yaml.swp", false),
+            (modify, "/etc/portcullis/gateway.yaml~", false),
+            (
+                EventKind::Create(CreateKind::File),
+                "/etc/portcullis/gateway.yaml",
+                true,
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "/etc/portcullis/gateway.yaml",
+                true,
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "/etc/portcullis/..data",
+                true,
+            ),
+            (
+                EventKind::Create(CreateKind::Folder),
+                "/etc/portcullis/..2026_12_01_21_00_00.123",
+                false,
+            ),
+            (
+                EventKind::Remove(RemoveKind::File),
+                "/etc/portcullis/gateway.yaml",
+                true,
+            ),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                "/etc/portcullis/gateway.yaml",
+                true,
+            ),
+            (
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                "/etc/portcullis/gateway.yaml",
+                false,
+            ),
+        ] {
+            assert_eq!(
+                concerns(&event(kind, path), &names),
+                counts,
+                "{kind:?} {path}"
+            );
+        }
+        let rename = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path(PathBuf::from("/etc/portcullis/gateway.yaml.tmp"))
+            .add_path(PathBuf::from("/etc/portcullis/gateway.yaml"));
+        assert!(
+            concerns(&rename, &names),
+            "an editor's rename onto the file"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_burst_settles_after_the_debounce() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
+        tx.send(()).unwrap();
+        assert!(settle(&mut rx, DEBOUNCE, MAX_DELAY).await);
+        assert_eq!(start.elapsed(), DEBOUNCE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_that_never_stop_still_settle_within_the_bound() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sender = tokio::spawn(async move {
+            // An event every 50 ms, forever: each comes before the 200 ms quiet time.
+            while tx.send(()).is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let start = Instant::now();
+        assert!(settle(&mut rx, DEBOUNCE, MAX_DELAY).await);
+        assert_eq!(start.elapsed(), MAX_DELAY);
+        sender.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_channel_ends_the_watch() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        drop(tx);
+        assert!(!settle(&mut rx, DEBOUNCE, MAX_DELAY).await);
     }
 }
