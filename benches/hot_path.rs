@@ -88,6 +88,7 @@ fn bench_routes(c: &mut Criterion) {
                     host: None,
                     path: PathMatch::Prefix(format!("/svc{i}/v1")),
                     methods: None,
+                    case_insensitive: false,
                 },
                 i,
             )
@@ -109,11 +110,27 @@ fn bench_routes(c: &mut Criterion) {
     }
 }
 
+fn bench_canonical_path(c: &mut Criterion) {
+    use portcullis_policy::path::{PathRules, canonicalise};
+    let rules = PathRules::default();
+    // The common case (already canonical: a scan, no copy) and one that is
+    // rewritten (an encoded unreserved character and a doubled slash).
+    for (name, path) in [
+        ("canonical_path_plain", "/v1/chat/completions"),
+        ("canonical_path_rewritten", "/v1//chat/%63ompletions"),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| canonicalise(std::hint::black_box(path), &rules).is_ok())
+        });
+    }
+}
+
 criterion_group!(
     benches,
     bench_bearer,
     bench_verify,
     bench_ip_rules,
-    bench_routes
+    bench_routes,
+    bench_canonical_path
 );
 criterion_main!(benches);

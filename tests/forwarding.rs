@@ -20,7 +20,7 @@ upstreams:
   e: { targets: ["{UPSTREAM}/e"] }
   f: { targets: ["{UPSTREAM}"] }
 routes:
-  - { name: root, match: { path_prefix: / }, upstream: a, public: true }
+  - { name: root, match: { path_prefix: / }, upstream: a, public: true, upgrades: [echo] }
   - { name: v1, match: { path_prefix: /v1 }, upstream: b, public: true }
   - { name: exact, match: { path: /v1/exact }, upstream: c, public: true }
   - { name: posts, match: { path_prefix: /v1/, methods: [POST] }, upstream: d, public: true }
@@ -102,7 +102,7 @@ async fn non_canonical_paths_are_refused_before_routing() {
 #[tokio::test]
 async fn method_not_allowed_and_not_found() {
     let env = TestEnv::start(&ROUTING.replace(
-        "  - { name: root, match: { path_prefix: / }, upstream: a, public: true }\n",
+        "  - { name: root, match: { path_prefix: / }, upstream: a, public: true, upgrades: [echo] }\n",
         "",
     ))
     .await;

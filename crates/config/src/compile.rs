@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use portcullis_jwks::{JwksSettings, KeySource};
+use portcullis_policy::path::{EmptySegments, EscapedSlashes, PathRules, Semicolons};
 use portcullis_policy::verify::parse_algorithm;
 use portcullis_policy::{
     AccessRules, Algorithm, CidrSet, ClaimCheck, ClaimRule, DEFAULT_ALGORITHMS, IpRules,
@@ -104,9 +105,10 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option<GatewayConfig> {
     let listen = compile_listen(raw.listen.unwrap_or_default(), ctx);
     let admin = compile_admin(raw.admin.unwrap_or_default(), ctx);
-    let limits = compile_limits(raw.limits.unwrap_or_default());
+    let limits = compile_limits(raw.limits.unwrap_or_default(), ctx);
     let logging = compile_logging(raw.logging.unwrap_or_default(), ctx);
     let network = compile_network(raw.network.unwrap_or_default(), ctx);
+    let paths = compile_paths(raw.paths.unwrap_or_default(), ctx);
     let tc = raw.token_cache.unwrap_or_default();
     let token_cache = TokenCacheConfig {
         enabled: tc.enabled.unwrap_or(true),
@@ -147,7 +149,7 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
                 format!("duplicate route name {:?}", rr.name),
             );
         }
-        if let Some(rc) = compile_route(&path, rr, &issuers, &upstreams, &limits, ctx) {
+        if let Some(rc) = compile_route(&path, rr, &issuers, &upstreams, &limits, &paths, ctx) {
             routes.push(Arc::new(rc));
         }
     }
@@ -162,6 +164,7 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
         limits,
         logging,
         network,
+        paths,
         token_cache,
         issuers,
         upstreams,
@@ -225,16 +228,78 @@ fn parse_addr(ctx: &mut Ctx<'_>, path: &str, text: &str) -> Option<SocketAddr> {
     }
 }
 
-fn compile_limits(rl: RawLimits) -> Limits {
-    Limits {
+fn compile_limits(rl: RawLimits, ctx: &mut Ctx<'_>) -> Limits {
+    let header_read_timeout = rl
+        .header_read_timeout
+        .map_or(Duration::from_secs(10), |d| d.0);
+    let limits = Limits {
         max_header_bytes: rl.max_header_bytes.map_or(64 << 10, |s| s.0 as usize),
         max_body_bytes: rl.max_body.map_or(10 << 20, |s| s.0),
-        header_read_timeout: rl
-            .header_read_timeout
-            .map_or(Duration::from_secs(10), |d| d.0),
+        header_read_timeout,
         max_connections: rl.max_connections.unwrap_or(10_000),
         max_in_flight: rl.max_in_flight.unwrap_or(10_000),
         shutdown_grace: rl.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        first_byte_timeout: rl.first_byte_timeout.map_or(header_read_timeout, |d| d.0),
+        idle_timeout: rl.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        body_read_timeout: rl
+            .body_read_timeout
+            .map_or(Duration::from_secs(30), |d| d.0),
+        max_connections_per_ip: rl.max_connections_per_ip.unwrap_or(0),
+    };
+    for (field, value) in [
+        ("header_read_timeout", limits.header_read_timeout),
+        ("first_byte_timeout", limits.first_byte_timeout),
+        ("idle_timeout", limits.idle_timeout),
+        ("body_read_timeout", limits.body_read_timeout),
+    ] {
+        if value.is_zero() {
+            ctx.err(
+                format!("limits.{field}"),
+                "must be more than 0 (a connection could otherwise be held open for ever)",
+            );
+        }
+    }
+    limits
+}
+
+fn compile_paths(rp: RawPaths, ctx: &mut Ctx<'_>) -> PathRules {
+    let escaped_slashes = match rp.escaped_slashes.as_deref() {
+        None | Some("reject") => EscapedSlashes::Reject,
+        Some("keep") => EscapedSlashes::Keep,
+        Some(other) => {
+            ctx.err(
+                "paths.escaped_slashes",
+                format!("{other:?} is not a choice; use reject or keep"),
+            );
+            EscapedSlashes::Reject
+        }
+    };
+    let semicolons = match rp.semicolons.as_deref() {
+        None | Some("reject") => Semicolons::Reject,
+        Some("keep") => Semicolons::Keep,
+        Some(other) => {
+            ctx.err(
+                "paths.semicolons",
+                format!("{other:?} is not a choice; use reject or keep"),
+            );
+            Semicolons::Reject
+        }
+    };
+    let empty_segments = match rp.empty_segments.as_deref() {
+        None | Some("merge") => EmptySegments::Merge,
+        Some("reject") => EmptySegments::Reject,
+        Some(other) => {
+            ctx.err(
+                "paths.empty_segments",
+                format!("{other:?} is not a choice; use merge or reject"),
+            );
+            EmptySegments::Merge
+        }
+    };
+    PathRules {
+        escaped_slashes,
+        semicolons,
+        empty_segments,
     }
 }
 
@@ -271,12 +336,59 @@ fn compile_logging(rl: RawLogging, ctx: &mut Ctx<'_>) -> Logging {
 }
 
 fn compile_network(rn: RawNetwork, ctx: &mut Ctx<'_>) -> Network {
-    let trusted = ctx.nets("network.trusted_proxies", &rn.trusted_proxies);
+    let mut trusted = Vec::new();
+    let mut forwarded = Vec::new();
+    for (i, proxy) in rn.trusted_proxies.iter().enumerate() {
+        let path = format!("network.trusted_proxies[{i}]");
+        let net = match parse_net(&proxy.cidr) {
+            Ok(n) => n,
+            Err(e) => {
+                ctx.err(path, e);
+                continue;
+            }
+        };
+        trusted.push(net);
+        match proxy
+            .header
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("x-forwarded-for") => {}
+            Some("forwarded") => forwarded.push(net),
+            Some(other) => ctx.err(
+                format!("{path}.header"),
+                format!("{other:?} is not a forwarding header; use x-forwarded-for or forwarded"),
+            ),
+        }
+    }
     let allow = ctx.nets("network.allow", &rn.allow);
     let deny = ctx.nets("network.deny", &rn.deny);
+    let strip_from_untrusted = match rn.strip_from_untrusted {
+        None => DEFAULT_STRIP_FROM_UNTRUSTED
+            .iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    ctx.err(
+                        format!("network.strip_from_untrusted[{i}]"),
+                        format!("{h:?} is not a header name"),
+                    );
+                    None
+                }
+            })
+            .collect(),
+    };
     Network {
         trusted_proxies: CidrSet::new(&trusted),
+        forwarded_proxies: CidrSet::new(&forwarded),
         rules: IpRules::new(&allow, &deny),
+        strip_from_untrusted,
     }
 }
 
@@ -588,6 +700,7 @@ fn compile_route(
     issuers: &BTreeMap<String, Arc<IssuerConfig>>,
     upstreams: &BTreeMap<String, Arc<UpstreamConfig>>,
     limits: &Limits,
+    paths: &PathRules,
     ctx: &mut Ctx<'_>,
 ) -> Option<RouteConfig> {
     if rr.name.is_empty()
@@ -614,7 +727,8 @@ fn compile_route(
             format!("unknown upstream {:?}{hint}", rr.upstream),
         );
     }
-    let matcher = compile_match(&format!("{path}.match"), rr.matcher, ctx);
+    let matcher = compile_match(&format!("{path}.match"), rr.matcher, paths, ctx);
+    let upgrades = compile_upgrades(&format!("{path}.upgrades"), rr.upgrades, ctx);
     let rewrite = rr.rewrite.map(|rw| {
         let strip = rw.strip_prefix.unwrap_or_default();
         let replace = rw.replace_prefix.unwrap_or_default();
@@ -671,10 +785,41 @@ fn compile_route(
         timeout: rr.timeout.map(|d| d.0),
         ip_rules: IpRules::new(&allow, &deny),
         auth,
+        upgrades,
     })
 }
 
-fn compile_match(path: &str, rm: RawMatch, ctx: &mut Ctx<'_>) -> Option<RouteMatch> {
+/// `upgrades: [websocket, …]`: lower-case protocol tokens (RFC 9110 §7.8); `h2c`
+/// is never allowed (RFC 9113 §3.1 dropped the HTTP/2 upgrade).
+fn compile_upgrades(path: &str, list: Option<Vec<String>>, ctx: &mut Ctx<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, p) in list.unwrap_or_default().into_iter().enumerate() {
+        let p = p.to_ascii_lowercase();
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b);
+        if p.is_empty() || !p.bytes().all(token) {
+            ctx.err(
+                format!("{path}[{i}]"),
+                format!("{p:?} is not a protocol name"),
+            );
+        } else if p == "h2c" || p.starts_with("h2c/") {
+            ctx.err(
+                format!("{path}[{i}]"),
+                "h2c upgrades are never relayed: RFC 9113 dropped them, and a tunnel to an \
+                 HTTP/2 upstream would carry requests the gateway never checks",
+            );
+        } else if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn compile_match(
+    path: &str,
+    rm: RawMatch,
+    paths: &PathRules,
+    ctx: &mut Ctx<'_>,
+) -> Option<RouteMatch> {
     let host = rm.host.map(|h| {
         let h = h.to_ascii_lowercase();
         match h.strip_prefix("*.") {
@@ -700,9 +845,29 @@ fn compile_match(path: &str, rm: RawMatch, ctx: &mut Ctx<'_>) -> Option<RouteMat
             return None;
         }
     };
+    let case_insensitive = rm.case_insensitive.unwrap_or(false);
+    let path_match = match path_match {
+        PathMatch::Exact(p) if case_insensitive => PathMatch::Exact(p.to_ascii_lowercase()),
+        PathMatch::Prefix(p) if case_insensitive => PathMatch::Prefix(p.to_ascii_lowercase()),
+        other => other,
+    };
     let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path_match;
     if !p.starts_with('/') {
         ctx.err(format!("{path}.path"), format!("{p:?} must start with /"));
+    } else {
+        // Requests are matched in canonical form, so a route written otherwise
+        // could never match.
+        match portcullis_policy::path::canonicalise(p, paths) {
+            Ok(c) if c == p.as_str() => {}
+            Ok(c) => ctx.err(
+                format!("{path}.path"),
+                format!("{p:?} is not in canonical form; requests are matched as {c:?}"),
+            ),
+            Err(r) => ctx.err(
+                format!("{path}.path"),
+                format!("{p:?} can never match: {}", r.detail),
+            ),
+        }
     }
     let methods = rm.methods.map(|list| {
         list.iter()
@@ -725,6 +890,7 @@ fn compile_match(path: &str, rm: RawMatch, ctx: &mut Ctx<'_>) -> Option<RouteMat
         host,
         path: path_match,
         methods,
+        case_insensitive,
     })
 }
 

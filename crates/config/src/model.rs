@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use portcullis_jwks::{JwksSettings, KeySource};
+use portcullis_policy::path::PathRules;
 use portcullis_policy::{AccessRules, CidrSet, IpRules, IssuerRules};
 
 /// A value that must never be printed.
@@ -40,6 +41,8 @@ pub struct GatewayConfig {
     pub logging: Logging,
     /// Global client-address handling.
     pub network: Network,
+    /// How request paths are made canonical before routing.
+    pub paths: PathRules,
     /// The verified-token cache.
     pub token_cache: TokenCacheConfig,
     /// Issuers by name.
@@ -89,6 +92,15 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long a new connection may stay silent before its first byte.
+    pub first_byte_timeout: Duration,
+    /// How long a connection with no request in flight may stay open (HTTP/1.1
+    /// keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
+    /// The longest pause allowed between two pieces of a request body.
+    pub body_read_timeout: Duration,
+    /// Simultaneous connections from one client address (0: no limit).
+    pub max_connections_per_ip: usize,
 }
 
 /// Log output settings.
@@ -127,11 +139,37 @@ pub enum SubjectLogging {
 /// Global client-address handling.
 #[derive(Debug, Clone, Default)]
 pub struct Network {
-    /// Peers whose `X-Forwarded-For` / `Forwarded` are believed.
+    /// Peers whose forwarding header is believed (all of them, whatever header).
     pub trusted_proxies: CidrSet,
+    /// The trusted proxies that set `Forwarded` (RFC 7239) rather than
+    /// `X-Forwarded-For`.
+    pub forwarded_proxies: CidrSet,
     /// Global allow/deny, checked before a route's own.
     pub rules: IpRules,
+    /// Headers removed from requests of untrusted peers (method overrides,
+    /// original-URL and client-address headers an upstream might believe).
+    pub strip_from_untrusted: Vec<HeaderName>,
 }
+
+/// The headers [`Network::strip_from_untrusted`] holds when not configured.
+pub const DEFAULT_STRIP_FROM_UNTRUSTED: [&str; 16] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+];
 
 /// The verified-token cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +276,9 @@ pub struct RouteConfig {
     pub ip_rules: IpRules,
     /// Authentication and authorization.
     pub auth: RouteAuth,
+    /// Protocols a client may upgrade to on this route (lower-case `Upgrade`
+    /// tokens such as `websocket`); empty: none.
+    pub upgrades: Vec<String>,
 }
 
 /// What a route matches.
@@ -249,6 +290,9 @@ pub struct RouteMatch {
     pub path: PathMatch,
     /// Allowed methods (`None`: any).
     pub methods: Option<Vec<Method>>,
+    /// Match the path without regard to ASCII case (for upstreams that serve
+    /// `/ADMIN` as `/admin`).
+    pub case_insensitive: bool,
 }
 
 /// A host match (lower-case, port ignored).

@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub logging: Option<RawLogging>,
     pub network: Option<RawNetwork>,
+    pub paths: Option<RawPaths>,
     pub token_cache: Option<RawTokenCache>,
     #[serde(default)]
     pub issuers: BTreeMap<String, RawIssuer>,
@@ -58,6 +59,10 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub shutdown_grace: Option<HumanDuration>,
+    pub first_byte_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<HumanDuration>,
+    pub body_read_timeout: Option<HumanDuration>,
+    pub max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,11 +78,66 @@ pub struct RawLogging {
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     #[serde(default)]
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<RawTrustedProxy>,
+    pub strip_from_untrusted: Option<Vec<String>>,
     #[serde(default)]
     pub allow: Vec<String>,
     #[serde(default)]
     pub deny: Vec<String>,
+}
+
+/// A trusted proxy: a CIDR (which sets `X-Forwarded-For`), or
+/// `{ cidr, header }` naming the header it sets.
+#[derive(Debug)]
+pub struct RawTrustedProxy {
+    pub cidr: String,
+    pub header: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrustedProxyMap {
+    cidr: String,
+    header: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawTrustedProxy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawTrustedProxy;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a CIDR, or { cidr: ..., header: x-forwarded-for | forwarded }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawTrustedProxy {
+                    cidr: v.to_owned(),
+                    header: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let m = RawTrustedProxyMap::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(RawTrustedProxy {
+                    cidr: m.cidr,
+                    header: m.header,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    pub escaped_slashes: Option<String>,
+    pub semicolons: Option<String>,
+    pub empty_segments: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +235,7 @@ pub struct RawRoute {
     pub public: Option<bool>,
     pub auth: Option<RawAuth>,
     pub ip: Option<RawIp>,
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +245,7 @@ pub struct RawMatch {
     pub path: Option<String>,
     pub path_prefix: Option<String>,
     pub methods: Option<Vec<String>>,
+    pub case_insensitive: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,14 +5,16 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::recorder::Metrics;
 
@@ -108,12 +110,30 @@ async fn handle(req: http::Request<Incoming>, hooks: AdminHooks) -> Response<Ful
     }
 }
 
+/// Admin connections open at once; more are closed at accept, so idle admin
+/// connections can never take the file descriptors the traffic listener needs.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The longest an admin connection lives: its requests are short (a scrape, a
+/// probe, a reload), so one that lasts longer is closed whatever it is doing.
+pub const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// The time an admin client has to send a request head.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves the admin endpoints until `shutdown` resolves.
 pub async fn serve_admin(
     listener: TcpListener,
     hooks: AdminHooks,
     shutdown: impl Future<Output = ()>,
 ) {
+    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT);
+    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -121,15 +141,26 @@ pub async fn serve_admin(
             () = &mut shutdown => return,
         };
         let Ok((stream, _)) = accepted else { continue };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            hooks
+                .metrics
+                .families()
+                .connections_closed
+                .with_label_values(&["admin_limit"])
+                .inc();
+            drop(stream);
+            continue;
+        };
         let hooks = hooks.clone();
+        let builder = Arc::clone(&builder);
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let hooks = hooks.clone();
                 async move { Ok::<_, Infallible>(handle(req, hooks).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, conn).await;
+            drop(permit);
         });
     }
 }

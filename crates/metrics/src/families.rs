@@ -64,6 +64,9 @@ pub struct Families {
     pub build_info: IntGaugeVec,
     /// `portcullis_rejected_connections_total` (over max_connections).
     pub rejected_connections: IntCounter,
+    /// `portcullis_connections_closed_total{cause}`: connections the gateway
+    /// closed for hygiene (see [`CONNECTION_CLOSE_CAUSES`]).
+    pub connections_closed: IntCounterVec,
     /// The name of every registered family.
     pub names: Vec<String>,
 }
@@ -115,6 +118,20 @@ fn gauge_vec(
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
+
+/// The causes of `portcullis_connections_closed_total`, each exported from the
+/// start at 0: `first_byte_timeout` (a new connection sent nothing), `idle_timeout`
+/// (no request in flight for `limits.idle_timeout`), `per_ip_limit` (the client
+/// address had `limits.max_connections_per_ip` open), `malformed` (hyper refused
+/// the request head or framing before the pipeline saw it), `admin_limit` (the
+/// admin listener's own connection cap).
+pub const CONNECTION_CLOSE_CAUSES: [&str; 5] = [
+    "first_byte_timeout",
+    "idle_timeout",
+    "per_ip_limit",
+    "malformed",
+    "admin_limit",
+];
 
 impl Families {
     /// Creates and registers every family.
@@ -246,6 +263,12 @@ impl Families {
                 "Configuration loads by outcome (success, failure).",
                 &["outcome"],
             )?,
+            connections_closed: counter(
+                &r,
+                "portcullis_connections_closed_total",
+                "Connections the gateway closed for hygiene, by cause.",
+                &["cause"],
+            )?,
             build_info: int_gauge_vec(
                 &r,
                 "portcullis_build_info",
@@ -282,8 +305,12 @@ impl Families {
             &fams.in_flight,
             &fams.build_info,
             &fams.rejected_connections,
+            &fams.connections_closed,
         ] {
             names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        }
+        for cause in CONNECTION_CLOSE_CAUSES {
+            fams.connections_closed.with_label_values(&[cause]);
         }
         Ok(Families { names, ..fams })
     }

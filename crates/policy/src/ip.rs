@@ -196,6 +196,34 @@ pub enum IpSource {
     XForwardedFor,
     /// RFC 7239 `Forwarded: for=`.
     Forwarded,
+    /// A forwarding-header entry could not be parsed, so the client is unknown;
+    /// `ip` is then the trusted hop that passed the entry on. `hop` counts entries
+    /// from the right, starting at 1.
+    Unparsable {
+        /// The header the entry was in.
+        header: ForwardingHeader,
+        /// Its position from the right (1 is the last entry).
+        hop: u16,
+    },
+}
+
+/// The header a trusted proxy sets to name the client it forwards for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardingHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+impl ForwardingHeader {
+    /// The header's name as written in messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ForwardingHeader::XForwardedFor => "X-Forwarded-For",
+            ForwardingHeader::Forwarded => "Forwarded",
+        }
+    }
 }
 
 /// The resolved client address.
@@ -207,15 +235,41 @@ pub struct ClientIp {
     pub source: IpSource,
 }
 
+impl IpRules {
+    /// [`IpRules::check`] for a resolved client: a client whose address could not
+    /// be read from a forwarding header is refused by any rule (fail closed),
+    /// since it could be any address.
+    pub fn check_client(&self, client: &ClientIp, scope: &str) -> Result<(), Rejection> {
+        if let IpSource::Unparsable { header, hop } = client.source {
+            if self.is_empty() {
+                return Ok(());
+            }
+            return Err(Rejection::new(
+                Reason::IpDenied,
+                format!(
+                    "client address unknown: {} entry {hop} from the right is not an IP address, \
+                     so the {scope} IP rules cannot be applied",
+                    header.name()
+                ),
+            ));
+        }
+        self.check(client.ip, scope)
+    }
+}
+
 /// Resolves the client address: the peer, unless the peer is a trusted proxy, in
-/// which case the right-most `X-Forwarded-For` (else `Forwarded: for=`) entry that
-/// is not a trusted proxy. An unparsable entry stops the walk: the hop that
-/// appended it is then the client, since nothing before it can be trusted.
+/// which case the right-most entry of the header that proxy sets
+/// (`X-Forwarded-For`, or `Forwarded` for the peers in `forwarded_proxies`) that
+/// is not itself a trusted proxy. Entries may carry a port (`ip:port`,
+/// `[v6]:port`) or quotes. An entry that still cannot be parsed makes the client
+/// unknown ([`IpSource::Unparsable`]): nothing before it can be trusted, and the
+/// proxy's own address must not stand in for the client.
 pub fn resolve_client_ip<'a>(
     peer: IpAddr,
     x_forwarded_for: impl Iterator<Item = &'a [u8]>,
     forwarded: impl Iterator<Item = &'a [u8]>,
     trusted: &CidrSet,
+    forwarded_proxies: &CidrSet,
 ) -> ClientIp {
     let peer = normalise(peer);
     let untrusted_peer = ClientIp {
@@ -225,26 +279,27 @@ pub fn resolve_client_ip<'a>(
     if trusted.is_empty() || !trusted.contains(peer) {
         return untrusted_peer;
     }
-    let xff: Vec<&[u8]> = x_forwarded_for.collect();
-    let (entries, source): (Vec<Option<IpAddr>>, IpSource) = if !xff.is_empty() {
-        let list = xff
-            .iter()
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(|e| parse_ip(trim(e)))
-            .collect();
-        (list, IpSource::XForwardedFor)
+    let header = if forwarded_proxies.contains(peer) {
+        ForwardingHeader::Forwarded
     } else {
-        let list: Vec<Option<IpAddr>> = forwarded
+        ForwardingHeader::XForwardedFor
+    };
+    let entries: Vec<Option<IpAddr>> = match header {
+        ForwardingHeader::XForwardedFor => x_forwarded_for
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(|e| parse_node(trim(e)))
+            .collect(),
+        ForwardingHeader::Forwarded => forwarded
             .flat_map(|v| v.split(|&b| b == b','))
             .filter_map(forwarded_for)
-            .collect();
-        if list.is_empty() {
-            return untrusted_peer;
-        }
-        (list, IpSource::Forwarded)
+            .collect(),
+    };
+    let source = match header {
+        ForwardingHeader::XForwardedFor => IpSource::XForwardedFor,
+        ForwardingHeader::Forwarded => IpSource::Forwarded,
     };
     let mut client = untrusted_peer;
-    for entry in entries.iter().rev() {
+    for (i, entry) in entries.iter().rev().enumerate() {
         match entry {
             Some(ip) => {
                 let ip = normalise(*ip);
@@ -253,12 +308,20 @@ pub fn resolve_client_ip<'a>(
                     break;
                 }
             }
-            None => break,
+            None => {
+                client.source = IpSource::Unparsable {
+                    header,
+                    hop: u16::try_from(i + 1).unwrap_or(u16::MAX),
+                };
+                break;
+            }
         }
     }
     client
 }
 
+/// The `for=` node of one `Forwarded` element; `Some(None)` when it is there but
+/// is not an address (`unknown`, an obfuscated `_id`, garbage).
 fn forwarded_for(element: &[u8]) -> Option<Option<IpAddr>> {
     element.split(|&b| b == b';').find_map(|pair| {
         let pair = trim(pair);
@@ -266,19 +329,43 @@ fn forwarded_for(element: &[u8]) -> Option<Option<IpAddr>> {
         if !k.eq_ignore_ascii_case(b"for") {
             return None;
         }
-        let v = trim(&v[1..]);
-        let v = v
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .unwrap_or(v);
-        // [v6]:port, [v6], v4:port, v4
-        let host = if let Some(rest) = v.strip_prefix(b"[") {
-            &rest[..rest.iter().position(|&b| b == b']').unwrap_or(rest.len())]
-        } else {
-            &v[..v.iter().position(|&b| b == b':').unwrap_or(v.len())]
-        };
-        Some(parse_ip(host))
+        Some(parse_node(trim(&v[1..])))
     })
+}
+
+/// One node: `v4`, `v4:port`, `v6`, `[v6]`, `[v6]:port`, optionally in quotes.
+fn parse_node(v: &[u8]) -> Option<IpAddr> {
+    let v = v
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(v);
+    if let Some(rest) = v.strip_prefix(b"[") {
+        let end = rest.iter().position(|&b| b == b']')?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || is_port(after.strip_prefix(b":")?)) {
+            return None;
+        }
+        return match parse_ip(&rest[..end])? {
+            IpAddr::V6(a) => Some(IpAddr::V6(a)),
+            IpAddr::V4(_) => None,
+        };
+    }
+    if let Some(ip) = parse_ip(v) {
+        return Some(ip);
+    }
+    // `v4:port` (a bare v6 has several colons and parsed above).
+    let colon = v.iter().position(|&b| b == b':')?;
+    let (host, port) = (&v[..colon], &v[colon + 1..]);
+    match parse_ip(host)? {
+        IpAddr::V4(a) if is_port(port) => Some(IpAddr::V4(a)),
+        _ => None,
+    }
+}
+
+fn is_port(p: &[u8]) -> bool {
+    (1..=5).contains(&p.len())
+        && p.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(p).is_ok_and(|p| p.parse::<u16>().is_ok())
 }
 
 fn parse_ip(s: &[u8]) -> Option<IpAddr> {
@@ -342,10 +429,20 @@ mod tests {
     #[test]
     fn client_ip_resolution() {
         let trusted = CidrSet::new(&nets(&["127.0.0.0/8", "10.0.0.0/8"]));
+        let forwarded_only = CidrSet::new(&nets(&["127.0.0.2/32"]));
         let xff = |v: &'static str| std::iter::once(v.as_bytes());
         let none = || std::iter::empty::<&[u8]>();
+        let resolve = |peer: &str, x: &'static str, f: &'static str| {
+            resolve_client_ip(
+                ip(peer),
+                xff(x).filter(|v| !v.is_empty()),
+                xff(f).filter(|v| !v.is_empty()),
+                &trusted,
+                &forwarded_only,
+            )
+        };
         // untrusted peer: header ignored
-        let c = resolve_client_ip(ip("203.0.113.9"), xff("1.2.3.4"), none(), &trusted);
+        let c = resolve("203.0.113.9", "1.2.3.4", "");
         assert_eq!(
             c,
             ClientIp {
@@ -354,24 +451,60 @@ mod tests {
             }
         );
         // trusted peer: right-most untrusted
-        let c = resolve_client_ip(
-            ip("127.0.0.1"),
-            xff("6.6.6.6, 1.2.3.4, 10.0.0.2"),
-            none(),
-            &trusted,
+        assert_eq!(
+            resolve("127.0.0.1", "6.6.6.6, 1.2.3.4, 10.0.0.2", "").ip,
+            ip("1.2.3.4")
         );
-        assert_eq!(c.ip, ip("1.2.3.4"));
-        // garbage stops the walk at the last trusted hop
-        let c = resolve_client_ip(
-            ip("127.0.0.1"),
-            xff("1.2.3.4, junk, 10.0.0.2"),
-            none(),
-            &trusted,
+        // ports, brackets and quotes, as load balancers send them
+        for (x, want) in [
+            ("6.6.6.6, 1.2.3.4:5555", "1.2.3.4"),
+            ("6.6.6.6, 127.0.0.9:5555", "6.6.6.6"),
+            ("[2001:db8::1]:4711", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("\"1.2.3.4\"", "1.2.3.4"),
+        ] {
+            let c = resolve("127.0.0.1", x, "");
+            assert_eq!((c.ip, c.source), (ip(want), IpSource::XForwardedFor), "{x}");
+        }
+        // an entry that cannot be parsed makes the client unknown, never the proxy
+        for (x, hop) in [
+            ("1.2.3.4, junk, 10.0.0.2", 2),
+            ("unknown", 1),
+            ("1.2.3.4:99999", 1),
+            ("[1.2.3.4]:80", 1),
+            ("1.2.3.4:80x", 1),
+            ("10.0.0.3, ", 1),
+        ] {
+            let c = resolve("127.0.0.1", x, "");
+            assert_eq!(
+                c.source,
+                IpSource::Unparsable {
+                    header: ForwardingHeader::XForwardedFor,
+                    hop
+                },
+                "{x}"
+            );
+            let rules = IpRules::new(&nets(&["0.0.0.0/0"]), &[]);
+            let refusal = rules.check_client(&c, "route").unwrap_err();
+            assert_eq!(refusal.reason, Reason::IpDenied);
+            assert!(
+                refusal
+                    .detail
+                    .contains(&format!("entry {hop} from the right")),
+                "{refusal}"
+            );
+            assert!(
+                IpRules::default().check_client(&c, "route").is_ok(),
+                "no rule, no refusal"
+            );
+        }
+        // a proxy that sets Forwarded: only Forwarded is read, a client's XFF is not
+        let c = resolve(
+            "127.0.0.2",
+            "9.9.9.9",
+            "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
         );
-        assert_eq!(c.ip, ip("10.0.0.2"));
-        // Forwarded
-        let fwd = std::iter::once(&b"for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\""[..]);
-        let c = resolve_client_ip(ip("127.0.0.1"), none(), fwd, &trusted);
         assert_eq!(
             c,
             ClientIp {
@@ -379,5 +512,23 @@ mod tests {
                 source: IpSource::Forwarded
             }
         );
+        let c = resolve("127.0.0.2", "9.9.9.9", "");
+        assert_eq!(
+            c.source,
+            IpSource::Peer,
+            "XFF is not read behind a Forwarded proxy"
+        );
+        let c = resolve("127.0.0.2", "", "for=_hidden");
+        assert!(matches!(
+            c.source,
+            IpSource::Unparsable {
+                header: ForwardingHeader::Forwarded,
+                hop: 1
+            }
+        ));
+        // and one that sets XFF: a client's Forwarded is not read
+        let c = resolve("127.0.0.1", "", "for=9.9.9.9");
+        assert_eq!(c.source, IpSource::Peer);
+        let _ = none;
     }
 }

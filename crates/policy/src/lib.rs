@@ -7,6 +7,7 @@
 //! benchmarked alone.
 
 pub mod access;
+pub mod authority;
 pub mod bearer;
 pub mod ip;
 pub mod jws;
@@ -17,7 +18,9 @@ pub mod time;
 pub mod verify;
 
 pub use access::{AccessRules, ClaimCheck, ClaimRule};
-pub use ip::{CidrSet, ClientIp, IpRules, IpSource, IpVerdict, resolve_client_ip};
+pub use ip::{
+    CidrSet, ClientIp, ForwardingHeader, IpRules, IpSource, IpVerdict, resolve_client_ip,
+};
 pub use jsonwebtoken::Algorithm;
 pub use jws::{JoseHeader, UnverifiedToken};
 pub use keys::{Curve, KeyError, KeySnapshot, VerifyingKey};

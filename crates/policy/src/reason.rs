@@ -61,6 +61,17 @@ pub enum Reason {
     /// The path has dot-segments or encoded separators, which upstreams may
     /// resolve differently from the route match (path confusion).
     PathInvalid,
+    /// The request's authority is missing, repeated, malformed or ambiguous
+    /// (RFC 9112 §3.2: `Host` must be there exactly once, agree with an
+    /// absolute-form target, and carry no userinfo; HTTP/2 `:authority` and
+    /// `host` must agree).
+    HostInvalid,
+    /// The request asks to switch protocols (`Upgrade`, `CONNECT`) in a way the
+    /// route does not allow.
+    UpgradeNotAllowed,
+    /// The client sent its request body too slowly (a pause between two pieces
+    /// longer than `limits.body_read_timeout`).
+    BodyTimeout,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -80,7 +91,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 27] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -105,6 +116,9 @@ impl Reason {
         Reason::UpstreamProtocolError,
         Reason::Overloaded,
         Reason::PathInvalid,
+        Reason::HostInvalid,
+        Reason::UpgradeNotAllowed,
+        Reason::BodyTimeout,
     ];
 
     /// The stable snake_case code.
@@ -134,6 +148,9 @@ impl Reason {
             Reason::UpstreamProtocolError => "upstream_protocol_error",
             Reason::Overloaded => "overloaded",
             Reason::PathInvalid => "path_invalid",
+            Reason::HostInvalid => "host_invalid",
+            Reason::UpgradeNotAllowed => "upgrade_not_allowed",
+            Reason::BodyTimeout => "body_timeout",
         }
     }
 
@@ -150,8 +167,12 @@ impl Reason {
             | Reason::AudienceMismatch
             | Reason::TokenExpired
             | Reason::TokenNotYetValid => 401,
-            Reason::RequestMalformed | Reason::PathInvalid => 400,
-            Reason::ScopeInsufficient | Reason::ClaimMismatch | Reason::IpDenied => 403,
+            Reason::RequestMalformed | Reason::PathInvalid | Reason::HostInvalid => 400,
+            Reason::ScopeInsufficient
+            | Reason::ClaimMismatch
+            | Reason::IpDenied
+            | Reason::UpgradeNotAllowed => 403,
+            Reason::BodyTimeout => 408,
             Reason::IdpUnavailable | Reason::Overloaded => 503,
             Reason::RouteNotFound => 404,
             Reason::MethodNotAllowed => 405,
@@ -187,7 +208,10 @@ impl Reason {
             | Reason::UpstreamTimeout
             | Reason::UpstreamProtocolError
             | Reason::Overloaded
-            | Reason::PathInvalid => Challenge::None,
+            | Reason::PathInvalid
+            | Reason::HostInvalid
+            | Reason::UpgradeNotAllowed
+            | Reason::BodyTimeout => Challenge::None,
         }
     }
 
@@ -218,6 +242,9 @@ impl Reason {
             Reason::UpstreamProtocolError => "Upstream protocol error",
             Reason::Overloaded => "Gateway overloaded",
             Reason::PathInvalid => "Path not canonical",
+            Reason::HostInvalid => "Host missing or ambiguous",
+            Reason::UpgradeNotAllowed => "Protocol upgrade not allowed",
+            Reason::BodyTimeout => "Request body too slow",
         }
     }
 

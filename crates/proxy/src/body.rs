@@ -1,10 +1,12 @@
 //! Body types: what the gateway answers with, and the request body it forwards,
 //! streamed with a size limit (never buffered).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -137,23 +139,81 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The client paused its request body for longer than allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes for {0:?}")]
+pub struct BodyTooSlow(pub Duration);
+
+/// What went wrong with a client's request body: the client's fault, never the
+/// upstream's. Shared between the body (which sets it) and the forward step
+/// (which names the cause instead of blaming the upstream).
+#[derive(Debug, Default)]
+pub struct BodyFault(AtomicU8);
+
+/// The kinds of [`BodyFault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFaultKind {
+    /// More bytes than the route's `max_body`.
+    TooLarge,
+    /// Broken framing: a malformed chunk, a body shorter than its
+    /// `Content-Length`, a connection closed mid-body.
+    Malformed,
+    /// A pause longer than `limits.body_read_timeout`.
+    TooSlow,
+}
+
+impl BodyFault {
+    fn set(&self, kind: BodyFaultKind) {
+        let code = match kind {
+            BodyFaultKind::TooLarge => 1,
+            BodyFaultKind::Malformed => 2,
+            BodyFaultKind::TooSlow => 3,
+        };
+        // The first fault is the cause; what follows is its consequence.
+        let _ = self
+            .0
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The fault, if the body had one.
+    pub fn get(&self) -> Option<BodyFaultKind> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(BodyFaultKind::TooLarge),
+            2 => Some(BodyFaultKind::Malformed),
+            3 => Some(BodyFaultKind::TooSlow),
+            _ => None,
+        }
+    }
+}
+
 /// The client's request body, streamed to the upstream frame by frame, failing
-/// once more than `limit` bytes have passed.
+/// once more than `limit` bytes have passed, or when the client pauses longer
+/// than the read timeout; every failure is recorded in its [`BodyFault`].
 pub struct ForwardBody {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
-    exceeded: Option<Arc<AtomicBool>>,
+    fault: Option<Arc<BodyFault>>,
+    read_timeout: Duration,
+    /// Armed at the first poll that finds no data, re-armed after each frame.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ForwardBody {
-    /// Wraps a body; `exceeded`, when given, is set if the limit trips.
-    pub fn new(inner: Incoming, limit: u64, exceeded: Option<Arc<AtomicBool>>) -> Self {
+    /// Wraps a body; `fault`, when given, records why it failed.
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        fault: Option<Arc<BodyFault>>,
+        read_timeout: Duration,
+    ) -> Self {
         ForwardBody {
             inner: Some(inner),
             limit,
             seen: 0,
-            exceeded,
+            fault,
+            read_timeout,
+            timer: None,
         }
     }
 
@@ -163,13 +223,35 @@ impl ForwardBody {
             inner: None,
             limit: 0,
             seen: 0,
-            exceeded: None,
+            fault: None,
+            read_timeout: Duration::MAX,
+            timer: None,
         }
     }
 
     /// Whether the body is known to be empty, so the request can be replayed.
     pub fn is_end_stream_hint(&self) -> bool {
         self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    /// The fault record shared with the forward step.
+    pub fn fault(&self) -> Option<Arc<BodyFault>> {
+        self.fault.clone()
+    }
+
+    fn fail(&self, kind: BodyFaultKind) {
+        if let Some(f) = &self.fault {
+            f.set(kind);
+        }
+    }
+
+    /// Polls the read timer; ready when the client has been silent too long.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = self.read_timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        timer.as_mut().poll(cx)
     }
 }
 
@@ -190,19 +272,31 @@ impl Body for ForwardBody {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
-                        if let Some(flag) = &this.exceeded {
-                            flag.store(true, Ordering::Release);
-                        }
+                        this.fail(BodyFaultKind::TooLarge);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
                             limit: this.limit,
                         }))));
                     }
                 }
+                if let Some(timer) = this.timer.as_mut() {
+                    let deadline = tokio::time::Instant::now() + this.read_timeout;
+                    timer.as_mut().reset(deadline);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                this.fail(BodyFaultKind::Malformed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.poll_timer(cx) {
+                Poll::Ready(()) => {
+                    this.fail(BodyFaultKind::TooSlow);
+                    this.inner = None;
+                    Poll::Ready(Some(Err(Box::new(BodyTooSlow(this.read_timeout)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

@@ -1,9 +1,9 @@
 //! The forward step: rewrite the path, remove hop-by-hop fields, set
 //! `X-Forwarded-*`, inject the upstream credential and claim headers, send through
-//! the pooled client, and stream the response back (upgrades passed through).
+//! the pooled client, check the response's framing and status, and stream it back
+//! (allowed upgrades passed through as tunnels).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
@@ -13,8 +13,8 @@ use portcullis_config::Rewrite;
 use portcullis_policy::{Reason, Rejection, VerifiedClaims};
 use serde_json::Value;
 
-use crate::body::{ForwardBody, ProxyBody, streamed};
-use crate::headers::{X_REQUEST_ID, is_upgrade_request, remove_hop_by_hop, set_forwarded};
+use crate::body::{BodyFault, BodyFaultKind, ForwardBody, ProxyBody, UpstreamBody, streamed};
+use crate::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded, upgrade_protocols};
 use crate::runtime::CompiledRoute;
 
 /// What the forward step needs besides the request.
@@ -29,6 +29,11 @@ pub struct ForwardContext<'a> {
     pub https: bool,
     /// The request id.
     pub request_id: &'a HeaderValue,
+    /// Whether the request is an upgrade the route allows (checked by the
+    /// pipeline); any other `Upgrade` is removed.
+    pub upgrade: bool,
+    /// The longest pause allowed in the request body.
+    pub body_read_timeout: Duration,
 }
 
 /// Sends the request upstream; returns the response and the upstream latency.
@@ -37,7 +42,12 @@ pub async fn forward(
     ctx: ForwardContext<'_>,
 ) -> Result<(Response<ProxyBody>, Duration), Rejection> {
     let route = ctx.route;
-    let upgrade = is_upgrade_request(req.headers());
+    let upgrade = ctx.upgrade;
+    let requested_protocols = if upgrade {
+        upgrade_protocols(req.headers()).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -112,10 +122,14 @@ pub async fn forward(
         Version::HTTP_11
     };
 
-    // A body known to be empty cannot exceed the limit: no flag to allocate.
-    let exceeded =
-        (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicBool::new(false)));
-    let body = ForwardBody::new(body, route.config.max_body_bytes, exceeded.clone());
+    // A body known to be empty cannot fail: no fault record to allocate.
+    let fault = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(BodyFault::default()));
+    let body = ForwardBody::new(
+        body,
+        route.config.max_body_bytes,
+        fault.clone(),
+        ctx.body_read_timeout,
+    );
     let request = Request::from_parts(parts, body);
     let retry_after_send = upstream_config.retry_idempotent && is_idempotent(request.method());
     let timeout = route
@@ -128,17 +142,20 @@ pub async fn forward(
         .await;
     let (mut response, latency) = match sent {
         Ok(r) => r,
-        Err(_) if exceeded.as_ref().is_some_and(|e| e.load(Ordering::Acquire)) => {
-            return Err(Rejection::new(
-                Reason::BodyTooLarge,
-                format!(
-                    "request body exceeds the route's limit of {} bytes",
-                    route.config.max_body_bytes
-                ),
-            ));
+        Err(f) => {
+            return Err(match fault.as_ref().and_then(|f| f.get()) {
+                Some(kind) => {
+                    body_rejection(kind, route.config.max_body_bytes, ctx.body_read_timeout)
+                }
+                None => f.rejection,
+            });
         }
-        Err(f) => return Err(f.rejection),
     };
+    check_response(
+        &response,
+        &requested_protocols,
+        &route.upstream.config().name,
+    )?;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -159,6 +176,77 @@ pub async fn forward(
     remove_hop_by_hop(response.headers_mut(), false);
     let (parts, body) = response.into_parts();
     Ok((Response::from_parts(parts, streamed(body)), latency))
+}
+
+/// The client's own body fault, named as such (never blamed on the upstream).
+fn body_rejection(kind: BodyFaultKind, limit: u64, read_timeout: Duration) -> Rejection {
+    match kind {
+        BodyFaultKind::TooLarge => Rejection::new(
+            Reason::BodyTooLarge,
+            format!("request body exceeds the route's limit of {limit} bytes"),
+        ),
+        BodyFaultKind::Malformed => Rejection::new(
+            Reason::RequestMalformed,
+            "the request body is malformed (bad chunked framing, or shorter than its Content-Length)",
+        ),
+        BodyFaultKind::TooSlow => Rejection::new(
+            Reason::BodyTimeout,
+            format!(
+                "the request body paused for more than {:.1}s (limits.body_read_timeout)",
+                read_timeout.as_secs_f64()
+            ),
+        ),
+    }
+}
+
+/// Refuses an upstream response a client must not receive: a status outside
+/// 100-599, a `101` that was not asked for (or to a protocol that was not
+/// offered), or both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3:
+/// a sign of response splitting; the length would not describe the re-framed body).
+fn check_response(
+    response: &Response<UpstreamBody>,
+    requested: &[String],
+    upstream: &str,
+) -> Result<(), Rejection> {
+    let status = response.status().as_u16();
+    let refuse = |what: String| {
+        Rejection::new(
+            Reason::UpstreamProtocolError,
+            format!("upstream {upstream} {what}"),
+        )
+    };
+    if !(100..=599).contains(&status) {
+        return Err(refuse(format!("answered with invalid status {status}")));
+    }
+    if status == 101 {
+        let chosen = response
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase());
+        match chosen {
+            _ if requested.is_empty() => {
+                return Err(refuse(
+                    "switched protocols (101) without being asked".to_owned(),
+                ));
+            }
+            Some(p) if requested.contains(&p) => {}
+            _ => {
+                return Err(refuse(
+                    "switched to a protocol the client did not ask for".to_owned(),
+                ));
+            }
+        }
+    }
+    let headers = response.headers();
+    if headers.contains_key(header::CONTENT_LENGTH)
+        && headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err(refuse(
+            "sent both Content-Length and Transfer-Encoding (conflicting framing)".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// Methods that may be retried after a reset when `retry.idempotent` is on (RFC 9110 §9.2.2).

@@ -15,12 +15,15 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// `proxy-connection`.
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// `http2-settings`: part of the h2c upgrade (RFC 7540 §3.2), which is never relayed.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The fixed hop-by-hop fields, besides those `Connection` names.
-const HOP_BY_HOP: [&HeaderName; 8] = [
+const HOP_BY_HOP: [&HeaderName; 9] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
+    &HTTP2_SETTINGS,
     &header::PROXY_AUTHENTICATE,
     &header::PROXY_AUTHORIZATION,
     &header::TE,
@@ -78,6 +81,21 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             })
 }
 
+/// The protocols an `Upgrade` field offers (RFC 9110 §7.8), lower-cased, without
+/// `h2c` (never relayed: RFC 9113 §3.1), or `None` when a value is not text.
+pub fn upgrade_protocols(headers: &HeaderMap) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::UPGRADE) {
+        for p in v.to_str().ok()?.split(',') {
+            let p = p.trim().to_ascii_lowercase();
+            if !p.is_empty() && p != "h2c" && !p.starts_with("h2c/") {
+                out.push(p);
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Keeps a client-supplied request id when it is short and plain, else mints one.
 pub fn accept_or_mint_request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID)
@@ -111,35 +129,50 @@ pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// Removes client copies of headers the gateway sets: every `x-portcullis-*`,
-/// the route's claim headers, and, from an untrusted peer, `X-Forwarded-*` and
-/// `Forwarded`.
-pub fn strip_spoofed(headers: &mut HeaderMap, claim_headers: &[HeaderName], peer_trusted: bool) {
-    let spoofable = |k: &HeaderName| {
-        k.as_str().starts_with("x-portcullis-")
-            || claim_headers.contains(k)
-            || (!peer_trusted
-                && (k == X_FORWARDED_FOR
-                    || k == X_FORWARDED_PROTO
-                    || k == X_FORWARDED_HOST
-                    || k == header::FORWARDED))
+/// Removes client copies of headers the gateway sets or an upstream might
+/// believe: every `x-portcullis-*` and every claim header of any route, always;
+/// from an untrusted peer also `X-Forwarded-*`, `Forwarded` and the
+/// `strip_from_untrusted` list (method overrides, original-URL and client-address
+/// headers). Each in its underscore form too (`X_Portcullis_Subject`), which
+/// servers that map `_` to `-` (CGI, WSGI, some frameworks) read as the same field.
+pub fn strip_spoofed(
+    headers: &mut HeaderMap,
+    owned: &[HeaderName],
+    untrusted: Option<&[HeaderName]>,
+) {
+    let spoofable = |name: &str| {
+        name.starts_with("x-portcullis-")
+            || owned.iter().any(|h| h.as_str() == name)
+            || untrusted.is_some_and(|list| {
+                name == X_FORWARDED_FOR.as_str()
+                    || name == X_FORWARDED_PROTO.as_str()
+                    || name == X_FORWARDED_HOST.as_str()
+                    || name == header::FORWARDED.as_str()
+                    || list.iter().any(|h| h.as_str() == name)
+            })
     };
-    if !headers.keys().any(spoofable) {
+    // Underscore forms are stripped from every peer: a proxy never sends them.
+    let managed_underscore = |name: &str| {
+        let dashed = name.replace('_', "-");
+        dashed.starts_with("x-portcullis-")
+            || owned.iter().any(|h| h.as_str() == dashed)
+            || dashed.starts_with("x-forwarded-")
+            || dashed == header::FORWARDED.as_str()
+            || dashed == X_REQUEST_ID.as_str()
+            || portcullis_config::DEFAULT_STRIP_FROM_UNTRUSTED.contains(&dashed.as_str())
+            || untrusted.is_some_and(|list| list.iter().any(|h| h.as_str() == dashed))
+    };
+    let doomed = |k: &HeaderName| {
+        let name = k.as_str();
+        spoofable(name) || (name.contains('_') && managed_underscore(name))
+    };
+    // Fast path: one pass over the names, nothing allocated, when none is doomed.
+    if !headers.keys().any(doomed) {
         return;
     }
-    let ours: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-portcullis-"))
-        .cloned()
-        .collect();
-    for name in ours.iter().chain(claim_headers) {
-        headers.remove(name);
-    }
-    if !peer_trusted {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(header::FORWARDED);
+    let names: Vec<HeaderName> = headers.keys().filter(|k| doomed(k)).cloned().collect();
+    for name in names {
+        headers.remove(&name);
     }
 }
 
@@ -223,11 +256,56 @@ mod tests {
 
     #[test]
     fn spoofed_removed() {
+        let owned = [HeaderName::from_static("x-tenant")];
+        let untrusted = [HeaderName::from_static("x-http-method-override")];
+        let spoofed = [
+            ("x-portcullis-subject", "admin"),
+            ("x-tenant", "evil"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-http-method-override", "DELETE"),
+            ("x_portcullis_subject", "admin"),
+            ("x_tenant", "evil"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x_http_method_override", "DELETE"),
+            ("x_real_ip", "1.2.3.4"),
+            ("x_request_id", "forged"),
+        ];
         let mut h = HeaderMap::new();
-        h.insert("x-portcullis-subject", HeaderValue::from_static("admin"));
-        h.insert("x-tenant", HeaderValue::from_static("evil"));
-        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        strip_spoofed(&mut h, &[HeaderName::from_static("x-tenant")], false);
-        assert!(h.is_empty());
+        for (k, v) in spoofed {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert("x_kept_too", HeaderValue::from_static("1"));
+        strip_spoofed(&mut h, &owned, Some(&untrusted));
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-kept", "x_kept_too"]);
+
+        // From a trusted proxy, its forwarding headers and overrides stay; the
+        // gateway's own headers and every underscore form still go.
+        let mut h = HeaderMap::new();
+        for (k, v) in spoofed {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_spoofed(&mut h, &owned, None);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["forwarded", "x-forwarded-for", "x-http-method-override"]
+        );
+    }
+
+    #[test]
+    fn upgrade_tokens_without_h2c() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::UPGRADE,
+            HeaderValue::from_static("h2c, WebSocket, foo/2"),
+        );
+        assert_eq!(upgrade_protocols(&h).unwrap(), ["websocket", "foo/2"]);
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(upgrade_protocols(&h).unwrap().is_empty());
     }
 }

@@ -8,6 +8,7 @@ pub mod connect;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
+pub mod hygiene;
 pub mod observe;
 pub mod pipeline;
 pub mod pool;

@@ -5,9 +5,15 @@
 //! observe        access log + metrics, reading the reason the response carries
 //! rescue         the one mapping of rejections to responses (reject.rs)
 //! limits         in-flight cap, header size, declared body size
-//! client_ip      peer address + X-Forwarded-For with trusted hops removed from the right
-//! strip_spoofed  drop client-sent copies of headers the gateway sets
+//! canonical      one authority (Host / absolute form / :authority agree) and one
+//!                canonical path: what is matched is what the upstream receives
+//! client_ip      peer address + the forwarding header its proxy sets, trusted hops
+//!                removed from the right; an unparsable hop makes the client unknown
+//! strip_spoofed  drop client copies of gateway-owned headers (all routes' claim
+//!                headers, x-portcullis-*, underscore forms) and, from untrusted
+//!                peers, forwarding and override headers
 //! route          match against this request's RouteTable snapshot
+//! upgrade        an Upgrade only for a protocol the route allows; h2c never; no CONNECT
 //! ip_filter      global then route allow/deny CIDRs; deny wins; before any crypto
 //! authenticate   bearer -> verified-token cache -> JWT verification -> claims
 //! authorize      audience, required scopes and claim rules
@@ -22,16 +28,20 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use portcullis_config::AuthMode;
+use portcullis_policy::authority::{self, Framing};
+use portcullis_policy::path::PathRules;
 use portcullis_policy::{Reason, Rejection, resolve_client_ip};
 
 use crate::authn::authenticate;
 use crate::body::ProxyBody;
 use crate::forward::{ForwardContext, forward};
 use crate::gateway::Gateway;
-use crate::headers::{X_REQUEST_ID, accept_or_mint_request_id, strip_spoofed};
+use crate::headers::{
+    X_REQUEST_ID, accept_or_mint_request_id, is_upgrade_request, strip_spoofed, upgrade_protocols,
+};
 use crate::observe::{Decision, Trace};
 use crate::reject;
 use crate::route_table::{Lookup, normalise_host};
@@ -122,9 +132,13 @@ async fn steps(
     // limits: header size (hyper's own buffer is set above this, so we answer first).
     check_header_size(&req, config.limits.max_header_bytes)?;
 
+    // canonical: one authority and one path, before anything reads them.
+    let authority = canonical_authority(&req)?;
+    canonicalise_path(&mut req, &config.paths)?;
+
     // client_ip: the peer, or past trusted proxies.
     let peer = conn.peer.ip();
-    let trusted = &config.network.trusted_proxies;
+    let network = &config.network;
     let client = resolve_client_ip(
         peer,
         req.headers()
@@ -135,17 +149,22 @@ async fn steps(
             .get_all(header::FORWARDED)
             .iter()
             .map(HeaderValue::as_bytes),
-        trusted,
+        &network.trusted_proxies,
+        &network.forwarded_proxies,
     );
     trace.client_ip = Some(client.ip);
 
-    // strip_spoofed: x-portcullis-* always, X-Forwarded-* from untrusted peers.
-    let peer_trusted = !trusted.is_empty() && trusted.contains(peer);
-    strip_spoofed(req.headers_mut(), &[], peer_trusted);
+    // strip_spoofed: gateway-owned headers always, forwarding and override
+    // headers from untrusted peers.
+    let peer_trusted = network.trusted_proxies.contains(peer);
+    strip_spoofed(
+        req.headers_mut(),
+        &runtime.owned_headers,
+        (!peer_trusted).then_some(network.strip_from_untrusted.as_slice()),
+    );
 
-    // route: only canonical paths are matched (no path confusion with the upstream).
-    portcullis_policy::path::check(req.uri().path())?;
-    let host = normalise_host(request_host(&req));
+    // route: the canonical authority and path.
+    let host = normalise_host(&authority);
     let route = match runtime.table.find(&host, req.uri().path(), req.method()) {
         Lookup::Found(route) => Arc::clone(route),
         Lookup::MethodNotAllowed(methods) => {
@@ -168,7 +187,10 @@ async fn steps(
         }
     };
     trace.route = Some(Arc::clone(&route));
-    strip_spoofed(req.headers_mut(), &route.claim_headers, true);
+
+    // upgrade: a tunnel is authorized once, at its handshake, so only protocols
+    // the route names may be asked for.
+    let upgrade = check_upgrade(&req, &route.config.upgrades)?;
 
     // limits: a declared body larger than the route allows is refused up front.
     if let Some(len) = req
@@ -187,8 +209,8 @@ async fn steps(
     }
 
     // ip_filter: cheapest check first, before any crypto.
-    config.network.rules.check(client.ip, "global")?;
-    route.config.ip_rules.check(client.ip, "route")?;
+    config.network.rules.check_client(&client, "global")?;
+    route.config.ip_rules.check_client(&client, "route")?;
 
     // authenticate + authorize
     let claims = match route.protected() {
@@ -234,6 +256,8 @@ async fn steps(
         peer: &conn.peer_value,
         https: conn.https,
         request_id,
+        upgrade,
+        body_read_timeout: config.limits.body_read_timeout,
     };
     let (response, latency) = forward(req, ctx).await?;
     trace.upstream_latency = Some(latency);
@@ -257,13 +281,80 @@ fn check_header_size(req: &Request<Incoming>, max: usize) -> Result<(), Rejectio
     Ok(())
 }
 
-/// The request's host: `Host`, else the URI authority (HTTP/2).
-fn request_host(req: &Request<Incoming>) -> &str {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or_default()
+/// The request's one authority (RFC 9112 §3.2, RFC 9113 §8.3.1), owned so the
+/// request can be changed afterwards; `host_invalid` when it is missing, repeated
+/// or ambiguous.
+fn canonical_authority(req: &Request<Incoming>) -> Result<String, Rejection> {
+    let hosts: Vec<&[u8]> = req
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let framing = match req.version() {
+        Version::HTTP_09 | Version::HTTP_10 => Framing::Http10,
+        Version::HTTP_11 => Framing::Http11,
+        _ => Framing::Http2,
+    };
+    authority::resolve(&hosts, req.uri().authority().map(|a| a.as_str()), framing)
+        .map(str::to_owned)
+}
+
+/// Replaces the request's path with its canonical form (the query is kept as it
+/// is), or refuses it with the rule it breaks.
+fn canonicalise_path(req: &mut Request<Incoming>, rules: &PathRules) -> Result<(), Rejection> {
+    let canonical = match portcullis_policy::path::canonicalise(req.uri().path(), rules)? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(p) => p,
+    };
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| {
+        Rejection::new(Reason::PathInvalid, "the canonical path is not a valid URI")
+    })?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| {
+        Rejection::new(Reason::PathInvalid, "the canonical path is not a valid URI")
+    })?;
+    Ok(())
+}
+
+/// Decides a protocol switch: `CONNECT` is never relayed; an `Upgrade` offering
+/// only `h2c` is ignored (RFC 9113 §3.1: served as plain HTTP/1.1); any other
+/// upgrade needs every protocol it offers on the route's `upgrades` list.
+/// `true` when the request is an upgrade to pass through.
+fn check_upgrade(req: &Request<Incoming>, allowed: &[String]) -> Result<bool, Rejection> {
+    if req.method() == http::Method::CONNECT {
+        return Err(Rejection::new(
+            Reason::UpgradeNotAllowed,
+            "CONNECT tunnels are not relayed",
+        ));
+    }
+    if !is_upgrade_request(req.headers()) {
+        return Ok(false);
+    }
+    let offered = upgrade_protocols(req.headers()).ok_or_else(|| {
+        Rejection::new(Reason::RequestMalformed, "the Upgrade header is not text")
+    })?;
+    if offered.is_empty() {
+        return Ok(false);
+    }
+    if let Some(refused) = offered.iter().find(|p| !allowed.contains(p)) {
+        let detail = if allowed.is_empty() {
+            format!(
+                "upgrade to {refused:?} refused: this route allows no protocol upgrade (routes[].upgrades)"
+            )
+        } else {
+            format!(
+                "upgrade to {refused:?} refused: this route allows only {}",
+                allowed.join(", ")
+            )
+        };
+        return Err(Rejection::new(Reason::UpgradeNotAllowed, detail));
+    }
+    Ok(true)
 }
 
 fn unix_now() -> i64 {

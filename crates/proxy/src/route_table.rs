@@ -6,6 +6,10 @@
 //! 3. method: routes listing the method before routes taking any method;
 //! 4. ties: the order in the file.
 //!
+//! A route with `case_insensitive: true` is stored lower-cased and matched against
+//! the lower-cased path, at the same precedence as the others (a case-sensitive
+//! route wins a tie at the same length).
+//!
 //! A lookup is a hash lookup per host group and per `/` boundary of the path: no
 //! allocation, and no scan over all routes, so 10 and 10,000 routes cost the same.
 
@@ -35,6 +39,9 @@ struct Entry<T> {
 struct PathIndex<T> {
     exact: HashMap<String, Vec<Entry<T>>>,
     prefix: HashMap<String, Vec<Entry<T>>>,
+    /// Case-insensitive routes, keyed lower-case.
+    exact_ci: HashMap<String, Vec<Entry<T>>>,
+    prefix_ci: HashMap<String, Vec<Entry<T>>>,
 }
 
 impl<T> Default for PathIndex<T> {
@@ -42,6 +49,8 @@ impl<T> Default for PathIndex<T> {
         PathIndex {
             exact: HashMap::new(),
             prefix: HashMap::new(),
+            exact_ci: HashMap::new(),
+            prefix_ci: HashMap::new(),
         }
     }
 }
@@ -53,6 +62,8 @@ pub struct RouteTable<T> {
     suffix_hosts: Vec<(String, PathIndex<T>)>,
     any_host: PathIndex<T>,
     len: usize,
+    /// Whether any route is case-insensitive (else no lower-cased copy is made).
+    any_case_insensitive: bool,
 }
 
 impl<T> RouteTable<T> {
@@ -63,6 +74,7 @@ impl<T> RouteTable<T> {
             suffix_hosts: Vec::new(),
             any_host: PathIndex::default(),
             len: 0,
+            any_case_insensitive: false,
         };
         for (order, (m, value)) in routes.into_iter().enumerate() {
             let index = match &m.host {
@@ -84,9 +96,16 @@ impl<T> RouteTable<T> {
                 order,
                 value,
             };
-            let bucket = match m.path {
-                PathMatch::Exact(p) => index.exact.entry(p).or_default(),
-                PathMatch::Prefix(p) => index.prefix.entry(p).or_default(),
+            table.any_case_insensitive |= m.case_insensitive;
+            let bucket = match (m.path, m.case_insensitive) {
+                (PathMatch::Exact(p), false) => index.exact.entry(p).or_default(),
+                (PathMatch::Prefix(p), false) => index.prefix.entry(p).or_default(),
+                (PathMatch::Exact(p), true) => {
+                    index.exact_ci.entry(p.to_ascii_lowercase()).or_default()
+                }
+                (PathMatch::Prefix(p), true) => {
+                    index.prefix_ci.entry(p.to_ascii_lowercase()).or_default()
+                }
             };
             bucket.push(entry);
             // Method-restricted routes first, then file order.
@@ -112,6 +131,9 @@ impl<T> RouteTable<T> {
     /// Finds the route for a request. `host` is lower-case without port.
     pub fn find(&self, host: &str, path: &str, method: &Method) -> Lookup<'_, T> {
         let mut allowed: Vec<Method> = Vec::new();
+        let lower = (self.any_case_insensitive && path.bytes().any(|b| b.is_ascii_uppercase()))
+            .then(|| path.to_ascii_lowercase());
+        let lower = lower.as_deref().unwrap_or(path);
         let groups = self
             .exact_hosts
             .get(host)
@@ -124,7 +146,7 @@ impl<T> RouteTable<T> {
             )
             .chain(std::iter::once(&self.any_host));
         for index in groups {
-            if let Some(found) = index.find(path, method, &mut allowed) {
+            if let Some(found) = index.find(path, lower, method, &mut allowed) {
                 return Lookup::Found(found);
             }
         }
@@ -138,16 +160,40 @@ impl<T> RouteTable<T> {
 }
 
 impl<T> PathIndex<T> {
-    fn find(&self, path: &str, method: &Method, allowed: &mut Vec<Method>) -> Option<&T> {
-        if let Some(found) = self.exact.get(path).and_then(|b| pick(b, method, allowed)) {
+    /// `lower` is `path` lower-cased (the same length: ASCII only), for the
+    /// case-insensitive routes.
+    fn find(
+        &self,
+        path: &str,
+        lower: &str,
+        method: &Method,
+        allowed: &mut Vec<Method>,
+    ) -> Option<&T> {
+        // One candidate length: the case-sensitive routes, then the others.
+        let at = |exact: bool, len: usize, allowed: &mut Vec<Method>| -> Option<&T> {
+            let (cs, ci) = if exact {
+                (&self.exact, &self.exact_ci)
+            } else {
+                (&self.prefix, &self.prefix_ci)
+            };
+            cs.get(&path[..len])
+                .and_then(|b| pick(b, method, allowed))
+                .or_else(|| {
+                    if ci.is_empty() {
+                        return None;
+                    }
+                    ci.get(&lower[..len]).and_then(|b| pick(b, method, allowed))
+                })
+        };
+        if let Some(found) = at(true, path.len(), allowed) {
             return Some(found);
         }
-        if self.prefix.is_empty() {
+        if self.prefix.is_empty() && self.prefix_ci.is_empty() {
             return None;
         }
         // Candidate prefixes, longest first: the whole path, then at each '/'
         // boundary both "/a/" and "/a".
-        if let Some(found) = self.prefix.get(path).and_then(|b| pick(b, method, allowed)) {
+        if let Some(found) = at(false, path.len(), allowed) {
             return Some(found);
         }
         let bytes = path.as_bytes();
@@ -155,21 +201,13 @@ impl<T> PathIndex<T> {
             if bytes[i] != b'/' {
                 continue;
             }
-            let with_slash = &path[..=i];
-            if with_slash.len() < path.len()
-                && let Some(found) = self
-                    .prefix
-                    .get(with_slash)
-                    .and_then(|b| pick(b, method, allowed))
+            if i + 1 < path.len()
+                && let Some(found) = at(false, i + 1, allowed)
             {
                 return Some(found);
             }
-            let without = &path[..i];
-            if !without.is_empty()
-                && let Some(found) = self
-                    .prefix
-                    .get(without)
-                    .and_then(|b| pick(b, method, allowed))
+            if i > 0
+                && let Some(found) = at(false, i, allowed)
             {
                 return Some(found);
             }
@@ -226,6 +264,7 @@ mod tests {
             }),
             path,
             methods: methods.map(|ms| ms.iter().map(|s| s.parse().unwrap()).collect()),
+            case_insensitive: false,
         }
     }
     fn prefix(p: &str) -> PathMatch {
@@ -279,6 +318,28 @@ mod tests {
             table.find("h", "/nope", &Method::GET),
             Lookup::NotFound
         ));
+    }
+
+    #[test]
+    fn case_insensitive_routes() {
+        let mut admin = m(None, prefix("/admin"), None);
+        admin.case_insensitive = true;
+        let table = RouteTable::new(vec![
+            (m(None, prefix("/"), None), "root"),
+            (admin, "admin"),
+            (m(None, prefix("/Admin/exact-case"), None), "cased"),
+        ]);
+        let f = |p: &str| match table.find("h", p, &Method::GET) {
+            Lookup::Found(v) => *v,
+            _ => "none",
+        };
+        assert_eq!(f("/admin/x"), "admin");
+        assert_eq!(f("/ADMIN/x"), "admin");
+        assert_eq!(f("/aDmIn"), "admin");
+        assert_eq!(f("/Admin/exact-case/x"), "cased");
+        assert_eq!(f("/ADMIN/EXACT-CASE/x"), "admin");
+        assert_eq!(f("/adminx"), "root");
+        assert_eq!(f("/other"), "root");
     }
 
     #[test]

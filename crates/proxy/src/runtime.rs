@@ -38,8 +38,6 @@ pub struct CompiledRoute {
     pub issuers: HashMap<String, Arc<IssuerRuntime>>,
     /// The largest token any accepted issuer takes.
     pub max_token_bytes: usize,
-    /// Claim header names (stripped from client requests).
-    pub claim_headers: Vec<HeaderName>,
 }
 
 impl CompiledRoute {
@@ -64,6 +62,10 @@ pub struct Runtime {
     pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
     /// Metric handles for requests no route matches.
     pub unmatched: Arc<RouteMetrics>,
+    /// Headers the gateway sets on some route (every route's claim headers):
+    /// a client's copy is stripped on every route, so no route, public ones
+    /// included, can carry a forged one to an upstream that another route feeds.
+    pub owned_headers: Vec<HeaderName>,
 }
 
 impl Runtime {
@@ -133,13 +135,14 @@ impl Runtime {
             upstreams.insert(name.clone(), pool);
         }
         let mut compiled = Vec::with_capacity(config.routes.len());
+        let mut owned_headers: Vec<HeaderName> = Vec::new();
         for rc in &config.routes {
             let upstream = upstreams
                 .get(&rc.upstream)
                 .cloned()
                 .ok_or_else(|| format!("route {}: unknown upstream {}", rc.name, rc.upstream))?;
-            let (route_issuers, max_token_bytes, claim_headers) = match &rc.auth {
-                RouteAuth::Public => (HashMap::new(), 8 << 10, Vec::new()),
+            let (route_issuers, max_token_bytes) = match &rc.auth {
+                RouteAuth::Public => (HashMap::new(), 8 << 10),
                 RouteAuth::Protected(p) => {
                     // By issuer name: two issuer entries may share an `iss` with
                     // different rules, each route using its own.
@@ -155,11 +158,12 @@ impl Runtime {
                         .map(|i| i.config.max_token_bytes)
                         .max()
                         .unwrap_or(8 << 10);
-                    (
-                        map,
-                        max,
-                        p.claim_headers.iter().map(|(_, h)| h.clone()).collect(),
-                    )
+                    for (_, header) in &p.claim_headers {
+                        if !owned_headers.contains(header) {
+                            owned_headers.push(header.clone());
+                        }
+                    }
+                    (map, max)
                 }
             };
             let route = CompiledRoute {
@@ -168,13 +172,13 @@ impl Runtime {
                 upstream,
                 issuers: route_issuers,
                 max_token_bytes,
-                claim_headers,
             };
             compiled.push((rc.matcher.clone(), Arc::new(route)));
         }
         Ok(Runtime {
             table: RouteTable::new(compiled),
             unmatched: metrics.route("unmatched"),
+            owned_headers,
             config: Arc::new(config),
             issuers,
             upstreams,

@@ -1,6 +1,8 @@
 //! The traffic listener: accept loop, optional TLS termination (ALPN h2 and
 //! http/1.1), HTTP/1.1 and HTTP/2 auto-detection (h2c prior knowledge included),
-//! connection limits, the slowloris header timeout, and graceful shutdown.
+//! connection limits (total and per client address), connection hygiene
+//! (first-byte, header and idle timeouts: `hygiene.rs`), HTTP/2 abuse limits, and
+//! graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,7 +21,21 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
+use crate::hygiene::{Activity, PerIpConnections, Tracked, Watched, watchdog};
 use crate::pipeline::{ConnInfo, handle};
+
+/// HTTP/2 streams one connection may have open at once.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 streams a client may open and reset before the gateway accepted them
+/// (CVE-2023-44487, "rapid reset"); past it the connection gets GOAWAY.
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 50;
+/// HTTP/2 streams the gateway may reset for a client's protocol errors before it
+/// closes the connection.
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// Header fields hyper accepts in one HTTP/1.1 request head; set far above any
+/// real request so that our own head limit (`limits.max_header_bytes`, with a
+/// problem+json 431) decides first.
+pub const H1_MAX_HEADERS: usize = 1000;
 
 /// Builds the rustls server configuration from PEM files (ALPN: h2, http/1.1).
 pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
@@ -89,13 +105,19 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(buf)
+        .max_headers(H1_MAX_HEADERS)
         .keep_alive(true);
+    // HTTP/2: the header list (HPACK-decoded, CONTINUATION frames included) is
+    // bounded like an HTTP/1.1 head; streams, resets and PING liveness bounded.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(buf as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
@@ -112,20 +134,30 @@ pub async fn serve(
     serve_worker(gateway, listener, tls, slots, shutdown).await;
 }
 
-/// The connection limit (`limits.max_connections`), to share among workers.
-pub fn connection_slots(gateway: &Gateway) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(
-        gateway.runtime().config.limits.max_connections,
-    ))
+/// The connection limits every worker shares: `limits.max_connections` in all,
+/// and `limits.max_connections_per_ip` per client address.
+pub struct ConnectionSlots {
+    total: Arc<Semaphore>,
+    per_ip: Arc<PerIpConnections>,
+}
+
+/// The connection limits, to share among workers.
+pub fn connection_slots(gateway: &Gateway) -> Arc<ConnectionSlots> {
+    Arc::new(ConnectionSlots {
+        total: Arc::new(Semaphore::new(
+            gateway.runtime().config.limits.max_connections,
+        )),
+        per_ip: Arc::new(PerIpConnections::default()),
+    })
 }
 
 /// [`serve`] for one of several workers, each with its own listener on the same
-/// address; `slots` is the connection limit they share.
+/// address; `slots` are the connection limits they share.
 pub async fn serve_worker(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    slots: Arc<Semaphore>,
+    slots: Arc<ConnectionSlots>,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = gateway.runtime().config.limits.clone();
@@ -146,10 +178,25 @@ pub async fn serve_worker(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&slots.total).try_acquire_owned() else {
             gateway.metrics().families().rejected_connections.inc();
             drop(stream);
             continue;
+        };
+        let ip_slot = if limits.max_connections_per_ip > 0 {
+            match slots
+                .per_ip
+                .acquire(peer.ip(), limits.max_connections_per_ip)
+            {
+                Some(slot) => Some(slot),
+                None => {
+                    closed(&gateway, "per_ip_limit");
+                    drop(stream);
+                    continue;
+                }
+            }
+        } else {
+            None
         };
         let _ = stream.set_nodelay(true);
         let gw = Arc::clone(&gateway);
@@ -157,21 +204,12 @@ pub async fn serve_worker(
         let tls = tls.clone();
         let stop = stop_rx.clone();
         let token = tracker.enter();
+        let limits = limits.clone();
         tokio::spawn(async move {
             gw.metrics().families().open_connections.inc();
-            serve_connection(
-                &gw,
-                &builder,
-                stream,
-                peer,
-                tls,
-                stop,
-                limits.header_read_timeout,
-            )
-            .await;
+            serve_connection(&gw, &builder, stream, peer, tls, stop, &limits).await;
             gw.metrics().families().open_connections.dec();
-            drop(permit);
-            drop(token);
+            drop((permit, ip_slot, token));
         });
     }
     let _ = stop_tx.send(true);
@@ -186,6 +224,15 @@ pub async fn serve_worker(
     }
 }
 
+/// Counts a connection the gateway closed, by cause.
+fn closed(gw: &Gateway, cause: &str) {
+    gw.metrics()
+        .families()
+        .connections_closed
+        .with_label_values(&[cause])
+        .inc();
+}
+
 async fn serve_connection(
     gw: &Arc<Gateway>,
     builder: &auto::Builder<TokioExecutor>,
@@ -193,8 +240,10 @@ async fn serve_connection(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
-    handshake_timeout: Duration,
+    limits: &Limits,
 ) {
+    let activity = Activity::new();
+    let stream = Watched::new(stream, Arc::clone(&activity));
     match tls {
         None => {
             drive(
@@ -203,11 +252,13 @@ async fn serve_connection(
                 TokioIo::new(stream),
                 ConnInfo::new(peer, false),
                 stop,
+                activity,
+                limits,
             )
             .await
         }
         Some(acceptor) => {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
                     drive(
                         gw,
@@ -215,6 +266,8 @@ async fn serve_connection(
                         TokioIo::new(tls_stream),
                         ConnInfo::new(peer, true),
                         stop,
+                        activity,
+                        limits,
                     )
                     .await
                 }
@@ -231,30 +284,58 @@ async fn drive<I>(
     io: I,
     info: ConnInfo,
     mut stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+    limits: &Limits,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let gw = Arc::clone(gw);
+    let gateway = Arc::clone(gw);
     let peer = info.peer;
+    let requests = Arc::clone(&activity);
     let svc = service_fn(move |req| {
-        let gw = Arc::clone(&gw);
+        let gw = Arc::clone(&gateway);
         let info = info.clone();
+        let guard = requests.request_started();
         // Boxed: hyper moves the service future into its dispatcher, and moving a
         // pointer is cheaper than moving the whole request state machine.
-        Box::pin(async move { Ok::<_, Infallible>(handle(&gw, info, req).await) })
+        Box::pin(async move {
+            let response = handle(&gw, info, req).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+        })
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                note_connection_error(gw, peer, e.as_ref());
             }
+        }
+        cause = watchdog(&activity, limits.first_byte_timeout, limits.idle_timeout) => {
+            closed(gw, cause.as_str());
+            tracing::debug!(%peer, cause = cause.as_str(), "closing an unused connection");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.header_read_timeout, conn).await;
         }
         () = async { let _ = stop.wait_for(|s| *s).await; } => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// A connection that hyper ended with an error: a request head or framing it
+/// refused before the pipeline saw it (over its limits, malformed) is counted and
+/// logged, so probing leaves a trace; a client that went away is not news.
+fn note_connection_error(gw: &Gateway, peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+    let parse = e
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(|h| h.is_parse() || h.is_parse_too_large() || h.is_parse_status());
+    if parse {
+        closed(gw, "malformed");
+        tracing::info!(%peer, reason = "request_malformed", error = %e, "request refused by the HTTP parser");
+    } else {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

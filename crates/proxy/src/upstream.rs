@@ -183,6 +183,10 @@ impl UpstreamPool {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        // A fault of the client's body is the client's: named as such by the
+        // forward step, and never counted against the upstream.
+        let body_fault = request.body().fault();
+        let client_fault = || body_fault.as_ref().is_some_and(|f| f.get().is_some());
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -218,6 +222,15 @@ impl UpstreamPool {
                     self.record_success(index);
                     self.metrics.latency(elapsed.as_secs_f64());
                     return Ok((response, elapsed));
+                }
+                Err(_) | Ok(Err(_)) if client_fault() => {
+                    return Err(UpstreamFailure {
+                        rejection: Rejection::new(
+                            Reason::RequestMalformed,
+                            "the client's request body failed",
+                        ),
+                        kind: UpstreamErrorKind::Protocol,
+                    });
                 }
                 Err(_) => {
                     self.metrics.error(UpstreamErrorKind::Timeout);

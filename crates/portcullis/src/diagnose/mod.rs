@@ -122,10 +122,14 @@ async fn diagnose(
     } else {
         uri.path()
     };
-    if let Err(r) = portcullis_policy::path::check(path) {
-        report.fail(r.reason, format!("{path}: {}", r.detail));
-        return Ok(report);
-    }
+    let canonical = match portcullis_policy::path::canonicalise(path, &rt.config.paths) {
+        Ok(c) => c.into_owned(),
+        Err(r) => {
+            report.fail(r.reason, format!("{path}: {}", r.detail));
+            return Ok(report);
+        }
+    };
+    let path = canonical.as_str();
     let route = match rt.table.find(&normalise_host(&host), path, &method) {
         Lookup::Found(route) => {
             let c = &route.config;
@@ -242,6 +246,7 @@ fn client_ip_step(
         xff.map(str::as_bytes).into_iter(),
         std::iter::empty(),
         trusted,
+        &rt.config.network.forwarded_proxies,
     );
     let peer_trusted = !trusted.is_empty() && trusted.contains(peer);
     let how = match (xff, peer_trusted) {
@@ -268,7 +273,14 @@ fn client_ip_step(
             }
         };
         evidence.push_str(&said);
-        if rules.check(client.ip, scope).is_err() {
+        if let Err(refusal) = rules.check_client(&client, scope) {
+            if matches!(
+                client.source,
+                portcullis_policy::IpSource::Unparsable { .. }
+            ) {
+                evidence.push_str("; ");
+                evidence.push_str(&refusal.detail);
+            }
             report.fail(Reason::IpDenied, evidence);
             return false;
         }

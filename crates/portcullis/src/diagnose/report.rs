@@ -26,9 +26,16 @@ pub const STEPS: [&str; 15] = [
 /// The one step at which each reason fails. Exhaustive on purpose.
 pub fn step_for(reason: Reason) -> &'static str {
     match reason {
-        Reason::RouteNotFound | Reason::MethodNotAllowed | Reason::PathInvalid => "route",
+        Reason::RouteNotFound
+        | Reason::MethodNotAllowed
+        | Reason::PathInvalid
+        | Reason::HostInvalid
+        | Reason::UpgradeNotAllowed => "route",
         Reason::IpDenied => "client_ip",
-        Reason::HeadersTooLarge | Reason::BodyTooLarge | Reason::Overloaded => "request",
+        Reason::HeadersTooLarge
+        | Reason::BodyTooLarge
+        | Reason::BodyTimeout
+        | Reason::Overloaded => "request",
         Reason::TokenMissing | Reason::RequestMalformed | Reason::TokenTooLarge => {
             "authorization_header"
         }
@@ -55,7 +62,16 @@ pub fn fix_for(reason: Reason) -> &'static str {
             "no route matches this host and path: check the routes' match blocks"
         }
         Reason::PathInvalid => {
-            "send the path without `.`/`..` segments or percent-encoded `.`, `/` and `\\`"
+            "send the path in canonical form: no `.`/`..` segments, no `\\`, `;`, `%2F`, double or invalid percent-encoding, no segment ending in `.` or space (the detail names the rule; see paths: in gateway.yaml)"
+        }
+        Reason::HostInvalid => {
+            "send exactly one valid Host header (no userinfo) that agrees with an absolute request target or HTTP/2 :authority"
+        }
+        Reason::UpgradeNotAllowed => {
+            "list the protocol in the route's upgrades (e.g. upgrades: [websocket]); h2c and CONNECT are never relayed"
+        }
+        Reason::BodyTimeout => {
+            "the client paused its request body too long: send it without stalls, or raise limits.body_read_timeout"
         }
         Reason::MethodNotAllowed => {
             "add the method to the route's match.methods, or use an allowed one"
