@@ -132,7 +132,14 @@ async fn steps(
     // limits: header size (hyper's own buffer is set above this, so we answer first).
     check_header_size(&req, config.limits.max_header_bytes)?;
 
-    // canonical: one authority and one path, before anything reads them.
+    // canonical: no tunnels by CONNECT; one authority and one path, before
+    // anything reads them.
+    if req.method() == http::Method::CONNECT {
+        return Err(Rejection::new(
+            Reason::UpgradeNotAllowed,
+            "CONNECT tunnels are not relayed",
+        ));
+    }
     let authority = canonical_authority(&req)?;
     canonicalise_path(&mut req, &config.paths)?;
 
@@ -321,17 +328,11 @@ fn canonicalise_path(req: &mut Request<Incoming>, rules: &PathRules) -> Result<(
     Ok(())
 }
 
-/// Decides a protocol switch: `CONNECT` is never relayed; an `Upgrade` offering
-/// only `h2c` is ignored (RFC 9113 §3.1: served as plain HTTP/1.1); any other
-/// upgrade needs every protocol it offers on the route's `upgrades` list.
-/// `true` when the request is an upgrade to pass through.
+/// Decides a protocol switch: an `Upgrade` offering only `h2c` is ignored (RFC
+/// 9113 §3.1: served as plain HTTP/1.1); any other upgrade needs every protocol
+/// it offers on the route's `upgrades` list. `true` when the request is an
+/// upgrade to pass through.
 fn check_upgrade(req: &Request<Incoming>, allowed: &[String]) -> Result<bool, Rejection> {
-    if req.method() == http::Method::CONNECT {
-        return Err(Rejection::new(
-            Reason::UpgradeNotAllowed,
-            "CONNECT tunnels are not relayed",
-        ));
-    }
     if !is_upgrade_request(req.headers()) {
         return Ok(false);
     }

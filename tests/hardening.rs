@@ -1,0 +1,818 @@
+//! Attacks on the gateway's checks, tried the way a hostile client would: path
+//! forms that a normalising upstream serves as another route's path, upgrade
+//! tunnels, ambiguous authorities, forwarding headers with ports or garbage,
+//! spoofed gateway-owned headers, broken and slow bodies, upstreams answering
+//! what they should not, and connections that hold a slot without using it.
+//! Each test owns its servers on 127.0.0.1:0 and is bounded in count and time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::{TestEnv, raw_exchange};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The issuer and upstream every configuration here uses.
+const HEAD: &str = r#"
+listen: { address: "127.0.0.1:0" }
+admin: { enabled: false }
+logging: { access_log: false }
+issuers:
+  dev:
+    issuer: "{ISSUER}"
+    jwks_uri: "{ISSUER}jwks"
+    jwks: { min_refetch_interval: 0s, retries: 0, timeout: 2s }
+upstreams:
+  llm: { targets: ["{UPSTREAM}"], response_header_timeout: 10s }
+"#;
+
+/// A reply read off a raw connection.
+#[derive(Debug)]
+struct RawReply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl RawReply {
+    fn parse(text: &str) -> RawReply {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        RawReply {
+            status,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn reason(&self) -> String {
+        self.json()["reason"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// One request on a fresh connection, written byte for byte.
+async fn raw(addr: SocketAddr, request: &str) -> RawReply {
+    RawReply::parse(&raw_exchange(addr, request.as_bytes(), Duration::from_secs(10)).await)
+}
+
+fn metric(env: &TestEnv, line_start: &str) -> f64 {
+    env.metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// What an upstream that normalises as much as any real server does would serve
+/// for the path it received: percent-decoding applied repeatedly (double
+/// decoding), overlong UTF-8 dots and slashes, backslashes as slashes, `;`
+/// parameters dropped, case folded, trailing dots and spaces dropped, empty
+/// segments merged and dot segments resolved.
+fn served_as(uri: &str) -> String {
+    let mut path = uri.split('?').next().unwrap_or("").to_owned();
+    for _ in 0..3 {
+        let lower = path.to_ascii_lowercase();
+        let lower = lower.replace("%c0%ae", ".").replace("%c0%af", "/");
+        path = percent_decode_lossy(&lower);
+    }
+    let path = path.replace('\\', "/").to_ascii_lowercase();
+    let mut out: Vec<String> = Vec::new();
+    for segment in path.split('/') {
+        let segment = segment.split(';').next().unwrap_or("");
+        // `..` itself stays: only trailing dots after a name are dropped.
+        let segment = if segment.bytes().all(|b| b == b'.') {
+            segment
+        } else {
+            segment.trim_end_matches(['.', ' ', '\0'])
+        };
+        match segment {
+            "" => {}
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s.to_owned()),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn percent_decode_lossy(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn the_normalising_upstream_is_as_lenient_as_claimed() {
+    for (received, served) in [
+        ("//admin/x", "/admin/x"),
+        ("/v1/..;/admin", "/admin"),
+        ("/%252e%252e/admin", "/admin"),
+        ("/x/%c0%ae%c0%ae/admin", "/admin"),
+        ("/ADMIN.", "/admin"),
+        ("/x\\..\\admin", "/admin"),
+        ("/%61dmin?q", "/admin"),
+    ] {
+        assert_eq!(served_as(received), served, "{received}");
+    }
+}
+
+/// No path form admitted under the catch-all's policy (a `chat:write` token) is
+/// served by a normalising upstream as a path under `/admin` (which needs
+/// `admin`): each is refused, or made canonical and then matched by the admin
+/// route, whose policy refuses it.
+#[tokio::test]
+async fn no_path_form_reaches_another_routes_path() {
+    let config = format!(
+        "{HEAD}{}",
+        r#"
+routes:
+  - name: admin
+    match: { path_prefix: /admin, case_insensitive: true }
+    upstream: llm
+    auth: { issuers: [dev], audiences: [portcullis-demo], scopes: { all_of: [admin] } }
+  - name: catchall
+    match: { path_prefix: / }
+    upstream: llm
+    auth: { issuers: [dev], audiences: [portcullis-demo], scopes: { all_of: ["chat:write"] } }
+"#
+    );
+    let env = TestEnv::start(&config).await;
+    let token = env.token("chat:write", json!({}));
+    let corpus = [
+        "//admin/x",
+        "///admin",
+        "/./admin",
+        "/x/../admin",
+        "/v1/..;/admin",
+        "/admin;x=1/",
+        "/;/admin",
+        "/x;/../admin",
+        "/%61dmin/x",
+        "/%41DMIN/x",
+        "/%2561dmin",
+        "/%252e%252e/admin",
+        "/x/%2e%2e/admin",
+        "/x/%2E%2E/admin",
+        "/x/.%2e/admin",
+        "/x%2f..%2fadmin",
+        "/x%2F..%2Fadmin",
+        "/%2fadmin",
+        "/x%5c..%5cadmin",
+        "/x/%c0%ae%c0%ae/admin",
+        "/x/%c0%ae%c0%ae%c0%afadmin",
+        "/ADMIN/x",
+        "/Admin",
+        "/aDmIn/x",
+        "/admin./x",
+        "/admin../x",
+        "/admin%20/x",
+        "/admin%2e/x",
+        "/admin%00/x",
+        "/admin%09",
+        "/x/..%00/admin",
+    ];
+    let mut forwarded = 0;
+    for path in corpus {
+        let reply = raw(
+            env.addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(reply.status != 0, "{path}: no answer");
+        if (200..300).contains(&reply.status) {
+            forwarded += 1;
+            let uri = reply.json()["uri"].as_str().unwrap_or("").to_owned();
+            let served = served_as(&uri);
+            assert!(
+                !served.starts_with("/admin"),
+                "{path} was admitted by the catch-all and reached the upstream as {uri:?}, served as {served:?}"
+            );
+        } else {
+            assert!(
+                [400, 403].contains(&reply.status),
+                "{path}: {} {}",
+                reply.status,
+                reply.body
+            );
+        }
+    }
+    // The canonical forms of /admin are the admin route's, and refused there.
+    for path in ["/%61dmin/x", "//admin/x", "/ADMIN/x"] {
+        let reply = raw(
+            env.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(
+            (reply.status, reply.reason().as_str()),
+            (403, "scope_insufficient"),
+            "{path}: {}",
+            reply.body
+        );
+    }
+    // Refusals name their rule.
+    for (path, rule) in [
+        ("/v1/..;/admin", "semicolon"),
+        ("/%252e%252e/admin", "double_encoding"),
+        ("/x/%c0%ae%c0%ae/admin", "invalid_utf8"),
+        ("/x%2f..%2fadmin", "escaped_slash"),
+        ("/admin./x", "trailing_dot_or_space"),
+        ("/admin%00/x", "encoded_control"),
+    ] {
+        let reply = raw(
+            env.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(reply.reason(), "path_invalid", "{path}: {}", reply.body);
+        assert!(
+            reply.body.contains(&format!("rule {rule}")),
+            "{path}: {}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        forwarded, 0,
+        "every form in the corpus is refused or re-routed"
+    );
+    // What is matched is what the upstream receives: a canonicalised path goes
+    // upstream in its canonical form.
+    let reply = raw(
+        env.addr,
+        &format!("GET /v1//chat/%63ompletions?a=%2F HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["uri"], "/v1/chat/completions?a=%2F");
+}
+
+const UPGRADES: &str = r#"
+routes:
+  - name: ws
+    match: { path_prefix: /ws/ }
+    upstream: llm
+    public: true
+    upgrades: [echo]
+  - name: api
+    match: { path_prefix: / }
+    upstream: llm
+    auth: { issuers: [dev], audiences: [portcullis-demo], scopes: { all_of: ["chat:write"] } }
+"#;
+
+/// Reads a response head off a stream that stays open.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&head).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a response head in time")
+            .expect("read");
+        assert!(n > 0, "closed before a response head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn upgrades_only_by_allow_list() {
+    let env = TestEnv::start(&format!("{HEAD}{UPGRADES}")).await;
+    let token = env.token("chat:write", json!({}));
+
+    // A route that names no upgrade refuses one, before the upstream sees anything.
+    for proto in ["echo", "websocket", "made-up/1"] {
+        let reply = raw(
+            env.addr,
+            &format!("GET /v1/upgrade HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade, close\r\nUpgrade: {proto}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(
+            (reply.status, reply.reason().as_str()),
+            (403, "upgrade_not_allowed"),
+            "{proto}: {}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        env.upstream.requests(),
+        0,
+        "no refused upgrade reached the upstream"
+    );
+
+    // h2c is never relayed: the request is served as plain HTTP/1.1 and neither
+    // Upgrade nor HTTP2-Settings reaches the upstream.
+    let reply = raw(
+        env.addr,
+        &format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let headers = &reply.json()["headers"];
+    assert!(headers.get("upgrade").is_none(), "{headers}");
+    assert!(headers.get("http2-settings").is_none(), "{headers}");
+    // Even on a route that allows upgrades.
+    let reply = raw(
+        env.addr,
+        "GET /ws/x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, close\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // An offer naming a protocol outside the list is refused whole.
+    let reply = raw(
+        env.addr,
+        "GET /ws/upgrade HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, close\r\nUpgrade: echo, websocket\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.reason(), "upgrade_not_allowed", "{}", reply.body);
+
+    // CONNECT tunnels are never relayed.
+    let reply = raw(
+        env.addr,
+        "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.reason().as_str()),
+        (403, "upgrade_not_allowed"),
+        "{}",
+        reply.body
+    );
+
+    // An allowed protocol gets its tunnel.
+    let mut s = TcpStream::connect(env.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws/upgrade HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"through the tunnel").await.unwrap();
+    let mut echoed = [0u8; 18];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"through the tunnel");
+}
+
+/// An upstream that reads one request head and answers with `response` as is.
+async fn rogue_upstream(response: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(response.as_bytes()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn upstream_responses_that_must_not_reach_the_client() {
+    for (response, what) in [
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+            "switched protocols (101) without being asked",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "conflicting framing",
+        ),
+        (
+            "HTTP/1.1 999 Nine\r\nContent-Length: 0\r\n\r\n",
+            "invalid status 999",
+        ),
+    ] {
+        let rogue = rogue_upstream(response).await;
+        let config = format!(
+            "{}{}",
+            HEAD.replace("{UPSTREAM}", &rogue),
+            "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true, upgrades: [echo] }\n"
+        );
+        let env = TestEnv::start(&config).await;
+        let reply = raw(
+            env.addr,
+            "GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            (reply.status, reply.reason().as_str()),
+            (502, "upstream_protocol_error"),
+            "{what}: {} {}",
+            reply.head,
+            reply.body
+        );
+        assert!(reply.body.contains(what), "{what}: {}", reply.body);
+    }
+    // A 101 to a protocol the client did not offer.
+    let rogue = rogue_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: other\r\n\r\n",
+    )
+    .await;
+    let config = format!(
+        "{}{}",
+        HEAD.replace("{UPSTREAM}", &rogue),
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true, upgrades: [echo] }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    let reply = raw(
+        env.addr,
+        "GET /x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, close\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert!(reply.body.contains("did not ask for"), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn one_authority_per_request() {
+    let config = format!(
+        "{HEAD}{}",
+        r#"
+routes:
+  - { name: tenant, match: { host: api.example.com, path_prefix: / }, upstream: llm, public: true }
+  - { name: other, match: { path_prefix: / }, upstream: llm, public: true, rewrite: { replace_prefix: /other } }
+"#
+    );
+    let env = TestEnv::start(&config).await;
+    for (request, why) in [
+        (
+            "GET /x HTTP/1.1\r\nHost: a.example\r\nHost: api.example.com\r\nConnection: close\r\n\r\n",
+            "2 Host headers",
+        ),
+        (
+            "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "no Host header",
+        ),
+        (
+            "GET /x HTTP/1.1\r\nHost: user@api.example.com\r\nConnection: close\r\n\r\n",
+            "userinfo",
+        ),
+        (
+            "GET /x HTTP/1.1\r\nHost: api.example.com:99999\r\nConnection: close\r\n\r\n",
+            "invalid port",
+        ),
+        (
+            "GET http://api.example.com/x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+            "different hosts",
+        ),
+    ] {
+        let reply = raw(env.addr, request).await;
+        if reply.status == 400 && reply.reason().is_empty() {
+            // hyper's own parser refused it first: still a 400, still not forwarded.
+            continue;
+        }
+        assert_eq!(
+            (reply.status, reply.reason().as_str()),
+            (400, "host_invalid"),
+            "{request:?}: {}",
+            reply.body
+        );
+        assert!(reply.body.contains(why), "{request:?}: {}", reply.body);
+    }
+    assert_eq!(
+        env.upstream.requests(),
+        0,
+        "no ambiguous request was forwarded"
+    );
+    // The absolute form's authority is what routes (it agrees with Host here).
+    let reply = raw(
+        env.addr,
+        "GET http://api.example.com/x HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.json()["uri"],
+        "/x",
+        "routed by the target's authority"
+    );
+    // HTTP/1.0 may omit Host.
+    let reply = raw(env.addr, "GET /x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn forwarding_headers_fail_closed_behind_trusted_proxies() {
+    let routes = r#"
+routes:
+  - name: partners
+    match: { path_prefix: / }
+    upstream: llm
+    public: true
+    ip: { allow: [203.0.113.0/24] }
+"#;
+    // The test client (127.0.0.1) is a trusted proxy, and sets X-Forwarded-For.
+    let xff = TestEnv::start(&format!(
+        "{HEAD}network: {{ trusted_proxies: [127.0.0.0/8] }}\n{routes}"
+    ))
+    .await;
+    for (value, status) in [
+        ("203.0.113.5", 200),
+        ("203.0.113.5:5555", 200),
+        ("198.51.100.7, 203.0.113.5:443", 200),
+        ("198.51.100.7:5555", 403),
+        ("203.0.113.5, 127.0.0.9:5555", 200),
+        ("[2001:db8::1]:80", 403),
+    ] {
+        let reply = xff.get("/x", &[("x-forwarded-for", value)]).await;
+        assert_eq!(reply.status.as_u16(), status, "{value}: {:?}", reply.body);
+    }
+    // Entries that cannot be parsed make the client unknown; the proxy's own
+    // address (127.0.0.1, not on the allow list either way) never stands in.
+    for value in ["junk", "203.0.113.5, junk", "unknown", "203.0.113.5:99999"] {
+        let reply = xff.get("/x", &[("x-forwarded-for", value)]).await;
+        assert_eq!(reply.reason(), "ip_denied", "{value}");
+        assert!(
+            reply.json()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("from the right is not an IP address"),
+            "{value}: {:?}",
+            reply.body
+        );
+    }
+
+    // A proxy that sets Forwarded: a client's own X-Forwarded-For is not read.
+    let fwd = TestEnv::start(&format!(
+        "{HEAD}network: {{ trusted_proxies: [{{ cidr: 127.0.0.1, header: forwarded }}] }}\n{routes}"
+    ))
+    .await;
+    let reply = fwd.get("/x", &[("x-forwarded-for", "203.0.113.5")]).await;
+    assert_eq!(
+        reply.reason(),
+        "ip_denied",
+        "X-Forwarded-For is ignored behind a Forwarded proxy"
+    );
+    let reply = fwd
+        .get(
+            "/x",
+            &[("forwarded", "for=\"203.0.113.5:4711\";proto=https")],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn gateway_owned_headers_are_stripped_on_every_route() {
+    let config = format!(
+        "{HEAD}{}",
+        r#"
+routes:
+  - name: private
+    match: { path_prefix: /private/ }
+    upstream: llm
+    auth:
+      issuers: [dev]
+      audiences: [portcullis-demo]
+      claim_headers: { sub: X-User-Subject }
+  - { name: public, match: { path_prefix: / }, upstream: llm, public: true }
+"#
+    );
+    let env = TestEnv::start(&config).await;
+    let spoofed = [
+        ("x-user-subject", "admin"),
+        ("x_user_subject", "admin"),
+        ("x-portcullis-subject", "admin"),
+        ("x_portcullis_subject", "admin"),
+        ("x-http-method-override", "DELETE"),
+        ("x-original-url", "/private/admin"),
+        ("x-rewrite-url", "/private/admin"),
+        ("x-real-ip", "10.0.0.1"),
+        ("true-client-ip", "10.0.0.1"),
+        ("x_forwarded_for", "10.0.0.1"),
+    ];
+    let reply = env.get("/public/x", &spoofed).await;
+    assert_eq!(reply.status, 200);
+    let headers = reply.json()["headers"].clone();
+    for (name, _) in spoofed {
+        assert!(
+            headers.get(name).is_none(),
+            "{name} reached the upstream: {headers}"
+        );
+    }
+    // On the route that sets it, the header carries the verified claim only.
+    let token = env.token("", json!({"sub": "alice"}));
+    let auth = format!("Bearer {token}");
+    let reply = env
+        .get(
+            "/private/x",
+            &[
+                ("authorization", &auth),
+                ("x-user-subject", "admin"),
+                ("x_user_subject", "admin"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.json()["headers"]["x-user-subject"], json!(["alice"]));
+    assert!(reply.json()["headers"].get("x_user_subject").is_none());
+}
+
+#[tokio::test]
+async fn broken_and_slow_bodies_are_the_clients_fault() {
+    let config = format!(
+        "{HEAD}limits: {{ body_read_timeout: 1s }}\n{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    let reply = raw(
+        env.addr,
+        "POST /upload HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.reason().as_str()),
+        (400, "request_malformed"),
+        "{}",
+        reply.body
+    );
+
+    // A body that stops arriving: half of it, then silence.
+    let mut s = TcpStream::connect(env.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    let reply = RawReply::parse(&String::from_utf8_lossy(&out));
+    assert_eq!(
+        (reply.status, reply.reason().as_str()),
+        (408, "body_timeout"),
+        "{}",
+        reply.body
+    );
+
+    let errors = env.metrics.render();
+    assert!(
+        !errors
+            .lines()
+            .any(|l| l.starts_with("portcullis_upstream_errors_total{") && !l.ends_with(" 0")),
+        "a client's body fault was counted against the upstream:\n{errors}"
+    );
+}
+
+/// Opens `n` connections that never send a byte.
+async fn silent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(TcpStream::connect(addr).await.unwrap());
+    }
+    v
+}
+
+/// Waits until the gateway closes `s` (EOF or reset), at most 20 s.
+async fn closed_by_gateway(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_idle_connections_give_their_slot_back() {
+    let config = format!(
+        "{HEAD}limits: {{ first_byte_timeout: 1s, idle_timeout: 1s, max_connections: 20 }}\n{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    // Twenty connections that never send a byte take every slot...
+    let mut conns = silent(env.addr, 20).await;
+    // ...until the gateway closes them.
+    for c in &mut conns {
+        assert!(
+            closed_by_gateway(c).await,
+            "a silent connection was never closed"
+        );
+    }
+    assert_eq!(
+        metric(
+            &env,
+            "portcullis_connections_closed_total{cause=\"first_byte_timeout\"}"
+        ),
+        20.0
+    );
+    // Then a real client gets in.
+    let reply = env.get("/x", &[]).await;
+    assert_eq!(reply.status, 200);
+
+    // A keep-alive connection with no request in flight is closed too.
+    let mut s = TcpStream::connect(env.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        closed_by_gateway(&mut s).await,
+        "an idle keep-alive connection was never closed"
+    );
+    assert!(
+        metric(
+            &env,
+            "portcullis_connections_closed_total{cause=\"idle_timeout\"}"
+        ) >= 1.0
+    );
+
+    // A stream that runs longer than the idle timeout is not cut.
+    let reply = env.get("/sse?chunks=4&interval_ms=600", &[]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply.body)
+            .matches("data:")
+            .count(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn connections_per_client_address_are_capped() {
+    let config = format!(
+        "{HEAD}limits: {{ max_connections_per_ip: 2 }}\n{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    let _held = silent(env.addr, 2).await;
+    let mut third = TcpStream::connect(env.addr).await.unwrap();
+    assert!(
+        closed_by_gateway(&mut third).await,
+        "a third connection from one address was kept"
+    );
+    // The metric is counted by the accept loop; wait for it rather than for time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        &env,
+        "portcullis_connections_closed_total{cause=\"per_ip_limit\"}",
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "per_ip_limit was not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(_held);
+}
+
+#[tokio::test]
+async fn idle_admin_connections_cannot_starve_the_traffic_listener() {
+    let config = format!(
+        "{HEAD}{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    let _held = silent(env.admin, portcullis_metrics::admin::ADMIN_MAX_CONNECTIONS).await;
+    let mut extra = TcpStream::connect(env.admin).await.unwrap();
+    assert!(
+        closed_by_gateway(&mut extra).await,
+        "the admin listener took one connection too many"
+    );
+    assert_eq!(
+        env.get("/x", &[]).await.status,
+        200,
+        "traffic is still served"
+    );
+}
