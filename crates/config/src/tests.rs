@@ -182,3 +182,77 @@ fn a_route_cannot_accept_two_issuers_with_one_iss() {
     let err = load(&text).unwrap_err().to_string();
     assert!(err.contains("share the iss"), "{err}");
 }
+
+#[test]
+fn hardening_settings_have_safe_defaults() {
+    let c = load(GOOD).unwrap();
+    use portcullis_policy::path::{EmptySegments, EscapedSlashes, Semicolons};
+    assert_eq!(c.paths.escaped_slashes, EscapedSlashes::Reject);
+    assert_eq!(c.paths.semicolons, Semicolons::Reject);
+    assert_eq!(c.paths.empty_segments, EmptySegments::Merge);
+    assert!(
+        c.routes.iter().all(|r| r.upgrades.is_empty()),
+        "no upgrade unless listed"
+    );
+    assert_eq!(c.limits.first_byte_timeout, c.limits.header_read_timeout);
+    assert_eq!(c.limits.idle_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(
+        c.limits.body_read_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(c.limits.max_connections_per_ip, 0);
+    assert!(
+        c.network
+            .strip_from_untrusted
+            .iter()
+            .any(|h| h == "x-http-method-override")
+    );
+}
+
+#[test]
+fn hardening_settings_are_validated() {
+    let text = GOOD
+        .replace(
+            "routes:\n",
+            "paths: { semicolons: allow, escaped_slashes: keep }\n\
+             network:\n  trusted_proxies: [10.0.0.0/8, { cidr: 192.0.2.0/24, header: forwarded }, { cidr: 198.51.100.0/24, header: x-real-ip }]\n  strip_from_untrusted: [\"bad header\"]\n\
+             limits: { idle_timeout: 0s }\n\
+             routes:\n",
+        )
+        .replace(
+            "match: { path_prefix: /v1/ }",
+            "match: { path_prefix: /v1//x }\n    upgrades: [websocket, h2c, \"bad proto\"]",
+        );
+    let err = load(&text).unwrap_err().to_string();
+    for needle in [
+        "paths.semicolons: \"allow\" is not a choice",
+        "network.trusted_proxies[2].header: \"x-real-ip\" is not a forwarding header",
+        "network.strip_from_untrusted[0]",
+        "limits.idle_timeout: must be more than 0",
+        "routes[0].match.path: \"/v1//x\" is not in canonical form; requests are matched as \"/v1/x\"",
+        "routes[0].upgrades[1]: h2c upgrades are never relayed",
+        "routes[0].upgrades[2]",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let ok = GOOD.replace(
+        "routes:\n",
+        "network:\n  trusted_proxies: [{ cidr: 192.0.2.0/24, header: forwarded }, 10.0.0.0/8]\nroutes:\n",
+    );
+    let c = load(&ok).unwrap();
+    assert!(
+        c.network
+            .forwarded_proxies
+            .contains("192.0.2.7".parse().unwrap())
+    );
+    assert!(
+        !c.network
+            .forwarded_proxies
+            .contains("10.0.0.7".parse().unwrap())
+    );
+    assert!(
+        c.network
+            .trusted_proxies
+            .contains("10.0.0.7".parse().unwrap())
+    );
+}

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 pub struct Activity {
     started: Instant,
     first_byte: AtomicBool,
-    /// Milliseconds after `started` of the last request start or end.
+    /// Milliseconds after `started` of the last request's end.
     last_event_ms: AtomicU64,
     in_flight: AtomicUsize,
 }
@@ -65,10 +65,10 @@ impl Activity {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A request began; the returned guard ends it when dropped.
+    /// A request began; the returned guard ends it when dropped. Only its end
+    /// is timed: while it runs, the watchdog sees it in flight.
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.last_event_ms.store(self.now_ms(), Ordering::Release);
         RequestGuard {
             activity: Arc::clone(self),
         }

@@ -156,7 +156,9 @@ fn access_log(
         reason,
         detail,
         client_ip = %describe_client(trace.client_ip),
-        subject = %subject,
+        // As a string field, not `%` (Display): the text formatter writes string
+        // fields quoted and escaped, so a crafted `sub` cannot forge a line.
+        subject = subject.as_str(),
     );
 }
 

@@ -171,7 +171,7 @@ async fn steps(
     );
 
     // route: the canonical authority and path.
-    let host = normalise_host(&authority);
+    let host = normalise_host(authority.as_str());
     let route = match runtime.table.find(&host, req.uri().path(), req.method()) {
         Lookup::Found(route) => Arc::clone(route),
         Lookup::MethodNotAllowed(methods) => {
@@ -248,7 +248,7 @@ async fn steps(
                 }
                 (Err(rejection), AuthMode::Enforce) => return Err(rejection),
                 (Err(rejection), AuthMode::Report) => {
-                    tracing::warn!(route = %route.config.name, reason = %rejection.reason, detail = %rejection.detail, "report-only route: would deny");
+                    tracing::warn!(route = %route.config.name, reason = %rejection.reason, detail = rejection.detail.as_str(), "report-only route: would deny");
                     trace.decision = Decision::WouldDeny(rejection.reason);
                     None
                 }
@@ -288,23 +288,57 @@ fn check_header_size(req: &Request<Incoming>, max: usize) -> Result<(), Rejectio
     Ok(())
 }
 
-/// The request's one authority (RFC 9112 §3.2, RFC 9113 §8.3.1), owned so the
-/// request can be changed afterwards; `host_invalid` when it is missing, repeated
-/// or ambiguous.
-fn canonical_authority(req: &Request<Incoming>) -> Result<String, Rejection> {
-    let hosts: Vec<&[u8]> = req
-        .headers()
-        .get_all(header::HOST)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
+/// The request's one authority (RFC 9112 §3.2, RFC 9113 §8.3.1), held as a
+/// cheap clone of the header value or target authority (no copy of the text) so
+/// the request can be changed afterwards; `host_invalid` when it is missing,
+/// repeated or ambiguous.
+fn canonical_authority(req: &Request<Incoming>) -> Result<Authority, Rejection> {
+    let mut values = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (values.next(), values.next());
+    let hosts: [&[u8]; 2] = [
+        first.map_or(&[][..], HeaderValue::as_bytes),
+        second.map_or(&[][..], HeaderValue::as_bytes),
+    ];
+    let count = usize::from(first.is_some()) + usize::from(second.is_some()) + values.count();
     let framing = match req.version() {
         Version::HTTP_09 | Version::HTTP_10 => Framing::Http10,
         Version::HTTP_11 => Framing::Http11,
         _ => Framing::Http2,
     };
-    authority::resolve(&hosts, req.uri().authority().map(|a| a.as_str()), framing)
-        .map(str::to_owned)
+    let target = req.uri().authority();
+    if count > 2 {
+        return Err(Rejection::new(
+            Reason::HostInvalid,
+            format!("{count} Host headers; exactly one is allowed (RFC 9112 §3.2)"),
+        ));
+    }
+    authority::resolve(&hosts[..count], target.map(|a| a.as_str()), framing)?;
+    Ok(match (target, first) {
+        (Some(t), _) => Authority::Target(t.clone()),
+        (None, Some(h)) => Authority::Host(h.clone()),
+        (None, None) => Authority::None,
+    })
+}
+
+/// Where a request's one authority was read from.
+enum Authority {
+    /// The absolute-form target or HTTP/2 `:authority`.
+    Target(http::uri::Authority),
+    /// The `Host` header.
+    Host(HeaderValue),
+    /// None (HTTP/1.0 without `Host`).
+    None,
+}
+
+impl Authority {
+    fn as_str(&self) -> &str {
+        match self {
+            Authority::Target(a) => a.as_str(),
+            // Checked by `authority::resolve` to be ASCII.
+            Authority::Host(h) => h.to_str().unwrap_or_default(),
+            Authority::None => "",
+        }
+    }
 }
 
 /// Replaces the request's path with its canonical form (the query is kept as it
