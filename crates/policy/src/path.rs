@@ -7,6 +7,7 @@
 //! | rule | what | default |
 //! | --- | --- | --- |
 //! | `origin_form` | the path starts with `/` | always |
+//! | `raw_character` | only visible ASCII (RFC 3986 §2); anything else must be percent-encoded | always |
 //! | `dot_segment` | no `.` or `..` segment (RFC 3986 §5.2.4), raw or encoded, with or without `;params` | always |
 //! | `backslash` | no `\` (Windows servers treat it as `/`) | always |
 //! | `bad_escape` | every `%` is followed by two hex digits | always |
@@ -107,6 +108,18 @@ pub fn canonicalise<'a>(path: &'a str, rules: &PathRules) -> Result<Cow<'a, str>
     if decoded_high {
         check_utf8(&out)?;
     }
+    // Checked on the output, since decoding can make the digits: `%25D%63` is
+    // `%25Dc`, which a double-decoding upstream reads as byte 0xDC.
+    if out
+        .as_bytes()
+        .windows(5)
+        .any(|w| w[..3].eq_ignore_ascii_case(b"%25") && hex(w[3]).is_some() && hex(w[4]).is_some())
+    {
+        return Err(refuse(
+            "double_encoding",
+            "the path is percent-encoded twice (%25 followed by two hex digits)",
+        ));
+    }
     if out == path {
         Ok(Cow::Borrowed(path))
     } else {
@@ -129,7 +142,7 @@ fn is_plain(bytes: &[u8]) -> bool {
     let mut all_dots = true;
     for &b in bytes.iter().skip(1) {
         match b {
-            b'%' | b';' | b'\\' => return false,
+            b'%' | b';' | b'\\' | 0..=0x20 | 0x7f.. => return false,
             b'/' => {
                 if prev == b'/' || prev == b'.' {
                     return false;
@@ -167,12 +180,18 @@ fn push_segment(raw: &str, rules: &PathRules, out: &mut String) -> Result<bool, 
                     ));
                 };
                 let decoded = (h << 4) | l;
-                push_escape(decoded, &bytes[i + 3..], rules, out)?;
+                push_escape(decoded, rules, out)?;
                 high |= decoded >= 0x80;
                 i += 3;
                 continue;
             }
             b'\\' => return Err(refuse("backslash", "the path has a backslash")),
+            0..=0x20 | 0x7f.. => {
+                return Err(refuse(
+                    "raw_character",
+                    "the path has a character that is not visible ASCII (it must be percent-encoded)",
+                ));
+            }
             b';' if rules.semicolons == Semicolons::Reject => {
                 return Err(refuse(
                     "semicolon",
@@ -188,12 +207,7 @@ fn push_segment(raw: &str, rules: &PathRules, out: &mut String) -> Result<bool, 
 
 /// Appends one decoded escape: an unreserved character as itself, anything else
 /// as `%XX` with upper-case digits, or the rule it breaks.
-fn push_escape(
-    decoded: u8,
-    rest: &[u8],
-    rules: &PathRules,
-    out: &mut String,
-) -> Result<(), Rejection> {
+fn push_escape(decoded: u8, rules: &PathRules, out: &mut String) -> Result<(), Rejection> {
     match decoded {
         b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
             out.push(char::from(decoded));
@@ -209,12 +223,6 @@ fn push_escape(
             return Err(refuse(
                 "encoded_control",
                 "the path has an encoded control character (%00-%1F or %7F)",
-            ));
-        }
-        b'%' if rest.len() >= 2 && hex(rest[0]).is_some() && hex(rest[1]).is_some() => {
-            return Err(refuse(
-                "double_encoding",
-                "the path is percent-encoded twice (%25 followed by two hex digits)",
             ));
         }
         _ => {}
