@@ -113,6 +113,9 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
     let token_cache = TokenCacheConfig {
         enabled: tc.enabled.unwrap_or(true),
         max_entries: tc.max_entries.unwrap_or(100_000),
+        max_bytes: tc
+            .max_bytes
+            .map_or(64 << 20, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
         max_ttl: tc.max_ttl.map_or(Duration::from_secs(300), |d| d.0),
     };
     if raw.workers == Some(0) {

@@ -178,6 +178,8 @@ pub struct TokenCacheConfig {
     pub enabled: bool,
     /// Maximum cached tokens.
     pub max_entries: usize,
+    /// Maximum memory the cached tokens may hold, their real sizes counted.
+    pub max_bytes: usize,
     /// Upper bound on how long a verified token is reused.
     pub max_ttl: Duration,
 }

@@ -145,6 +145,7 @@ pub struct RawPaths {
 pub struct RawTokenCache {
     pub enabled: Option<bool>,
     pub max_entries: Option<usize>,
+    pub max_bytes: Option<ByteSize>,
     pub max_ttl: Option<HumanDuration>,
 }
 

@@ -56,6 +56,8 @@ pub struct Families {
     pub config_last_success: Gauge,
     /// `portcullis_token_cache_entries`, refreshed at scrape time.
     pub token_cache_entries: IntGauge,
+    /// `portcullis_token_cache_bytes`, refreshed at scrape time.
+    pub token_cache_bytes: IntGauge,
     /// `portcullis_open_connections`.
     pub open_connections: IntGauge,
     /// `portcullis_in_flight_requests`.
@@ -150,6 +152,11 @@ impl Families {
             "Verified tokens held by the token cache (read at scrape time).",
         )?;
         r.register(Box::new(token_cache_entries.clone()))?;
+        let token_cache_bytes = IntGauge::new(
+            "portcullis_token_cache_bytes",
+            "Memory held by the token cache's entries, their real sizes counted (read at scrape time).",
+        )?;
+        r.register(Box::new(token_cache_bytes.clone()))?;
         let config_last_success = Gauge::new(
             "portcullis_config_last_reload_success_timestamp_seconds",
             "Unix time of the last configuration load that succeeded.",
@@ -277,6 +284,7 @@ impl Families {
             )?,
             config_last_success,
             token_cache_entries,
+            token_cache_bytes,
             open_connections,
             in_flight,
             rejected_connections,
@@ -301,6 +309,7 @@ impl Families {
             &fams.config_reloads,
             &fams.config_last_success,
             &fams.token_cache_entries,
+            &fams.token_cache_bytes,
             &fams.open_connections,
             &fams.in_flight,
             &fams.build_info,

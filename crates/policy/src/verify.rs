@@ -61,6 +61,27 @@ pub struct VerifiedClaims {
 }
 
 impl VerifiedClaims {
+    /// The memory these claims hold, in bytes: the struct, its strings and lists,
+    /// and every JSON claim (counted with its map-entry overhead), so a cache of
+    /// them can be bounded in bytes rather than in entries.
+    pub fn approximate_size(&self) -> usize {
+        let strings = |v: &[String]| {
+            v.iter()
+                .map(|s| std::mem::size_of::<String>() + s.capacity())
+                .sum::<usize>()
+        };
+        std::mem::size_of::<Self>()
+            + self.issuer.len()
+            + self.subject.as_ref().map_or(0, String::capacity)
+            + strings(&self.audiences)
+            + strings(&self.scopes)
+            + self
+                .claims
+                .iter()
+                .map(|(k, v)| MAP_ENTRY_OVERHEAD + k.capacity() + json_size(v))
+                .sum::<usize>()
+    }
+
     /// Re-checks the time window at `now`, for claims served from a cache.
     pub fn check_time(&self, now: i64, leeway_secs: i64) -> Result<(), Rejection> {
         check_exp(self.expires_at, now, leeway_secs)?;
@@ -362,4 +383,22 @@ pub fn printable(s: &str) -> String {
     } else {
         format!("\"{cleaned}\"")
     }
+}
+
+/// What a `serde_json::Map` entry costs beyond its key and value (node and index
+/// bookkeeping of the B-tree it is kept in, rounded up).
+const MAP_ENTRY_OVERHEAD: usize = 48;
+
+/// The memory one JSON value holds, itself included.
+fn json_size(v: &Value) -> usize {
+    std::mem::size_of::<Value>()
+        + match v {
+            Value::String(s) => s.capacity(),
+            Value::Array(items) => items.iter().map(json_size).sum(),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| MAP_ENTRY_OVERHEAD + k.capacity() + json_size(v))
+                .sum(),
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        }
 }

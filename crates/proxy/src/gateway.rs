@@ -89,7 +89,7 @@ impl Gateway {
         metrics.config_reload(true);
         Ok(Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
-            token_cache: TokenCache::new(tc.enabled, tc.max_entries, tc.max_ttl),
+            token_cache: TokenCache::new(tc.enabled, tc.max_entries, tc.max_bytes, tc.max_ttl),
             metrics,
             observer,
             in_flight: AtomicUsize::new(0),
@@ -153,7 +153,7 @@ impl Gateway {
             .map(|(name, _)| name.clone())
             .collect();
         self.token_cache
-            .configure(tc.enabled, tc.max_entries, tc.max_ttl);
+            .configure(tc.enabled, tc.max_entries, tc.max_bytes, tc.max_ttl);
         self.runtime.store(Arc::new(new));
         self.metrics.config_reload(true);
         Ok(ApplyReport {
@@ -208,6 +208,8 @@ impl Gateway {
         let f = self.metrics.families();
         f.token_cache_entries
             .set(i64::try_from(self.token_cache.len()).unwrap_or(i64::MAX));
+        f.token_cache_bytes
+            .set(i64::try_from(self.token_cache.bytes()).unwrap_or(i64::MAX));
         let now = Instant::now();
         for issuer in rt.issuers.values() {
             let label = issuer.config.rules.issuer.as_str();

@@ -5,6 +5,11 @@
 //! against (a rotation or removal invalidates it), until the token's `exp` and at
 //! most `max_ttl`. `exp`/`nbf` are still checked on every use, and route rules
 //! (audience, scopes, claims, IP) are always evaluated per request.
+//!
+//! The cache is bounded twice: in entries (`max_entries`) and in bytes
+//! (`max_bytes`), each entry counted at its real size (the claims with every JSON
+//! claim, the key and the map's own overhead), so a stream of large tokens cannot
+//! take more memory than the bytes bound whatever their number.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,14 +34,23 @@ struct Entry {
     keys: Arc<KeyCache>,
     generation: u64,
     valid_until: Instant,
+    /// What the entry holds in memory, counted in [`TokenCache::bytes`].
+    size: usize,
 }
+
+/// What an entry costs beyond its claims: the key, the entry itself and the
+/// map's slot and shard bookkeeping.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<TokenKey>() + std::mem::size_of::<Entry>() + 16;
 
 /// A bounded concurrent map of verified tokens.
 pub struct TokenCache {
     map: DashMap<TokenKey, Entry, foldhash::fast::RandomState>,
     enabled: AtomicBool,
     max_entries: AtomicUsize,
+    max_bytes: AtomicUsize,
     max_ttl_ms: AtomicU64,
+    /// The sum of the entries' sizes.
+    bytes: AtomicUsize,
 }
 
 /// What a lookup or insert did, for the hit/miss/eviction counters.
@@ -50,23 +64,54 @@ pub enum CacheEvent {
 
 impl TokenCache {
     /// An empty cache.
-    pub fn new(enabled: bool, max_entries: usize, max_ttl: Duration) -> Self {
+    pub fn new(enabled: bool, max_entries: usize, max_bytes: usize, max_ttl: Duration) -> Self {
         TokenCache {
             map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             enabled: AtomicBool::new(enabled),
             max_entries: AtomicUsize::new(max_entries),
+            max_bytes: AtomicUsize::new(max_bytes),
             max_ttl_ms: AtomicU64::new(max_ttl.as_millis() as u64),
+            bytes: AtomicUsize::new(0),
         }
     }
 
     /// Applies new settings (on reload).
-    pub fn configure(&self, enabled: bool, max_entries: usize, max_ttl: Duration) {
+    pub fn configure(
+        &self,
+        enabled: bool,
+        max_entries: usize,
+        max_bytes: usize,
+        max_ttl: Duration,
+    ) {
         self.enabled.store(enabled, Ordering::Relaxed);
         self.max_entries.store(max_entries, Ordering::Relaxed);
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
         self.max_ttl_ms
             .store(max_ttl.as_millis() as u64, Ordering::Relaxed);
         if !enabled {
-            self.map.clear();
+            self.retain(|_| false);
+        }
+    }
+
+    /// The bytes the entries hold (their counted sizes).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the entries `keep` says yes to, keeping the byte count exact.
+    fn retain(&self, mut keep: impl FnMut(&Entry) -> bool) {
+        self.map.retain(|_, e| {
+            let kept = keep(e);
+            if !kept {
+                self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+            }
+            kept
+        });
+    }
+
+    fn remove(&self, key: &TokenKey) {
+        if let Some((_, e)) = self.map.remove(key) {
+            self.bytes.fetch_sub(e.size, Ordering::Relaxed);
         }
     }
 
@@ -110,7 +155,7 @@ impl TokenCache {
             || current.state().generation != generation
             || Instant::now() >= valid_until
         {
-            self.map.remove(key);
+            self.remove(key);
             return None;
         }
         Some(claims)
@@ -137,21 +182,26 @@ impl TokenCache {
             return 0;
         }
         let max = self.max_entries.load(Ordering::Relaxed);
-        let evicted = if self.map.len() >= max {
-            self.evict_batch(max)
+        let max_bytes = self.max_bytes.load(Ordering::Relaxed);
+        let size = ENTRY_OVERHEAD + claims.approximate_size();
+        if max == 0 || size > max_bytes {
+            return 0;
+        }
+        let evicted = if self.map.len() >= max || self.bytes() + size > max_bytes {
+            self.evict_batch(max, max_bytes, size)
         } else {
             0
         };
-        if max > 0 {
-            self.map.insert(
-                key,
-                Entry {
-                    claims,
-                    keys,
-                    generation,
-                    valid_until: Instant::now() + ttl,
-                },
-            );
+        let entry = Entry {
+            claims,
+            keys,
+            generation,
+            valid_until: Instant::now() + ttl,
+            size,
+        };
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        if let Some(old) = self.map.insert(key, entry) {
+            self.bytes.fetch_sub(old.size, Ordering::Relaxed);
         }
         evicted
     }
@@ -163,21 +213,29 @@ impl TokenCache {
     /// cache cycling through it would keep none), and no insert pays for dropping
     /// the whole cache. A pass visits every entry, once per batch of inserts, and
     /// only on the miss path, which has just paid for a signature verification.
-    fn evict_batch(&self, max: usize) -> u64 {
+    /// The same holds for the bytes bound: the share evicted is the larger of
+    /// what the entry bound and what the bytes bound (with room for `incoming`
+    /// bytes) call for.
+    fn evict_batch(&self, max: usize, max_bytes: usize, incoming: usize) -> u64 {
         let before = self.map.len();
         let now = Instant::now();
-        self.map.retain(|_, e| e.valid_until > now);
+        self.retain(|e| e.valid_until > now);
         let batch = (max / EVICTION_BATCH_DIVISOR).max(1);
+        let byte_batch = (max_bytes / EVICTION_BATCH_DIVISOR).max(incoming);
         let mut rng = rand::rng();
         loop {
             let len = self.map.len();
-            if len < max || len == 0 {
+            let bytes = self.bytes();
+            if (len < max && bytes + incoming <= max_bytes) || len == 0 {
                 break;
             }
             // Down to a batch below the bound: one pass, also after a reload
             // lowered the bound far below the entries held.
-            let share = ((len - max + batch) as f64 / len as f64).min(1.0);
-            self.map.retain(|_, _| !rng.random_bool(share));
+            let by_entries = (len + batch).saturating_sub(max) as f64 / len as f64;
+            let by_bytes =
+                (bytes + byte_batch).saturating_sub(max_bytes) as f64 / bytes.max(1) as f64;
+            let share = by_entries.max(by_bytes).clamp(0.0, 1.0);
+            self.retain(|_| !rng.random_bool(share));
         }
         before.saturating_sub(self.map.len()) as u64
     }
@@ -239,7 +297,7 @@ mod tests {
     #[test]
     fn a_full_cache_evicts_a_small_batch_not_everything() {
         let keys = issuer_keys();
-        let cache = TokenCache::new(true, 1_000, Duration::from_secs(300));
+        let cache = TokenCache::new(true, 1_000, usize::MAX, Duration::from_secs(300));
         assert_eq!(fill(&cache, &keys, 0, 1_000), 0);
         assert_eq!(cache.len(), 1_000);
 
@@ -260,7 +318,7 @@ mod tests {
     #[test]
     fn the_bound_holds_under_churn_and_a_larger_working_set_keeps_most_hits() {
         let keys = issuer_keys();
-        let cache = TokenCache::new(true, 1_000, Duration::from_secs(300));
+        let cache = TokenCache::new(true, 1_000, usize::MAX, Duration::from_secs(300));
         let mut evicted = 0;
         for pass in 0..5 {
             evicted += fill(&cache, &keys, 0, 1_100);
@@ -276,7 +334,7 @@ mod tests {
     #[test]
     fn requests_cycling_through_more_tokens_than_fit_still_hit_mostly() {
         let keys = issuer_keys();
-        let cache = TokenCache::new(true, 1_000, Duration::from_secs(300));
+        let cache = TokenCache::new(true, 1_000, usize::MAX, Duration::from_secs(300));
         let generation = keys.state().generation;
         let mut hit_count = 0;
         // Five passes of 1,100 requests, each token in turn, as a gateway would:
@@ -298,7 +356,7 @@ mod tests {
     #[test]
     fn a_full_cache_of_mostly_expired_entries_loses_only_expired_ones() {
         let keys = issuer_keys();
-        let cache = TokenCache::new(true, 128, Duration::from_secs(300));
+        let cache = TokenCache::new(true, 128, usize::MAX, Duration::from_secs(300));
         let generation = keys.state().generation;
         fill(&cache, &keys, 0, 2);
         // 126 entries whose lifetime ends one second after insertion.
@@ -316,9 +374,9 @@ mod tests {
     #[test]
     fn a_lowered_bound_is_reached_at_the_next_insert() {
         let keys = issuer_keys();
-        let cache = TokenCache::new(true, 10_000, Duration::from_secs(300));
+        let cache = TokenCache::new(true, 10_000, usize::MAX, Duration::from_secs(300));
         fill(&cache, &keys, 0, 10_000);
-        cache.configure(true, 1_000, Duration::from_secs(300));
+        cache.configure(true, 1_000, usize::MAX, Duration::from_secs(300));
         let evicted = fill(&cache, &keys, 20_000, 1);
         assert!(cache.len() <= 1_000, "{} entries", cache.len());
         // About 985 stay (standard deviation 30); 800 or fewer would mean far
@@ -330,8 +388,57 @@ mod tests {
     #[test]
     fn a_zero_bound_caches_nothing() {
         let keys = issuer_keys();
-        let cache = TokenCache::new(true, 0, Duration::from_secs(300));
+        let cache = TokenCache::new(true, 0, usize::MAX, Duration::from_secs(300));
         assert_eq!(fill(&cache, &keys, 0, 10), 0);
         assert!(cache.is_empty());
+    }
+
+    /// Claims of about `kib` KiB (one large claim, as a big token would carry).
+    fn large_claims(kib: usize) -> Arc<VerifiedClaims> {
+        let mut c = (*claims(FAR_FUTURE)).clone();
+        c.claims.insert(
+            "groups".to_owned(),
+            serde_json::Value::String("g".repeat(kib << 10)),
+        );
+        Arc::new(c)
+    }
+
+    #[test]
+    fn the_bytes_bound_holds_whatever_the_entries_count() {
+        let keys = issuer_keys();
+        let generation = keys.state().generation;
+        // Room for 100,000 entries but 1 MiB: 6 KiB tokens fit about 170 times.
+        let cache = TokenCache::new(true, 100_000, 1 << 20, Duration::from_secs(300));
+        for i in 0..2_000 {
+            cache.insert(key(i), large_claims(6), Arc::clone(&keys), generation, 0);
+            assert!(
+                cache.bytes() <= 1 << 20,
+                "insert {i}: {} bytes",
+                cache.bytes()
+            );
+        }
+        assert!(cache.len() > 100, "{} entries", cache.len());
+        assert!(cache.len() < 175, "{} entries", cache.len());
+        // The count is exact: it falls to zero when everything goes.
+        cache.configure(false, 100_000, 1 << 20, Duration::from_secs(300));
+        assert_eq!((cache.len(), cache.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn sizes_count_the_claims_and_replacements_are_not_counted_twice() {
+        let small = claims(FAR_FUTURE).approximate_size();
+        let large = large_claims(6).approximate_size();
+        assert!(large >= small + 6 * 1024, "{small} -> {large}");
+        let keys = issuer_keys();
+        let generation = keys.state().generation;
+        let cache = TokenCache::new(true, 10, usize::MAX, Duration::from_secs(300));
+        cache.insert(key(1), large_claims(6), Arc::clone(&keys), generation, 0);
+        let once = cache.bytes();
+        cache.insert(key(1), large_claims(6), Arc::clone(&keys), generation, 0);
+        assert_eq!(cache.bytes(), once, "the same key inserted twice");
+        // An entry larger than the whole bound is not cached at all.
+        let tiny = TokenCache::new(true, 10, 1024, Duration::from_secs(300));
+        tiny.insert(key(2), large_claims(6), Arc::clone(&keys), generation, 0);
+        assert!(tiny.is_empty());
     }
 }
