@@ -816,3 +816,338 @@ async fn idle_admin_connections_cannot_starve_the_traffic_listener() {
         "traffic is still served"
     );
 }
+
+/// A minimal HTTP/2 client that writes frames byte by byte, for what a real
+/// client library refuses to send: floods of resets and CONTINUATION frames, and
+/// an `:authority` that disagrees with `host`.
+mod h2raw {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const CONTINUATION: u8 = 0x9;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// HPACK literal without indexing, name from the static table (index < 15).
+    fn literal(index: u8, value: &str) -> Vec<u8> {
+        assert!(value.len() < 127);
+        let mut v = vec![index, value.len() as u8];
+        v.extend_from_slice(value.as_bytes());
+        v
+    }
+
+    /// HPACK literal without indexing, new name.
+    pub fn literal_new(name: &str, value: &str) -> Vec<u8> {
+        assert!(name.len() < 127 && value.len() < 127);
+        let mut v = vec![0x00, name.len() as u8];
+        v.extend_from_slice(name.as_bytes());
+        v.push(value.len() as u8);
+        v.extend_from_slice(value.as_bytes());
+        v
+    }
+
+    /// `GET http://{authority}{path}` as an HPACK block.
+    pub fn request(path: &str, authority: &str) -> Vec<u8> {
+        let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+        block.extend(literal(4, path));
+        block.extend(literal(1, authority));
+        block
+    }
+
+    /// Connects, exchanges the preface and SETTINGS (acknowledging the server's).
+    pub async fn connect(addr: std::net::SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(PREFACE).await.unwrap();
+        s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        let (kind, flags, _, _) = read_frame(&mut s, Duration::from_secs(10))
+            .await
+            .expect("the server's SETTINGS");
+        assert_eq!((kind, flags & 1), (SETTINGS, 0));
+        s.write_all(&frame(SETTINGS, 1, 0, &[])).await.unwrap();
+        s
+    }
+
+    /// One frame: (type, flags, stream, payload), or `None` at EOF, an error or
+    /// the timeout.
+    pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+        s: &mut R,
+        timeout: Duration,
+    ) -> Option<(u8, u8, u32, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(timeout, s.read_exact(&mut head))
+            .await
+            .ok()?
+            .ok()?;
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        tokio::time::timeout(timeout, s.read_exact(&mut payload))
+            .await
+            .ok()?
+            .ok()?;
+        Some((head[3], head[4], stream, payload))
+    }
+
+    /// How the server ended the connection: its GOAWAY error code, or a close.
+    pub struct Outcome {
+        pub goaway: Option<u32>,
+        pub closed: bool,
+    }
+
+    pub async fn read_until_goaway<R: tokio::io::AsyncRead + Unpin>(
+        s: &mut R,
+        within: Duration,
+    ) -> Outcome {
+        let deadline = Instant::now() + within;
+        let mut out = Outcome {
+            goaway: None,
+            closed: false,
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            match read_frame(s, left).await {
+                None => {
+                    out.closed = true;
+                    return out;
+                }
+                Some((GOAWAY, _, _, payload)) if payload.len() >= 8 => {
+                    out.goaway = Some(u32::from_be_bytes([
+                        payload[4], payload[5], payload[6], payload[7],
+                    ]));
+                    return out;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn http2_authority_and_host_must_agree() {
+    let config = format!(
+        "{HEAD}{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    let mut s = h2raw::connect(env.addr).await;
+    let mut block = h2raw::request("/x", "a.example");
+    block.extend(h2raw::literal_new("host", "b.example"));
+    s.write_all(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_STREAM | h2raw::END_HEADERS,
+        1,
+        &block,
+    ))
+    .await
+    .unwrap();
+    let mut agreeing = h2raw::request("/y", "a.example");
+    agreeing.extend(h2raw::literal_new("host", "a.example"));
+    s.write_all(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_STREAM | h2raw::END_HEADERS,
+        3,
+        &agreeing,
+    ))
+    .await
+    .unwrap();
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while statuses.len() < 2 && Instant::now() < deadline {
+        match h2raw::read_frame(&mut s, Duration::from_secs(10)).await {
+            Some((h2raw::HEADERS, _, stream, payload)) => statuses.push((stream, payload[0])),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    statuses.sort_unstable();
+    // HPACK static table: 0x8c is `:status 400`, 0x88 is `:status 200`.
+    assert_eq!(
+        statuses,
+        [(1, 0x8c), (3, 0x88)],
+        "disagreeing refused, agreeing served"
+    );
+    assert_eq!(env.upstream.requests(), 1);
+}
+
+#[tokio::test]
+async fn http2_rapid_reset_flood_ends_the_connection() {
+    let config = format!(
+        "{HEAD}{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    let s = h2raw::connect(env.addr).await;
+    let (mut reader, mut writer) = s.into_split();
+    // 20,000 streams, each opened and cancelled at once (CVE-2023-44487).
+    let flood = tokio::spawn(async move {
+        let block = h2raw::request("/slow?ms=2000", "gw");
+        let mut batch = Vec::new();
+        for i in 0..20_000u32 {
+            let id = 2 * i + 1;
+            batch.extend(h2raw::frame(
+                h2raw::HEADERS,
+                h2raw::END_STREAM | h2raw::END_HEADERS,
+                id,
+                &block,
+            ));
+            batch.extend(h2raw::frame(h2raw::RST_STREAM, 0, id, &8u32.to_be_bytes()));
+            if batch.len() > 64 << 10 {
+                if writer.write_all(&batch).await.is_err() {
+                    return i;
+                }
+                batch.clear();
+            }
+        }
+        let _ = writer.write_all(&batch).await;
+        20_000
+    });
+    let outcome = h2raw::read_until_goaway(&mut reader, Duration::from_secs(30)).await;
+    let sent = flood.await.unwrap();
+    assert!(
+        outcome.goaway.is_some() || outcome.closed,
+        "the connection survived {sent} rapid resets"
+    );
+    if let Some(code) = outcome.goaway {
+        assert_eq!(code, 0xb, "GOAWAY with ENHANCE_YOUR_CALM");
+    }
+    assert!(
+        env.upstream.requests() < 20_000,
+        "every reset stream reached the upstream"
+    );
+    assert_eq!(
+        env.get("/x", &[]).await.status,
+        200,
+        "the gateway still serves"
+    );
+}
+
+#[tokio::test]
+async fn http2_continuation_flood_ends_the_connection() {
+    let config = format!(
+        "{HEAD}{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    let s = h2raw::connect(env.addr).await;
+    let (mut reader, mut writer) = s.into_split();
+    // One HEADERS frame without END_HEADERS, then CONTINUATION frames that never
+    // end the block: 100,000 of them, 12 MB of header fields in all.
+    let flood = tokio::spawn(async move {
+        let first = h2raw::request("/x", "gw");
+        if writer
+            .write_all(&h2raw::frame(h2raw::HEADERS, h2raw::END_STREAM, 1, &first))
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        let field = h2raw::literal_new("x-fill", &"a".repeat(110));
+        let one = h2raw::frame(h2raw::CONTINUATION, 0, 1, &field);
+        let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 500).collect();
+        for i in 0..200 {
+            if writer.write_all(&batch).await.is_err() {
+                return i * 500;
+            }
+        }
+        100_000
+    });
+    let outcome = h2raw::read_until_goaway(&mut reader, Duration::from_secs(30)).await;
+    let sent = flood.await.unwrap();
+    assert!(
+        outcome.goaway.is_some() || outcome.closed,
+        "the connection survived {sent} CONTINUATION frames"
+    );
+    assert_eq!(
+        env.upstream.requests(),
+        0,
+        "the endless header block never became a request"
+    );
+    assert_eq!(
+        env.get("/x", &[]).await.status,
+        200,
+        "the gateway still serves"
+    );
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_too() {
+    let config = format!(
+        "{HEAD}limits: {{ idle_timeout: 1s }}\n{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    let mut s = h2raw::connect(env.addr).await;
+    s.write_all(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_STREAM | h2raw::END_HEADERS,
+        1,
+        &h2raw::request("/x", "gw"),
+    ))
+    .await
+    .unwrap();
+    let outcome = h2raw::read_until_goaway(&mut s, Duration::from_secs(20)).await;
+    assert!(
+        outcome.goaway == Some(0) || outcome.closed,
+        "an idle HTTP/2 connection was kept open"
+    );
+    assert!(
+        metric(
+            &env,
+            "portcullis_connections_closed_total{cause=\"idle_timeout\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn requests_the_parser_refuses_are_counted() {
+    let config = format!(
+        "{HEAD}{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    // More header fields than hyper's parser takes (100), and malformed framing.
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let reply = raw(
+        env.addr,
+        &format!("GET /x HTTP/1.1\r\nHost: gw\r\n{many}\r\n"),
+    )
+    .await;
+    assert_eq!(reply.status, 431, "{}", reply.head);
+    let reply = raw(
+        env.addr,
+        "POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.head);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        &env,
+        "portcullis_connections_closed_total{cause=\"malformed\"}",
+    ) < 2.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "parser refusals were not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.upstream.requests(), 0);
+}
