@@ -395,3 +395,78 @@ fn every_request_gets_an_access_log_line_and_none_is_lost_at_exit() {
         "{text}"
     );
 }
+
+/// `logging.subject: plain` in the text format: a `sub` claim crafted with a
+/// newline, a forged access-log line and terminal escapes stays inside its one
+/// field, quoted and escaped, on its own request's line.
+#[cfg(unix)]
+#[test]
+fn a_crafted_subject_cannot_forge_a_text_access_log_line() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let auth = rt
+        .block_on(portcullis_devkit::AuthServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    let (port, admin, upstream) = (free_port(), free_port(), echo_upstream());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let issuer = auth.issuer();
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+listen: {{ address: "127.0.0.1:{port}" }}
+admin: {{ address: "127.0.0.1:{admin}" }}
+logging: {{ format: text, access_log: true, subject: plain }}
+issuers:
+  dev: {{ issuer: "{issuer}", jwks_uri: "{issuer}jwks" }}
+upstreams:
+  u: {{ targets: ["http://127.0.0.1:{upstream}"] }}
+routes:
+  - {{ name: r, match: {{ path_prefix: /r/ }}, upstream: u, public: true }}
+  - {{ name: p, match: {{ path_prefix: /p/ }}, upstream: u, auth: {{ issuers: [dev], audiences: [portcullis-demo] }} }}
+"#
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut child = start_gateway_logging_to(&path, port, log_file.into(), "info");
+
+    let forged = "alice\n2026-12-01T00:00:00Z  INFO portcullis::access: request_id=\"forged\" route=\"admin\" status=200 subject=root\u{1b}[2K\r";
+    let token = auth.mint("", serde_json::json!({ "sub": forged })).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /p/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nx-request-id: crafted-sub-1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    terminate_and_expect_clean_exit(&mut child);
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "a raw escape reached the log:\n{text}"
+    );
+    assert!(
+        !text.contains('\r'),
+        "a raw carriage return reached the log"
+    );
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("crafted-sub-1"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{text}");
+    assert!(ours[0].contains(r#"subject="alice\n2026"#), "{}", ours[0]);
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains(r#"request_id="forged""#) && !l.contains("crafted-sub-1")),
+        "a forged line stands on its own:\n{text}"
+    );
+    drop(rt);
+}
