@@ -1151,3 +1151,34 @@ async fn requests_the_parser_refuses_are_counted() {
     }
     assert_eq!(env.upstream.requests(), 0);
 }
+
+#[tokio::test]
+async fn a_request_with_two_framings_is_not_smuggled() {
+    let config = format!(
+        "{HEAD}{}",
+        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+    );
+    let env = TestEnv::start(&config).await;
+    // Content-Length and Transfer-Encoding together, the chunked body carrying a
+    // second request: the upstream must see one request with one framing.
+    let reply = raw(
+        env.addr,
+        "POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         24\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    if reply.status == 200 {
+        let headers = &reply.json()["headers"];
+        assert!(
+            !(headers.get("content-length").is_some()
+                && headers.get("transfer-encoding").is_some()),
+            "both framings reached the upstream: {headers}"
+        );
+    } else {
+        assert_eq!(reply.status, 400, "{}", reply.head);
+    }
+    assert!(
+        env.upstream.requests() <= 1,
+        "a second request was smuggled through"
+    );
+}
