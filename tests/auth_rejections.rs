@@ -616,3 +616,26 @@ async fn route_and_issuer_options() {
     let reply = env.get_with_token("/plain/x", &token).await;
     assert!(reply.json()["headers"].get("authorization").is_none());
 }
+
+/// The challenge's `scope=` names what the token still lacks, never a scope it
+/// already has: the route needs `a` and one of `b`, `c`.
+#[tokio::test]
+async fn scope_hints_name_only_what_is_missing() {
+    let config = BASE_CONFIG.replace(
+        "scopes: { all_of: [chat:write] }",
+        "scopes: { all_of: [a], any_of: [b, c] }",
+    );
+    let env = TestEnv::start(&config).await;
+    for (held, hint) in [("a", "b c"), ("", "a b"), ("b", "a"), ("c x", "a")] {
+        let token = env.token(held, json!({}));
+        let reply = env.get_with_token("/v1/chat/x", &token).await;
+        assert_eq!(reply.status, 403, "holding {held:?}");
+        let challenge = reply.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.ends_with(&format!("scope=\"{hint}\"")),
+            "holding {held:?}: {challenge}"
+        );
+    }
+    let token = env.token("a c", json!({}));
+    assert_eq!(env.get_with_token("/v1/chat/x", &token).await.status, 200);
+}

@@ -74,7 +74,10 @@ impl AccessRules {
         ))
     }
 
-    /// Required scopes (`all_of`, then `any_of`).
+    /// Required scopes (`all_of`, then `any_of`). The challenge's `scope` names
+    /// what the client still needs: the `all_of` scopes it lacks (plus the first
+    /// `any_of` alternative when none of those is held either), or, when only the
+    /// `any_of` choice is unmet, its alternatives. Never a scope the token has.
     pub fn check_scopes(&self, claims: &VerifiedClaims) -> Result<(), Rejection> {
         let has = |s: &String| claims.scopes.iter().any(|g| g == s);
         let missing: Vec<&str> = self
@@ -83,19 +86,24 @@ impl AccessRules {
             .filter(|s| !has(s))
             .map(String::as_str)
             .collect();
+        let any_met = self.scopes_any_of.is_empty() || self.scopes_any_of.iter().any(has);
         if !missing.is_empty() {
+            let mut needed = missing.clone();
+            if let Some(first) = self.scopes_any_of.first().filter(|_| !any_met) {
+                needed.push(first);
+            }
             return Err(Rejection::new(
                 Reason::ScopeInsufficient,
                 format!("missing scope {}", missing.join(" ")),
             )
-            .with_required_scope(self.required_scope_string()));
+            .with_required_scope(needed.join(" ")));
         }
-        if !self.scopes_any_of.is_empty() && !self.scopes_any_of.iter().any(has) {
+        if !any_met {
             return Err(Rejection::new(
                 Reason::ScopeInsufficient,
                 format!("needs one of the scopes {}", self.scopes_any_of.join(" ")),
             )
-            .with_required_scope(self.required_scope_string()));
+            .with_required_scope(self.scopes_any_of.join(" ")));
         }
         Ok(())
     }
@@ -112,17 +120,6 @@ impl AccessRules {
             }
         }
         Ok(())
-    }
-
-    /// The `scope` value of the RFC 6750 challenge: every scope that can satisfy the route.
-    pub fn required_scope_string(&self) -> String {
-        let mut all = self.scopes_all_of.clone();
-        if let Some(first) = self.scopes_any_of.first()
-            && self.scopes_all_of.is_empty()
-        {
-            all.push(first.clone());
-        }
-        all.join(" ")
     }
 }
 
@@ -206,7 +203,42 @@ mod tests {
         let err = rules.check(&missing).unwrap_err();
         assert_eq!(err.reason, Reason::ScopeInsufficient);
         assert_eq!(err.detail, "missing scope write");
-        assert_eq!(err.required_scope.as_deref(), Some("read write"));
+        assert_eq!(
+            err.required_scope.as_deref(),
+            Some("write"),
+            "only what is still missing"
+        );
+    }
+
+    #[test]
+    fn scope_hints_name_what_is_still_needed_for_each_shape() {
+        let rules = AccessRules {
+            audiences: vec!["api".into()],
+            scopes_all_of: vec!["a".into()],
+            scopes_any_of: vec!["b".into(), "c".into()],
+            ..Default::default()
+        };
+        for (held, hint) in [
+            (&["a"][..], Some("b c")),
+            (&[][..], Some("a b")),
+            (&["b"][..], Some("a")),
+            (&["a", "c"][..], None),
+        ] {
+            let got = rules
+                .check(&claims(json!({}), held, &["api"]))
+                .err()
+                .and_then(|e| e.required_scope);
+            assert_eq!(got.as_deref(), hint, "holding {held:?}");
+        }
+        let any_only = AccessRules {
+            audiences: vec!["api".into()],
+            scopes_any_of: vec!["x".into(), "y".into()],
+            ..Default::default()
+        };
+        let err = any_only
+            .check(&claims(json!({}), &["z"], &["api"]))
+            .unwrap_err();
+        assert_eq!(err.required_scope.as_deref(), Some("x y"));
     }
 
     #[test]
