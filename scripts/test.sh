@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
 # (Node.js and the third-party authorization server oauth2-mock-server for
-# tests/third_party_idp.rs; kubernetes-validate for tests/deploy_manifests.rs),
+# tests/third_party_idp.rs; kubernetes-validate for tests/deploy_manifests.rs;
+# promtool, from Debian's prometheus package, for the alert-rule tests),
 # then unit tests of every crate and the end-to-end
 # tests in tests/ (real gateways, authorization servers and upstreams on
 # 127.0.0.1), then prints one total line ("tests: N passed, N failed").
@@ -16,6 +17,11 @@ if [ ! -d tests/third_party/node_modules/oauth2-mock-server ] \
    || [ tests/third_party/package-lock.json -nt tests/third_party/node_modules/.package-lock.json ]; then
   echo "== npm ci (tests/third_party: oauth2-mock-server)"
   npm ci --prefix tests/third_party --no-audit --no-fund --loglevel=error
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "== installing promtool (Debian package prometheus) for the alert-rule tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 if [ ! -x target/deploy-venv/bin/kubernetes-validate ]; then

@@ -86,3 +86,28 @@ fn the_check_itself_catches_a_wrong_name() {
     );
     assert!(names.contains("portcullis_requests_total"));
 }
+
+/// `promtool check rules` and `promtool test rules` (Debian's `prometheus`
+/// package, installed by scripts/test.sh): the rules parse, and each alert
+/// fires and resolves as `alerts.test.yml` says.
+#[test]
+fn alert_rules_pass_promtool() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for args in [
+        ["check", "rules", "deploy/prometheus/alerts.yml"],
+        ["test", "rules", "deploy/prometheus/alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .unwrap_or_else(|e| panic!("promtool is missing ({e}): scripts/test.sh installs it"));
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -241,7 +241,15 @@ async fn readyz_follows_the_authorization_server() {
     let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let yaml = render(BASE_CONFIG, &auth, &upstream);
+    // A required issuer gates readiness until it first has keys.
+    let yaml = render(
+        &BASE_CONFIG.replace(
+            "    jwks: { min_refetch_interval: 0s, retries: 0, timeout: 2s }",
+            "    jwks: { min_refetch_interval: 0s, retries: 0, timeout: 2s }\n    required_for_readiness: true",
+        ),
+        &auth,
+        &upstream,
+    );
     let env = TestEnv::start_with(auth, upstream, &yaml).await;
     assert_eq!(env.admin_get("/healthz").await.status, 200);
     // Never answered yet: not ready.
@@ -306,4 +314,125 @@ async fn a_disabled_token_cache_counts_nothing() {
         ),
         3.0
     );
+}
+
+/// One partner issuer whose keys cannot be fetched, added by a valid live reload,
+/// costs its own routes (503 idp_unavailable) and shows in `/readyz`'s body, but
+/// never takes the serving replica out of its Service. A refused reload shows as
+/// `portcullis_config_last_reload_successful 0` and in `/readyz`'s body with its
+/// position, and the failure counter exists at 0 from the start.
+#[tokio::test]
+async fn a_reload_with_an_unreachable_issuer_keeps_the_replica_ready() {
+    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let base = render(BASE_CONFIG, &auth, &upstream);
+    std::fs::write(&path, &base).unwrap();
+    let config = portcullis_config::load(&path).unwrap();
+    let env = TestEnv::start_config(auth, upstream, config).await;
+    let reloader =
+        portcullis_proxy::Reloader::new(path.clone(), std::sync::Arc::clone(&env.gateway));
+
+    let s = scrape(&env).await;
+    assert_eq!(
+        value(
+            &s,
+            "portcullis_config_reloads_total",
+            &[("outcome", "failure")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&s, "portcullis_config_last_reload_successful", &[]),
+        1.0
+    );
+    let good = env.token("chat:write", json!({}));
+    assert_eq!(env.get_with_token("/v1/chat/x", &good).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.admin_get("/readyz").await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A port nothing listens on: the partner's keys can never be fetched.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let with_partner = base
+        .replace(
+            "upstreams:",
+            &format!(
+                "  partner:\n    issuer: \"http://{dead}/\"\n    jwks_uri: \"http://{dead}/jwks\"\n    jwks: {{ min_refetch_interval: 0s, retries: 0, timeout: 1s, allow_http: true }}\nupstreams:"
+            ),
+        )
+        .replace(
+            "routes:",
+            "routes:\n  - name: partner\n    match: { path_prefix: /partner/ }\n    upstream: llm\n    auth: { issuers: [partner], audiences: [portcullis-demo] }",
+        );
+    std::fs::write(&path, &with_partner).unwrap();
+    reloader.reload().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = env.admin_get("/readyz").await;
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, 200, "one bad issuer took the replica out: {body}");
+        if body.contains("issuer partner: failed") {
+            assert!(
+                body.contains("its routes answer 503 idp_unavailable"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partner's failure never showed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        env.get_with_token("/v1/chat/x", &good).await.status,
+        200,
+        "other routes keep serving"
+    );
+
+    // A broken file: refused, the gauge says so, /readyz names the position.
+    std::fs::write(&path, with_partner.replace("routes:", "routes: [")).unwrap();
+    assert!(reloader.reload().is_err());
+    let s = scrape(&env).await;
+    assert_eq!(
+        value(&s, "portcullis_config_last_reload_successful", &[]),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "portcullis_config_reloads_total",
+            &[("outcome", "failure")]
+        ),
+        1.0
+    );
+    let r = env.admin_get("/readyz").await;
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 200, "{body}");
+    assert!(body.contains("config on disk refused"), "{body}");
+    assert!(
+        body.contains("gateway.yaml:"),
+        "the position of the problem: {body}"
+    );
+    // Fixed again: the gauge and the body follow.
+    std::fs::write(&path, &with_partner).unwrap();
+    reloader.reload().unwrap();
+    let s = scrape(&env).await;
+    assert_eq!(
+        value(&s, "portcullis_config_last_reload_successful", &[]),
+        1.0
+    );
+    let body = String::from_utf8_lossy(&env.admin_get("/readyz").await.body).into_owned();
+    assert!(!body.contains("config on disk refused"), "{body}");
 }

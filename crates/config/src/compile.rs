@@ -242,6 +242,7 @@ fn compile_limits(rl: RawLimits, ctx: &mut Ctx<'_>) -> Limits {
         max_connections: rl.max_connections.unwrap_or(10_000),
         max_in_flight: rl.max_in_flight.unwrap_or(10_000),
         shutdown_grace: rl.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        shutdown_delay: rl.shutdown_delay.map_or(Duration::from_secs(5), |d| d.0),
         first_byte_timeout: rl.first_byte_timeout.map_or(header_read_timeout, |d| d.0),
         idle_timeout: rl.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
         body_read_timeout: rl
@@ -524,6 +525,7 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
         source,
         jwks,
         max_token_bytes: ri.max_token_size.map_or(8 << 10, |s| s.0 as usize),
+        required_for_readiness: ri.required_for_readiness.unwrap_or(false),
     })
 }
 

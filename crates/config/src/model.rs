@@ -90,8 +90,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Maximum requests in flight before shedding with 503.
     pub max_in_flight: usize,
-    /// How long in-flight requests may run after SIGTERM.
+    /// How long in-flight requests may run after the listeners closed.
     pub shutdown_grace: Duration,
+    /// How long the listeners keep accepting after SIGTERM, with `/readyz`
+    /// already failing, so load balancers take the replica out first.
+    pub shutdown_delay: Duration,
     /// How long a new connection may stay silent before its first byte.
     pub first_byte_timeout: Duration,
     /// How long a connection with no request in flight may stay open (HTTP/1.1
@@ -197,6 +200,9 @@ pub struct IssuerConfig {
     pub jwks: JwksSettings,
     /// Largest accepted token.
     pub max_token_bytes: usize,
+    /// Whether `/readyz` waits for this issuer's keys before the replica first
+    /// reports ready (a start-up gate; never withdrawn afterwards).
+    pub required_for_readiness: bool,
 }
 
 /// One upstream service.

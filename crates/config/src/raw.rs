@@ -59,6 +59,7 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub shutdown_grace: Option<HumanDuration>,
+    pub shutdown_delay: Option<HumanDuration>,
     pub first_byte_timeout: Option<HumanDuration>,
     pub idle_timeout: Option<HumanDuration>,
     pub body_read_timeout: Option<HumanDuration>,
@@ -164,6 +165,7 @@ pub struct RawIssuer {
     pub scope_claim: Option<String>,
     pub max_token_size: Option<ByteSize>,
     pub jwks: Option<RawJwks>,
+    pub required_for_readiness: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

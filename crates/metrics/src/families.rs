@@ -54,6 +54,9 @@ pub struct Families {
     pub config_reloads: IntCounterVec,
     /// `portcullis_config_last_reload_success_timestamp_seconds`.
     pub config_last_success: Gauge,
+    /// `portcullis_config_last_reload_successful`: 1 when the last load of the
+    /// file (start, file change, SIGHUP or `POST /-/reload`) succeeded, else 0.
+    pub config_last_reload_ok: IntGauge,
     /// `portcullis_token_cache_entries`, refreshed at scrape time.
     pub token_cache_entries: IntGauge,
     /// `portcullis_token_cache_bytes`, refreshed at scrape time.
@@ -162,6 +165,11 @@ impl Families {
             "Unix time of the last configuration load that succeeded.",
         )?;
         r.register(Box::new(config_last_success.clone()))?;
+        let config_last_reload_ok = IntGauge::new(
+            "portcullis_config_last_reload_successful",
+            "1 when the last configuration load succeeded, 0 when the file on disk was refused.",
+        )?;
+        r.register(Box::new(config_last_reload_ok.clone()))?;
         let rejected_connections = IntCounter::new(
             "portcullis_rejected_connections_total",
             "Connections closed at accept because max_connections was reached.",
@@ -283,6 +291,7 @@ impl Families {
                 &["version"],
             )?,
             config_last_success,
+            config_last_reload_ok,
             token_cache_entries,
             token_cache_bytes,
             open_connections,
@@ -308,6 +317,7 @@ impl Families {
             &fams.jwks_skipped,
             &fams.config_reloads,
             &fams.config_last_success,
+            &fams.config_last_reload_ok,
             &fams.token_cache_entries,
             &fams.token_cache_bytes,
             &fams.open_connections,
@@ -317,6 +327,10 @@ impl Families {
             &fams.connections_closed,
         ] {
             names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        }
+        // Exported at 0 from the start, so `increase(...) > 0` sees the first one.
+        for outcome in ["success", "failure"] {
+            fams.config_reloads.with_label_values(&[outcome]);
         }
         for cause in CONNECTION_CLOSE_CAUSES {
             fams.connections_closed.with_label_values(&[cause]);

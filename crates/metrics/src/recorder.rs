@@ -181,6 +181,7 @@ impl Metrics {
         if success {
             self.families.config_last_success.set(unix_now());
         }
+        self.families.config_last_reload_ok.set(i64::from(success));
     }
 }
 

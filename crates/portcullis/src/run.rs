@@ -77,6 +77,7 @@ pub async fn run(
     let workers = worker_count(config.workers);
     let listen = config.listen.clone();
     let admin_addr = config.admin;
+    let shutdown_delay = config.limits.shutdown_delay;
     let gateway = Gateway::new(config, Arc::clone(&metrics)).map_err(|e| anyhow!(e))?;
     let tls = listen
         .tls
@@ -110,6 +111,19 @@ pub async fn run(
     #[cfg(unix)]
     tokio::spawn(reloader.clone().reload_on_sighup());
     tracing::info!(address = %listen.address, tls = listen.tls.is_some(), workers, "gateway listening");
+    // A drain load balancers understand: /readyz fails at once, the listeners
+    // keep serving for shutdown_delay (endpoints are removed meanwhile), then
+    // close, so a late connection is refused rather than left hanging.
+    let draining = Arc::clone(&gateway);
+    let shutdown = async move {
+        shutdown.await;
+        draining.begin_drain();
+        tracing::info!(
+            delay_s = shutdown_delay.as_secs_f64(),
+            "draining: /readyz answers 503; accepting for limits.shutdown_delay, then closing the listeners"
+        );
+        tokio::time::sleep(shutdown_delay).await;
+    };
     let served = if workers == 1 {
         serve_here(gateway, listeners, tls, shutdown).await
     } else {

@@ -470,3 +470,119 @@ routes:
     );
     drop(rt);
 }
+
+/// What happened to one connection attempt during a drain.
+#[derive(Debug, PartialEq)]
+enum Attempt {
+    /// Answered; whether the response said `Connection: close`.
+    Served { close: bool },
+    /// Refused at connect (the listener is closed).
+    Refused,
+    /// Accepted but neither answered nor closed within 5 s: what must not happen.
+    Hung,
+}
+
+fn attempt(port: u16, path: &str) -> Attempt {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return Attempt::Refused;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").is_err() {
+        return Attempt::Refused;
+    }
+    let mut buf = [0u8; 4096];
+    let mut text = Vec::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                text.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&text).contains("\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Attempt::Refused,
+            Err(_) => return Attempt::Hung,
+        }
+    }
+    let text = String::from_utf8_lossy(&text).to_ascii_lowercase();
+    if text.is_empty() {
+        // Closed without an answer: the listener was closing as it accepted.
+        return Attempt::Refused;
+    }
+    Attempt::Served {
+        close: text.contains("connection: close"),
+    }
+}
+
+/// SIGTERM: `/readyz` answers 503 at once, new connections are served (with
+/// `Connection: close`) for `shutdown_delay`, then refused; none is left hanging.
+#[cfg(unix)]
+#[test]
+fn a_drain_serves_or_refuses_new_connections_and_never_hangs_them() {
+    // An upstream that accepts and never answers holds one request in flight, so
+    // the process lives on after its listener closed (the grace period).
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole = black_hole.local_addr().unwrap().port();
+    let (port, admin, upstream) = (free_port(), free_port(), echo_upstream());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+listen: {{ address: "127.0.0.1:{port}" }}
+admin: {{ address: "127.0.0.1:{admin}" }}
+limits: {{ shutdown_delay: 2s, shutdown_grace: 4s }}
+upstreams:
+  u: {{ targets: ["http://127.0.0.1:{upstream}"] }}
+  hole: {{ targets: ["http://127.0.0.1:{hole}"], response_header_timeout: 60s }}
+routes:
+  - {{ name: r, match: {{ path_prefix: /r/ }}, upstream: u, public: true }}
+  - {{ name: hold, match: {{ path_prefix: /hold/ }}, upstream: hole, public: true }}
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = start_gateway(&path, port);
+    assert_eq!(get(admin, "/readyz").unwrap().0, 200);
+    let held = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET /hold/x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+    });
+    let _accepted = black_hole.accept().unwrap();
+    send_signal(&child, "-TERM");
+    wait_for("readiness to fail", || {
+        get(admin, "/readyz").is_some_and(|(s, b)| s == 503 && b.contains("draining"))
+    });
+    let mut attempts = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the gateway did not exit");
+        let a = attempt(port, "/r/x");
+        assert_ne!(
+            a,
+            Attempt::Hung,
+            "a connection was left hanging during the drain"
+        );
+        attempts.push(a);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        attempts.contains(&Attempt::Served { close: true }),
+        "served with Connection: close during shutdown_delay: {attempts:?}"
+    );
+    assert!(
+        !attempts.contains(&Attempt::Served { close: false }),
+        "a drained response kept its connection: {attempts:?}"
+    );
+    assert!(
+        attempts.contains(&Attempt::Refused),
+        "refused once the listener closed: {attempts:?}"
+    );
+    assert!(child.wait().unwrap().success());
+    held.join().unwrap();
+}

@@ -2,8 +2,8 @@
 //! request keeps the generation it started with), the token cache, the in-flight
 //! counter, and the bridge from JWKS events to metrics.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -63,6 +63,15 @@ pub struct Gateway {
     observer: Arc<dyn JwksObserver>,
     token_cache: TokenCache,
     in_flight: AtomicUsize,
+    /// Set by SIGTERM: readiness fails at once, HTTP/1.1 responses carry
+    /// `Connection: close`.
+    draining: AtomicBool,
+    /// Set the first time readiness passed: issuers marked
+    /// `required_for_readiness` gate only the start, so a reload (a new issuer, a
+    /// typo) never takes a serving replica out of its Service.
+    ready_once: AtomicBool,
+    /// The problems of the last refused reload, cleared by the next good one.
+    reload_error: Mutex<Option<String>>,
 }
 
 /// Holds an in-flight slot; released on drop.
@@ -93,6 +102,9 @@ impl Gateway {
             metrics,
             observer,
             in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            ready_once: AtomicBool::new(false),
+            reload_error: Mutex::new(None),
         }))
     }
 
@@ -109,6 +121,25 @@ impl Gateway {
     /// The verified-token cache.
     pub fn token_cache(&self) -> &TokenCache {
         &self.token_cache
+    }
+
+    /// Starts draining (SIGTERM): `/readyz` answers 503 from now on and
+    /// HTTP/1.1 responses carry `Connection: close`, while requests are still
+    /// served until the listeners close.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the gateway is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Notes the outcome of a reload of the file on disk, for `/readyz`'s body.
+    pub fn record_reload(&self, refused: Option<String>) {
+        if let Ok(mut e) = self.reload_error.lock() {
+            *e = refused;
+        }
     }
 
     /// Takes an in-flight slot, or refuses with `overloaded` past `max_in_flight`.
@@ -165,27 +196,53 @@ impl Gateway {
     /// Ready when every issuer has usable keys (fresh, or stale within `max_stale`).
     pub fn readiness(&self) -> Readiness {
         let rt = self.runtime();
-        let mut ready = true;
+        let draining = self.is_draining();
+        let first_check = !self.ready_once.load(Ordering::Acquire);
+        let mut ready = !draining;
         let mut checks = vec![format!(
             "config: {} ({} routes)",
             rt.config.source,
             rt.config.routes.len()
         )];
+        if draining {
+            checks.push("draining: shutting down (SIGTERM); not taking new traffic".to_owned());
+        }
+        if let Ok(e) = self.reload_error.lock()
+            && let Some(e) = e.as_deref()
+        {
+            let first = e.lines().next().unwrap_or(e);
+            checks.push(format!(
+                "config on disk refused, the running one stays: {first}"
+            ));
+        }
         for (name, issuer) in &rt.issuers {
             let status = issuer.keys.status();
-            let ok = matches!(status, KeyStatus::Fresh | KeyStatus::Stale);
-            ready &= ok;
+            let usable = matches!(status, KeyStatus::Fresh | KeyStatus::Stale);
+            let required = issuer.config.required_for_readiness;
+            // A required issuer gates the start only; afterwards an issuer without
+            // keys costs its own routes (503 idp_unavailable), not the replica.
+            if required && first_check && !usable {
+                ready = false;
+            }
             let state = issuer.keys.state();
             let err = state
                 .last_error
                 .as_deref()
                 .map(|e| format!(" (last error: {e})"))
                 .unwrap_or_default();
+            let effect = match (usable, required && first_check) {
+                (true, _) => "",
+                (false, true) => "; required_for_readiness: not ready until it has keys",
+                (false, false) => "; its routes answer 503 idp_unavailable",
+            };
             checks.push(format!(
-                "issuer {name}: {} with {} keys{err}",
+                "issuer {name}: {} with {} keys{err}{effect}",
                 status.as_str(),
                 state.snapshot.len()
             ));
+        }
+        if ready {
+            self.ready_once.store(true, Ordering::Release);
         }
         Readiness { ready, checks }
     }

@@ -79,6 +79,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    let version = req.version();
     // request_id: accepted from the client when plain, else minted.
     let request_id = accept_or_mint_request_id(req.headers());
     // observe: what the access log and metrics need, read before the request moves.
@@ -107,6 +108,15 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, request_id.clone());
+    if gw.is_draining()
+        && version < Version::HTTP_2
+        && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        // Draining: the client reconnects elsewhere for its next request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     drop(admitted);
     crate::observe::record(
         gw,

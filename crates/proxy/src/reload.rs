@@ -72,12 +72,14 @@ impl Reloader {
             Err(e) => {
                 metrics.config_reload(false);
                 tracing::error!(errors = %e, "configuration reload refused; the running configuration stays");
+                self.gateway.record_reload(Some(e.to_string()));
                 return Err(e.to_string());
             }
         };
         let warnings = config.warnings.len();
         match self.gateway.apply(config) {
             Ok(report) => {
+                self.gateway.record_reload(None);
                 for w in &report.not_applied {
                     tracing::warn!(setting = %w, "not applied by a reload");
                 }
@@ -93,6 +95,7 @@ impl Reloader {
             Err(e) => {
                 metrics.config_reload(false);
                 tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                self.gateway.record_reload(Some(e.clone()));
                 Err(e)
             }
         }

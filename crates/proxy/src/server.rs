@@ -212,6 +212,9 @@ pub async fn serve_worker(
             drop((permit, ip_slot, token));
         });
     }
+    // Closed now, not when the last connection ends: a new connection is refused
+    // at once instead of waiting in the kernel's queue until the process exits.
+    drop(listener);
     let _ = stop_tx.send(true);
     if tokio::time::timeout(limits.shutdown_grace, tracker.wait_idle())
         .await
