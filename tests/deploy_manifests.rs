@@ -126,11 +126,23 @@ fn the_configmap_gateway_yaml_validates() {
     };
     assert_eq!(config.listen.address.port(), port("http"));
     assert_eq!(config.admin.unwrap().port(), port("admin"));
+    // The grace period covers the whole drain: the delay, the grace, a margin.
+    let pod = &deployment["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let drain = config.limits.shutdown_delay.as_secs() + config.limits.shutdown_grace.as_secs();
+    assert!(drain + 5 <= grace, "drain {drain}s + 5s margin > {grace}s");
     assert!(
-        config.limits.shutdown_grace.as_secs()
-            < deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-                .as_u64()
-                .unwrap()
+        container.get("lifecycle").is_none(),
+        "no preStop hook: the gateway's shutdown_delay does its work (and distroless has no sleep)"
+    );
+    assert!(
+        container["resources"]["limits"]["cpu"].as_str().is_some(),
+        "a CPU limit, which sets the worker count"
+    );
+    assert!(
+        pod["topologySpreadConstraints"]
+            .as_sequence()
+            .is_some_and(|t| t.len() == 2)
     );
     // The Secret keys the Deployment reads exist.
     let secret = yaml("deploy/kubernetes/secret.yaml");
@@ -138,6 +150,21 @@ fn the_configmap_gateway_yaml_validates() {
         .as_str()
         .unwrap();
     assert!(secret["stringData"].get(env_key).is_some());
+    // Applied unedited, the example Secret is refused, not silently used.
+    let placeholder = secret["stringData"][env_key].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("anthropic-api-key"), "sk-ant-test\n").unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let unedited = move |name: &str| match name {
+        "OPENAI_API_KEY" => Some(placeholder.clone()),
+        "PORTCULLIS_SECRETS_DIR" => Some(dir.clone()),
+        _ => None,
+    };
+    let err =
+        portcullis_config::load_str(&configmap_gateway_yaml(), "cm", Path::new("."), &unedited)
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("placeholder"), "{err}");
 }
 
 #[tokio::test]
@@ -187,9 +214,19 @@ fn systemd_unit_verifies() {
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "TimeoutStopSec=40",
     ] {
         assert!(text.contains(needed), "{needed}");
     }
+    // An empty assignment later in the unit would reset the capability again.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l == "CapabilityBoundingSet=" || l == "AmbientCapabilities="),
+        "the capability to bind port 443 is reset further down"
+    );
     // systemd-analyze needs a running systemd to load units; where it is absent
     // (containers, CI sandboxes) the structural checks above are what runs.
     let booted = Path::new("/run/systemd/system").is_dir();

@@ -653,6 +653,22 @@ pub fn parse_target(t: &str) -> Result<Target, String> {
     })
 }
 
+/// Words that example files put where a secret goes; a credential holding one
+/// was applied unedited, and would fail every upstream request with a 401.
+const PLACEHOLDERS: [&str; 5] = [
+    "replace-me",
+    "replace_me",
+    "changeme",
+    "change-me",
+    "your-api-key",
+];
+
+/// The placeholder `value` holds, if any (case-insensitive).
+fn placeholder(value: &str) -> Option<&'static str> {
+    let lower = value.to_ascii_lowercase();
+    PLACEHOLDERS.into_iter().find(|p| lower.contains(p))
+}
+
 fn compile_credential(path: &str, rc: RawCredential, ctx: &mut Ctx<'_>) -> Option<Credential> {
     let header = match HeaderName::try_from(rc.header.as_str()) {
         Ok(h) => h,
@@ -681,6 +697,15 @@ fn compile_credential(path: &str, rc: RawCredential, ctx: &mut Ctx<'_>) -> Optio
             return None;
         }
     };
+    if let Some(word) = placeholder(&value) {
+        ctx.err(
+            path,
+            format!(
+                "the credential still holds the example placeholder {word:?} (a Secret applied unedited?): set the real value"
+            ),
+        );
+        return None;
+    }
     match HeaderValue::try_from(value) {
         Ok(mut v) => {
             v.set_sensitive(true);

@@ -256,3 +256,19 @@ fn hardening_settings_are_validated() {
             .contains("10.0.0.7".parse().unwrap())
     );
 }
+
+#[test]
+fn a_placeholder_credential_is_refused() {
+    let env = |name: &str| (name == "API_KEY").then(|| "replace-me".to_owned());
+    let err = load_str(GOOD, "gateway.yaml", &PathBuf::from("."), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("upstreams.llm.credential: the credential still holds the example placeholder \"replace-me\""),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Bearer"),
+        "the value itself is not echoed: {err}"
+    );
+}
