@@ -140,10 +140,10 @@ async fn headers_toward_the_upstream() {
         )
         .await;
     assert_eq!(reply.status, 200);
-    assert_eq!(
-        reply.header("x-request-id").as_deref(),
-        Some("client-chosen-id-42")
-    );
+    // From a peer that is not a trusted proxy, a client's id is replaced.
+    let minted = reply.header("x-request-id").unwrap();
+    assert_ne!(minted, "client-chosen-id-42");
+    assert_eq!(minted.len(), 32);
     let h = &reply.json()["headers"];
     let one = |name: &str| h[name][0].as_str().map(str::to_owned);
     for gone in [
@@ -174,7 +174,7 @@ async fn headers_toward_the_upstream() {
         one("x-forwarded-host").as_deref(),
         Some("client.example.org")
     );
-    assert_eq!(one("x-request-id").as_deref(), Some("client-chosen-id-42"));
+    assert_eq!(one("x-request-id").as_deref(), Some(minted.as_str()));
 
     let reply = env
         .get(
@@ -191,6 +191,24 @@ async fn headers_toward_the_upstream() {
     let minted = reply.header("x-request-id").unwrap();
     assert_eq!(minted.len(), 32, "a malformed client id is replaced");
     assert_eq!(h["x-request-id"][0].as_str(), Some(minted.as_str()));
+
+    // `network.request_id: any` keeps a client's plain id.
+    let env = TestEnv::start(&ROUTING.replace(
+        "logging: { access_log: false }",
+        "logging: { access_log: false }\nnetwork: { request_id: any }",
+    ))
+    .await;
+    let reply = env
+        .get("/x", &[("x-request-id", "client-chosen-id-42")])
+        .await;
+    assert_eq!(
+        reply.header("x-request-id").as_deref(),
+        Some("client-chosen-id-42")
+    );
+    assert_eq!(
+        reply.json()["headers"]["x-request-id"][0],
+        "client-chosen-id-42"
+    );
 }
 
 const TRUSTED: &str = r#"
@@ -230,11 +248,17 @@ async fn credential_injection_and_claim_headers_with_spoofs_stripped() {
                 ("x-forwarded-for", "198.51.100.7"),
                 ("x-portcullis-subject", "spoofed"),
                 ("x-tenant", "spoofed-tenant"),
+                ("x-request-id", "from-the-proxy-7"),
             ],
         )
         .await;
     assert_eq!(reply.status, 200, "{:?}", reply.json());
     let h = &reply.json()["headers"];
+    assert_eq!(
+        reply.header("x-request-id").as_deref(),
+        Some("from-the-proxy-7"),
+        "a trusted proxy's request id is kept"
+    );
     assert_eq!(
         h["authorization"],
         json!(["Bearer sk-upstream-key"]),

@@ -436,3 +436,22 @@ async fn a_reload_with_an_unreachable_issuer_keeps_the_replica_ready() {
     let body = String::from_utf8_lossy(&env.admin_get("/readyz").await.body).into_owned();
     assert!(!body.contains("config on disk refused"), "{body}");
 }
+
+#[tokio::test]
+async fn admin_endpoints_answer_head() {
+    let env = TestEnv::start(BASE_CONFIG).await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let text = portcullis_tests::raw_exchange(
+            env.admin,
+            format!("HEAD {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 503"),
+            "{path}: {text}"
+        );
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert!(body.is_empty(), "HEAD {path} sent a body: {body:?}");
+    }
+}

@@ -388,11 +388,23 @@ fn compile_network(rn: RawNetwork, ctx: &mut Ctx<'_>) -> Network {
             })
             .collect(),
     };
+    let request_id = match rn.request_id.as_deref() {
+        None | Some("trusted_proxies") => RequestIdSource::TrustedProxies,
+        Some("any") => RequestIdSource::Any,
+        Some(other) => {
+            ctx.err(
+                "network.request_id",
+                format!("{other:?} is not a choice; use trusted_proxies or any"),
+            );
+            RequestIdSource::TrustedProxies
+        }
+    };
     Network {
         trusted_proxies: CidrSet::new(&trusted),
         forwarded_proxies: CidrSet::new(&forwarded),
         rules: IpRules::new(&allow, &deny),
         strip_from_untrusted,
+        request_id,
     }
 }
 

@@ -24,6 +24,29 @@ pub fn warnings(config: &GatewayConfig) -> Vec<String> {
                 "routes[{j}] ({}) is public: requests pass without a token",
                 later.name
             ));
+            if config
+                .upstreams
+                .get(&later.upstream)
+                .is_some_and(|u| u.credential.is_some())
+            {
+                out.push(format!(
+                    "routes[{j}] ({}) is public but its upstream {:?} injects a credential: anonymous callers spend it",
+                    later.name, later.upstream
+                ));
+            }
+        }
+        if let Some(rw) = &later.rewrite
+            && !rw.strip_prefix.is_empty()
+            && !rw.strip_prefix.ends_with('/')
+            && let crate::model::PathMatch::Prefix(p) = &later.matcher.path
+            && p.starts_with(rw.strip_prefix.as_str())
+            && p.len() > rw.strip_prefix.len()
+            && !p[rw.strip_prefix.len()..].starts_with('/')
+        {
+            out.push(format!(
+                "routes[{j}] ({}): rewrite.strip_prefix {:?} ends inside a path segment of {p:?}; the upstream gets a path cut mid-name",
+                later.name, rw.strip_prefix
+            ));
         }
         if deny_covers_allow(&later.ip_rules) {
             out.push(format!("routes[{j}] ({}): the ip deny list covers the whole allow list; no client can pass", later.name));

@@ -152,6 +152,19 @@ pub struct Network {
     /// Headers removed from requests of untrusted peers (method overrides,
     /// original-URL and client-address headers an upstream might believe).
     pub strip_from_untrusted: Vec<HeaderName>,
+    /// Whose `x-request-id` is kept (else one is minted).
+    pub request_id: RequestIdSource,
+}
+
+/// Whose `x-request-id` the gateway keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestIdSource {
+    /// Only a trusted proxy's (a client could otherwise pick ids that collide
+    /// with, or impersonate, other requests' in logs and traces).
+    #[default]
+    TrustedProxies,
+    /// Any client's.
+    Any,
 }
 
 /// The headers [`Network::strip_from_untrusted`] holds when not configured.

@@ -81,6 +81,7 @@ pub struct RawNetwork {
     #[serde(default)]
     pub trusted_proxies: Vec<RawTrustedProxy>,
     pub strip_from_untrusted: Option<Vec<String>>,
+    pub request_id: Option<String>,
     #[serde(default)]
     pub allow: Vec<String>,
     #[serde(default)]

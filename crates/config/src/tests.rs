@@ -272,3 +272,32 @@ fn a_placeholder_credential_is_refused() {
         "the value itself is not echoed: {err}"
     );
 }
+
+#[test]
+fn lints_for_a_public_route_spending_a_credential_and_a_mid_segment_strip() {
+    let text = GOOD
+        .replace(
+            "  - name: health\n    match: { path: /healthz, methods: [GET] }",
+            "  - name: health\n    match: { path: /healthz, methods: [GET] }\n    rewrite: { strip_prefix: /heal }",
+        );
+    let c = load(&text).unwrap();
+    assert!(
+        c.warnings.iter().any(|w| w.contains(
+            "routes[1] (health) is public but its upstream \"llm\" injects a credential"
+        )),
+        "{:?}",
+        c.warnings
+    );
+    let text = GOOD.replace(
+        "match: { path_prefix: /v1/ }",
+        "match: { path_prefix: /v1/chat }\n    rewrite: { strip_prefix: /v1/ch }",
+    );
+    let c = load(&text).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("rewrite.strip_prefix \"/v1/ch\" ends inside a path segment")),
+        "{:?}",
+        c.warnings
+    );
+}

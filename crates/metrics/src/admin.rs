@@ -57,7 +57,14 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 }
 
 async fn handle(req: http::Request<Incoming>, hooks: AdminHooks) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+    // HEAD is GET without the body (hyper leaves the body out): load balancers
+    // and uptime checks probe with it.
+    let method = if req.method() == Method::HEAD {
+        &Method::GET
+    } else {
+        req.method()
+    };
+    match (method, req.uri().path()) {
         (&Method::GET, "/metrics") => {
             (hooks.before_scrape)();
             text(

@@ -419,6 +419,7 @@ fn a_crafted_subject_cannot_forge_a_text_access_log_line() {
 listen: {{ address: "127.0.0.1:{port}" }}
 admin: {{ address: "127.0.0.1:{admin}" }}
 logging: {{ format: text, access_log: true, subject: plain }}
+network: {{ request_id: any }}
 issuers:
   dev: {{ issuer: "{issuer}", jwks_uri: "{issuer}jwks" }}
 upstreams:

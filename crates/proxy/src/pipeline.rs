@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
-use portcullis_config::AuthMode;
+use portcullis_config::{AuthMode, RequestIdSource};
 use portcullis_policy::authority::{self, Framing};
 use portcullis_policy::path::PathRules;
 use portcullis_policy::{Reason, Rejection, resolve_client_ip};
@@ -40,7 +40,8 @@ use crate::body::ProxyBody;
 use crate::forward::{ForwardContext, forward};
 use crate::gateway::Gateway;
 use crate::headers::{
-    X_REQUEST_ID, accept_or_mint_request_id, is_upgrade_request, strip_spoofed, upgrade_protocols,
+    X_REQUEST_ID, accept_or_mint_request_id, is_upgrade_request, mint_request_id, strip_spoofed,
+    upgrade_protocols,
 };
 use crate::observe::{Decision, Trace};
 use crate::reject;
@@ -80,10 +81,20 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let version = req.version();
-    // request_id: accepted from the client when plain, else minted.
-    let request_id = accept_or_mint_request_id(req.headers());
-    // observe: what the access log and metrics need, read before the request moves.
+    // request_id: a trusted proxy's (or, if configured, any client's) when plain,
+    // else minted.
     let runtime = gw.runtime();
+    let network = &runtime.config.network;
+    let accept_id = match network.request_id {
+        RequestIdSource::Any => true,
+        RequestIdSource::TrustedProxies => network.trusted_proxies.contains(conn.peer.ip()),
+    };
+    let request_id = if accept_id {
+        accept_or_mint_request_id(req.headers())
+    } else {
+        mint_request_id()
+    };
+    // observe: what the access log and metrics need, read before the request moves.
     let mut trace = Trace::new(&req, runtime.config.logging.access_log);
     // limits (in-flight): shed load before doing any work.
     let admitted = gw.admit();
