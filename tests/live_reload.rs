@@ -305,3 +305,50 @@ impl Drop for BusySibling {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// A rotated `*_file` secret (here the upstream credential, replaced the way a
+/// Kubernetes Secret volume does it) is used without a restart or an explicit
+/// reload: the file is watched like the configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_file_is_used_without_a_reload() {
+    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    write_then_rename(&secrets.join("api-key"), "sk-first\n");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+listen: {{ address: "127.0.0.1:0" }}
+admin: {{ enabled: false }}
+logging: {{ access_log: false }}
+upstreams:
+  llm:
+    targets: ["{}"]
+    credential: {{ header: x-api-key, value_file: "{}" }}
+routes:
+  - {{ name: open, match: {{ path_prefix: / }}, upstream: llm, public: true }}
+"#,
+            upstream.url(),
+            secrets.join("api-key").display()
+        ),
+    )
+    .unwrap();
+    let config = portcullis_config::load(&path).unwrap();
+    let env = TestEnv::start_config(auth, upstream, config).await;
+    let reloader = Reloader::new(path, Arc::clone(&env.gateway));
+    let _watch = reloader.watch().unwrap();
+    let key = async || env.get("/x", &[]).await.json()["headers"]["x-api-key"][0].clone();
+    assert_eq!(key().await, "sk-first");
+    for next in ["sk-second", "sk-third"] {
+        write_then_rename(&secrets.join("api-key"), &format!("{next}\n"));
+        until(&format!("{next} in use"), async || key().await == next).await;
+    }
+}

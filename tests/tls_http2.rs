@@ -269,3 +269,85 @@ async fn concurrent_first_requests_share_one_http2_connection() {
         "one upstream connection expected: {peers:?}"
     );
 }
+
+/// Whether a fresh TLS connection trusting only `pki`'s CA gets an answer.
+async fn trusted_by(pki: &Pki, port: u16) -> bool {
+    let url: http::Uri = format!("https://localhost:{port}/x").parse().unwrap();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), tls_client(pki, false).get(url)).await,
+        Ok(Ok(r)) if r.status() == 200
+    )
+}
+
+/// A renewed certificate (files replaced, as cert-manager or a Kubernetes Secret
+/// update does) is presented to new connections without a restart; a broken one
+/// is refused and the last good one keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_certificates_are_picked_up_and_broken_ones_refused() {
+    let (old, renewed) = (pki(), pki());
+    let dir = tempfile::tempdir().unwrap();
+    let install = |from: &Pki| {
+        for name in ["key.pem", "cert.pem"] {
+            let tmp = dir.path().join(format!(".{name}.tmp"));
+            std::fs::copy(from.dir.path().join(name), &tmp).unwrap();
+            std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+        }
+    };
+    install(&old);
+    let (auth, upstream) = servers().await;
+    let d = dir.path().display();
+    let tls = format!(", tls: {{ cert_file: \"{d}/cert.pem\", key_file: \"{d}/key.pem\" }}");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, public_config(&tls, &upstream.url(), "")).unwrap();
+    let config = portcullis_config::load(&path).unwrap();
+    let env = TestEnv::start_config(auth, upstream, config).await;
+    let reloader = portcullis_proxy::Reloader::new(path, std::sync::Arc::clone(&env.gateway));
+    let _watch = reloader.watch().unwrap();
+    let port = env.addr.port();
+    assert!(trusted_by(&old, port).await);
+    assert!(!trusted_by(&renewed, port).await);
+
+    install(&renewed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !trusted_by(&renewed, port).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!trusted_by(&old, port).await, "the old certificate is gone");
+
+    // A broken certificate: refused, the renewed one stays.
+    let failures = || {
+        env.metrics
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("portcullis_config_reloads_total{outcome=\"failure\"} ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let before = failures();
+    std::fs::write(
+        dir.path().join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while failures() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken certificate was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = reloader.reload().unwrap_err();
+    assert!(refused.contains("cert.pem"), "{refused}");
+    assert!(
+        trusted_by(&renewed, port).await,
+        "the last good certificate keeps serving"
+    );
+}

@@ -152,12 +152,10 @@ impl TestEnv {
         config: portcullis_config::GatewayConfig,
     ) -> TestEnv {
         let metrics = Metrics::new().expect("metrics");
-        let tls = config
-            .listen
-            .tls
-            .as_ref()
-            .map(|files| portcullis_proxy::tls_acceptor(files).expect("TLS configuration"));
         let gateway = Gateway::new(config, Arc::clone(&metrics)).expect("gateway");
+        let tls = gateway
+            .tls_acceptor()
+            .map(|a| a.expect("TLS configuration"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

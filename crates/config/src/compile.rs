@@ -44,6 +44,8 @@ pub(crate) struct Ctx<'a> {
     pub problems: Vec<(String, String)>,
     pub base: PathBuf,
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Every file the configuration read (secrets, certificates, keys, CAs).
+    pub files: Vec<PathBuf>,
 }
 
 impl Ctx<'_> {
@@ -61,9 +63,24 @@ impl Ctx<'_> {
         }
     }
 
+    /// Reads a secret file (`*_file`), noting it among the files watched.
+    fn read_secret(&mut self, path: &str, file: &str) -> Option<String> {
+        let file = self.expand(path, file)?;
+        let full = resolve_path(&self.base, &file);
+        self.files.push(full.clone());
+        match read_secret_file(&full) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(path, e);
+                None
+            }
+        }
+    }
+
     fn read_file(&mut self, path: &str, file: &str) -> Option<(PathBuf, Vec<u8>)> {
         let file = self.expand(path, file)?;
         let full = resolve_path(&self.base, &file);
+        self.files.push(full.clone());
         match std::fs::read(&full) {
             Ok(bytes) => Some((full, bytes)),
             Err(e) => {
@@ -173,6 +190,7 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
         upstreams,
         routes,
         warnings: Vec::new(),
+        files: std::mem::take(&mut ctx.files),
     };
     config.warnings = crate::lint::warnings(&config);
     Some(config)
@@ -418,16 +436,9 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
         (Some(s), None) => ctx
             .expand(&format!("{path}.secret"), s)
             .map(String::into_bytes),
-        (None, Some(f)) => {
-            let f = ctx.expand(&format!("{path}.secret_file"), f)?;
-            match read_secret_file(&resolve_path(&ctx.base, &f)) {
-                Ok(s) => Some(s.into_bytes()),
-                Err(e) => {
-                    ctx.err(format!("{path}.secret_file"), e);
-                    None
-                }
-            }
-        }
+        (None, Some(f)) => ctx
+            .read_secret(&format!("{path}.secret_file"), f)
+            .map(String::into_bytes),
         (Some(_), Some(_)) => {
             ctx.err(&path, "set secret or secret_file, not both");
             None
@@ -694,16 +705,7 @@ fn compile_credential(path: &str, rc: RawCredential, ctx: &mut Ctx<'_>) -> Optio
     };
     let value = match (rc.value, rc.value_file) {
         (Some(v), None) => ctx.expand(&format!("{path}.value"), &v)?,
-        (None, Some(f)) => {
-            let f = ctx.expand(&format!("{path}.value_file"), &f)?;
-            match read_secret_file(&resolve_path(&ctx.base, &f)) {
-                Ok(v) => v,
-                Err(e) => {
-                    ctx.err(format!("{path}.value_file"), e);
-                    return None;
-                }
-            }
-        }
+        (None, Some(f)) => ctx.read_secret(&format!("{path}.value_file"), &f)?,
         _ => {
             ctx.err(path, "set exactly one of value or value_file");
             return None;

@@ -59,6 +59,7 @@ pub fn load_str(
         problems: Vec::new(),
         base: base.to_path_buf(),
         env,
+        files: Vec::new(),
     };
     let compiled = compile::compile(raw, &mut ctx, file);
     match compiled {

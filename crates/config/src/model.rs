@@ -53,6 +53,10 @@ pub struct GatewayConfig {
     pub routes: Vec<Arc<RouteConfig>>,
     /// Non-fatal findings (shadowed routes, unused upstreams, public routes…).
     pub warnings: Vec<String>,
+    /// Every file the configuration read besides itself (`*_file` secrets, TLS
+    /// certificate and key, static keys, CA bundles): watched like the
+    /// configuration, so a rotated secret or a renewed certificate is picked up.
+    pub files: Vec<PathBuf>,
 }
 
 /// Where the gateway accepts traffic.

@@ -79,10 +79,8 @@ pub async fn run(
     let admin_addr = config.admin;
     let shutdown_delay = config.limits.shutdown_delay;
     let gateway = Gateway::new(config, Arc::clone(&metrics)).map_err(|e| anyhow!(e))?;
-    let tls = listen
-        .tls
-        .as_ref()
-        .map(portcullis_proxy::tls_acceptor)
+    let tls = gateway
+        .tls_acceptor()
         .transpose()
         .map_err(|e| anyhow!("TLS: {e}"))?;
     // Bound before anything else starts, so a taken port fails the start at once.

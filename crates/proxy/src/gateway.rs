@@ -13,6 +13,7 @@ use portcullis_metrics::{AdminHooks, Metrics, Readiness, ReloadHook};
 use portcullis_policy::{Reason, Rejection};
 
 use crate::runtime::Runtime;
+use crate::tls::CertStore;
 use crate::token_cache::TokenCache;
 
 /// Exports key-fetcher events as metrics.
@@ -54,6 +55,8 @@ pub struct ApplyReport {
     pub issuers_kept: Vec<String>,
     /// Settings that cannot change without a restart and were left as they were.
     pub not_applied: Vec<String>,
+    /// Whether a new TLS certificate was swapped in.
+    pub tls_reloaded: bool,
 }
 
 /// Shared state of a running gateway.
@@ -72,6 +75,9 @@ pub struct Gateway {
     ready_once: AtomicBool,
     /// The problems of the last refused reload, cleared by the next good one.
     reload_error: Mutex<Option<String>>,
+    /// The traffic listener's certificate, when it terminates TLS; swapped by
+    /// reloads.
+    tls: Option<Arc<CertStore>>,
 }
 
 /// Holds an in-flight slot; released on drop.
@@ -94,6 +100,13 @@ impl Gateway {
             metrics: Arc::clone(&metrics),
         });
         let tc = config.token_cache;
+        let tls = config
+            .listen
+            .tls
+            .as_ref()
+            .map(CertStore::new)
+            .transpose()
+            .map_err(|e| format!("listen.tls: {e}"))?;
         let runtime = Runtime::build(config, None, &metrics, &observer)?;
         metrics.config_reload(true);
         Ok(Arc::new(Gateway {
@@ -105,6 +118,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             ready_once: AtomicBool::new(false),
             reload_error: Mutex::new(None),
+            tls,
         }))
     }
 
@@ -121,6 +135,12 @@ impl Gateway {
     /// The verified-token cache.
     pub fn token_cache(&self) -> &TokenCache {
         &self.token_cache
+    }
+
+    /// The traffic listener's TLS acceptor, presenting the current certificate at
+    /// each handshake; `None` without TLS.
+    pub fn tls_acceptor(&self) -> Option<Result<tokio_rustls::TlsAcceptor, String>> {
+        self.tls.as_ref().map(CertStore::acceptor)
     }
 
     /// Starts draining (SIGTERM): `/readyz` answers 503 from now on and
@@ -162,8 +182,11 @@ impl Gateway {
     pub fn apply(&self, config: GatewayConfig) -> Result<ApplyReport, String> {
         let old = self.runtime();
         let mut not_applied = Vec::new();
-        if config.listen != old.config.listen {
-            not_applied.push("listen (address or TLS): restart to change".to_owned());
+        if config.listen.address != old.config.listen.address {
+            not_applied.push("listen.address: restart to change".to_owned());
+        }
+        if config.listen.tls.is_some() != self.tls.is_some() {
+            not_applied.push("listen.tls (turning TLS on or off): restart to change".to_owned());
         }
         if config.admin != old.config.admin {
             not_applied.push("admin.address: restart to change".to_owned());
@@ -172,7 +195,16 @@ impl Gateway {
             not_applied.push("workers: restart to change".to_owned());
         }
         let tc = config.token_cache;
+        let new_tls = config.listen.tls.clone();
         let new = Runtime::build(config, Some(&old), &self.metrics, &self.observer)?;
+        // The certificate last: a pair that does not parse or match refuses the
+        // whole reload, and the old certificate and configuration stay.
+        let mut tls_reloaded = false;
+        if let (Some(store), Some(files)) = (&self.tls, &new_tls) {
+            tls_reloaded = store
+                .replace(files)
+                .map_err(|e| format!("listen.tls: {e}; the old certificate stays"))?;
+        }
         let issuers_kept = new
             .issuers
             .iter()
@@ -190,6 +222,7 @@ impl Gateway {
         Ok(ApplyReport {
             issuers_kept,
             not_applied,
+            tls_reloaded,
         })
     }
 

@@ -17,10 +17,11 @@ pub mod reload;
 pub mod route_table;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 pub mod token_cache;
 pub mod upstream;
 
 pub use gateway::{ApplyReport, Gateway};
 pub use pipeline::ConnInfo;
 pub use reload::Reloader;
-pub use server::{bind_workers, connection_slots, serve, serve_worker, tls_acceptor};
+pub use server::{bind_workers, connection_slots, serve, serve_worker};

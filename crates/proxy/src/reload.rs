@@ -3,10 +3,12 @@
 //! and on `POST /-/reload`. A new file is validated fully beside the live one and
 //! swapped in atomically, or refused with every problem while the old one stays.
 //!
-//! Only events that name the configuration file itself (or the `..data` link a
-//! Kubernetes volume swaps) count: a log file or an editor's swap file written
-//! next to it is ignored, and a change is applied at most [`MAX_DELAY`] after it
-//! happened even while relevant events keep coming.
+//! Only events that name the configuration file itself, a file it reads (`*_file`
+//! secrets, the TLS certificate and key, static keys, CA bundles), or the `..data`
+//! link a Kubernetes volume swaps count: a log file or an editor's swap file
+//! written next to them is ignored, and a change is applied at most
+//! [`MAX_DELAY`] after it happened even while relevant events keep coming. A
+//! reload happens when the configuration or any file it reads changed.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -38,19 +40,51 @@ const KUBERNETES_DATA_LINK: &str = "..data";
 pub struct Reloader {
     path: PathBuf,
     gateway: Arc<Gateway>,
-    /// SHA-256 of the text last applied or refused, so unchanged files are skipped.
+    /// Fingerprint of the configuration and the files it reads as last applied
+    /// or refused, so an event that changed nothing is skipped.
     last_seen: Arc<Mutex<Option<[u8; 32]>>>,
 }
 
 impl Reloader {
     /// A reloader for `path`, whose current content is already live in `gateway`.
     pub fn new(path: PathBuf, gateway: Arc<Gateway>) -> Self {
-        let digest = std::fs::read(&path).ok().map(|b| Sha256::digest(&b).into());
-        Reloader {
+        let reloader = Reloader {
             path,
             gateway,
-            last_seen: Arc::new(Mutex::new(digest)),
+            last_seen: Arc::new(Mutex::new(None)),
+        };
+        reloader.remember();
+        reloader
+    }
+
+    /// SHA-256 over the configuration's text and every file the live
+    /// configuration read (path and content; a missing file counts as such).
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        let mut hash = Sha256::new();
+        hash.update(std::fs::read(&self.path).ok()?);
+        for file in &self.gateway.runtime().config.files {
+            hash.update(file.as_os_str().as_encoded_bytes());
+            match std::fs::read(file) {
+                Ok(bytes) => hash.update(Sha256::digest(bytes)),
+                Err(_) => hash.update(b"\0missing"),
+            }
         }
+        Some(hash.finalize().into())
+    }
+
+    /// Notes what is on disk now as seen.
+    fn remember(&self) {
+        let now = self.fingerprint();
+        if let Ok(mut last) = self.last_seen.lock() {
+            *last = now;
+        }
+    }
+
+    /// The files the live configuration depends on: itself and what it reads.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.gateway.runtime().config.files.iter().cloned());
+        files
     }
 
     /// The watched file.
@@ -61,11 +95,13 @@ impl Reloader {
     /// Loads, validates and applies the file. `Ok(summary)`, or `Err(every
     /// problem as file:line:column: path: message)` with the old configuration kept.
     pub fn reload(&self) -> Result<String, String> {
-        if let Ok(bytes) = std::fs::read(&self.path)
-            && let Ok(mut last) = self.last_seen.lock()
-        {
-            *last = Some(Sha256::digest(&bytes).into());
-        }
+        let result = self.load_and_apply();
+        // After the apply: the files the new configuration reads are what counts.
+        self.remember();
+        result
+    }
+
+    fn load_and_apply(&self) -> Result<String, String> {
         let metrics = Arc::clone(self.gateway.metrics());
         let config = match portcullis_config::load(&self.path) {
             Ok(c) => c,
@@ -84,9 +120,14 @@ impl Reloader {
                     tracing::warn!(setting = %w, "not applied by a reload");
                 }
                 let msg = format!(
-                    "reloaded {}: key caches kept for [{}]; not applied: [{}]; {warnings} warnings",
+                    "reloaded {}: key caches kept for [{}]; TLS certificate {}; not applied: [{}]; {warnings} warnings",
                     self.path.display(),
                     report.issuers_kept.join(", "),
+                    if report.tls_reloaded {
+                        "replaced"
+                    } else {
+                        "unchanged"
+                    },
                     report.not_applied.join("; "),
                 );
                 tracing::info!("{msg}");
@@ -101,16 +142,11 @@ impl Reloader {
         }
     }
 
-    /// Reloads only when the file's content differs from what was last seen.
+    /// Reloads only when the configuration or a file it reads differs from what
+    /// was last seen.
     pub fn reload_if_changed(&self) -> Option<Result<String, String>> {
-        let bytes = std::fs::read(&self.path).ok()?;
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        if self
-            .last_seen
-            .lock()
-            .ok()
-            .is_some_and(|l| *l == Some(digest))
-        {
+        let now = self.fingerprint()?;
+        if self.last_seen.lock().ok().is_some_and(|l| *l == Some(now)) {
             return None;
         }
         Some(self.reload())
@@ -135,24 +171,35 @@ impl Reloader {
     /// watch lasts as long as the returned guard.
     pub fn watch(&self) -> Result<WatchGuard, String> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let names = watched_names(&self.path);
+        let files = self.watched_files();
+        let names = Arc::new(Mutex::new(watched_names(&files)));
+        let seen_names = Arc::clone(&names);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if let Ok(event) = event
-                    && concerns(&event, &names)
+                    && seen_names
+                        .lock()
+                        .is_ok_and(|names| concerns(&event, &names))
                 {
                     let _ = tx.send(());
                 }
             })
             .map_err(|e| format!("cannot watch {}: {e}", self.path.display()))?;
-        let folder = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        watcher
-            .watch(folder, RecursiveMode::NonRecursive)
-            .map_err(|e| format!("cannot watch {}: {e}", folder.display()))?;
+        let mut folders: Vec<&Path> = Vec::new();
+        for file in &files {
+            let folder = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !folders.contains(&folder) {
+                folders.push(folder);
+            }
+        }
+        for folder in folders {
+            watcher
+                .watch(folder, RecursiveMode::NonRecursive)
+                .map_err(|e| format!("cannot watch {}: {e}", folder.display()))?;
+        }
         let reloader = self.clone();
         let task = tokio::spawn(async move {
             while rx.recv().await.is_some() {
@@ -160,7 +207,15 @@ impl Reloader {
                     return;
                 }
                 let r = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || r.reload_if_changed()).await;
+                let files = tokio::task::spawn_blocking(move || {
+                    r.reload_if_changed();
+                    r.watched_files()
+                })
+                .await;
+                // A reload may name other files (in the folders already watched).
+                if let (Ok(files), Ok(mut names)) = (files, names.lock()) {
+                    *names = watched_names(&files);
+                }
             }
         });
         Ok(WatchGuard {
@@ -184,12 +239,14 @@ impl Reloader {
     }
 }
 
-/// The file names in the watched folder whose events concern `path`: its own
-/// name and the Kubernetes `..data` link.
-fn watched_names(path: &Path) -> Vec<OsString> {
+/// The file names in the watched folders whose events concern `files`: their
+/// own names and the Kubernetes `..data` link.
+fn watched_names(files: &[PathBuf]) -> Vec<OsString> {
     let mut names = vec![OsString::from(KUBERNETES_DATA_LINK)];
-    if let Some(name) = path.file_name() {
-        names.push(name.to_owned());
+    for name in files.iter().filter_map(|f| f.file_name()) {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
     }
     names
 }
@@ -249,13 +306,18 @@ mod tests {
     #[test]
     fn only_events_naming_the_file_or_the_data_link_count() {
         use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
-        let names = watched_names(Path::new("/etc/portcullis/gateway.yaml"));
+        let names = watched_names(&[
+            PathBuf::from("/etc/portcullis/gateway.yaml"),
+            PathBuf::from("/etc/portcullis/secrets/openai-api-key"),
+        ]);
         let modify = EventKind::Modify(ModifyKind::Any);
         for (kind, path, counts) in [
             (modify, "/etc/portcullis/gateway.yaml", true),
             (modify, "/etc/portcullis/portcullis.log", false),
             (modify, "/etc/portcullis/.gateway.yaml.swp", false),
             (modify, "/etc/portcullis/gateway.yaml~", false),
+            (modify, "/etc/portcullis/secrets/openai-api-key", true),
+            (modify, "/etc/portcullis/secrets/anthropic-api-key", false),
             (
                 EventKind::Create(CreateKind::File),
                 "/etc/portcullis/gateway.yaml",

@@ -13,9 +13,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use portcullis_config::{Limits, TlsFiles};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use portcullis_config::Limits;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -37,27 +35,6 @@ pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 /// every request (measured: +5 µs CPU per request at 1,000), and no real client
 /// sends more; hyper's bare 431 beyond it is counted and logged as `malformed`.
 pub const H1_MAX_HEADERS: usize = 100;
-
-/// Builds the rustls server configuration from PEM files (ALPN: h2, http/1.1).
-pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files.cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate", files.cert_file.display()));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&files.key_pem.0)
-        .map_err(|e| format!("{}: {e}", files.key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
 
 /// Listening sockets for `workers` workers on one address. Several get
 /// `SO_REUSEPORT`, so the kernel spreads connections over them; a single one does
