@@ -773,6 +773,9 @@ fn compile_route(
     }
     let matcher = compile_match(&format!("{path}.match"), rr.matcher, paths, ctx);
     let upgrades = compile_upgrades(&format!("{path}.upgrades"), rr.upgrades, ctx);
+    let cors = rr
+        .cors
+        .map(|c| compile_cors(&format!("{path}.cors"), c, ctx));
     let rewrite = rr.rewrite.map(|rw| {
         let strip = rw.strip_prefix.unwrap_or_default();
         let replace = rw.replace_prefix.unwrap_or_default();
@@ -830,7 +833,96 @@ fn compile_route(
         ip_rules: IpRules::new(&allow, &deny),
         auth,
         upgrades,
+        cors,
     })
+}
+
+fn compile_cors(path: &str, rc: RawCors, ctx: &mut Ctx<'_>) -> Cors {
+    let mut origins = Vec::new();
+    let mut any_origin = false;
+    if rc.allowed_origins.is_empty() {
+        ctx.err(
+            format!("{path}.allowed_origins"),
+            "list the origins allowed (e.g. https://chat.example.com), or \"*\"",
+        );
+    }
+    for (i, o) in rc.allowed_origins.iter().enumerate() {
+        if o == "*" {
+            any_origin = true;
+            continue;
+        }
+        let lower = o.trim_end_matches('/').to_ascii_lowercase();
+        let valid = lower.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.authority().is_some()
+                && u.path_and_query()
+                    .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+        });
+        if valid {
+            origins.push(lower);
+        } else {
+            ctx.err(
+                format!("{path}.allowed_origins[{i}]"),
+                format!("{o:?} is not an origin: scheme://host[:port], without a path"),
+            );
+        }
+    }
+    let credentials = rc.allow_credentials.unwrap_or(false);
+    if credentials && any_origin {
+        ctx.err(
+            format!("{path}.allow_credentials"),
+            "cannot go with allowed_origins \"*\": browsers refuse credentials for a wildcard origin; list the origins",
+        );
+    }
+    let methods = rc
+        .allowed_methods
+        .unwrap_or_else(|| vec!["GET".into(), "HEAD".into(), "POST".into()])
+        .iter()
+        .enumerate()
+        .filter_map(
+            |(i, m)| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    ctx.err(
+                        format!("{path}.allowed_methods[{i}]"),
+                        format!("{m:?} is not an HTTP method"),
+                    );
+                    None
+                }
+            },
+        )
+        .collect();
+    let mut names = |key: &str, list: Option<Vec<String>>, default: &[&str]| -> Vec<HeaderName> {
+        list.unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    ctx.err(
+                        format!("{path}.{key}[{i}]"),
+                        format!("{h:?} is not a header name"),
+                    );
+                    None
+                }
+            })
+            .collect()
+    };
+    let headers = names(
+        "allowed_headers",
+        rc.allowed_headers,
+        &["authorization", "content-type"],
+    );
+    let expose = names("expose_headers", rc.expose_headers, &["x-request-id"]);
+    Cors {
+        origins,
+        any_origin,
+        methods,
+        headers,
+        expose,
+        credentials,
+        max_age: rc.max_age.map_or(Duration::from_secs(600), |d| d.0),
+    }
 }
 
 /// `upgrades: [websocket, …]`: lower-case protocol tokens (RFC 9110 §7.8); `h2c`

@@ -304,6 +304,28 @@ pub struct RouteConfig {
     /// Protocols a client may upgrade to on this route (lower-case `Upgrade`
     /// tokens such as `websocket`); empty: none.
     pub upgrades: Vec<String>,
+    /// Cross-origin requests from browsers, when allowed.
+    pub cors: Option<Cors>,
+}
+
+/// A route's CORS policy (the Fetch standard's CORS protocol): preflights are
+/// answered by the gateway, responses to allowed origins carry the headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins, lower-case `scheme://host[:port]`.
+    pub origins: Vec<String>,
+    /// `*` was listed: any origin (never with credentials).
+    pub any_origin: bool,
+    /// Methods a cross-origin request may use.
+    pub methods: Vec<Method>,
+    /// Request headers a cross-origin request may send (lower-case).
+    pub headers: Vec<HeaderName>,
+    /// Response headers scripts may read.
+    pub expose: Vec<HeaderName>,
+    /// Whether credentials (cookies, client certificates) may be sent.
+    pub credentials: bool,
+    /// How long a browser may cache a preflight's answer.
+    pub max_age: Duration,
 }
 
 /// What a route matches.

@@ -240,6 +240,19 @@ pub struct RawRoute {
     pub auth: Option<RawAuth>,
     pub ip: Option<RawIp>,
     pub upgrades: Option<Vec<String>>,
+    pub cors: Option<RawCors>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Option<Vec<String>>,
+    pub allowed_headers: Option<Vec<String>>,
+    pub expose_headers: Option<Vec<String>>,
+    pub allow_credentials: Option<bool>,
+    pub max_age: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -301,3 +301,34 @@ fn lints_for_a_public_route_spending_a_credential_and_a_mid_segment_strip() {
         c.warnings
     );
 }
+
+#[test]
+fn cors_policies_are_validated() {
+    let with = |cors: &str| {
+        GOOD.replace(
+            "      claim_headers: { sub: X-Portcullis-Subject }",
+            &format!("      claim_headers: {{ sub: X-Portcullis-Subject }}\n    cors: {cors}"),
+        )
+    };
+    let c = load(&with(
+        "{ allowed_origins: [\"https://Chat.Example.com/\"] }",
+    ))
+    .unwrap();
+    let cors = c.routes[0].cors.as_ref().unwrap();
+    assert_eq!(cors.origins, ["https://chat.example.com"]);
+    assert_eq!(cors.max_age, std::time::Duration::from_secs(600));
+    assert!(!cors.credentials);
+    let err = load(&with(
+        "{ allowed_origins: [\"*\", \"chat.example.com\", \"https://a.example/path\"], allow_credentials: true, allowed_methods: [\"GE T\"] }",
+    ))
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "routes[0].cors.allow_credentials: cannot go with allowed_origins \"*\"",
+        "routes[0].cors.allowed_origins[1]: \"chat.example.com\" is not an origin",
+        "routes[0].cors.allowed_origins[2]",
+        "routes[0].cors.allowed_methods[0]",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}

@@ -72,6 +72,9 @@ pub enum Reason {
     /// The client sent its request body too slowly (a pause between two pieces
     /// longer than `limits.body_read_timeout`).
     BodyTimeout,
+    /// A CORS preflight the route's `cors` policy does not allow (origin, method
+    /// or request header), or a preflight to a route without one.
+    CorsNotAllowed,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -91,7 +94,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -119,6 +122,7 @@ impl Reason {
         Reason::HostInvalid,
         Reason::UpgradeNotAllowed,
         Reason::BodyTimeout,
+        Reason::CorsNotAllowed,
     ];
 
     /// The stable snake_case code.
@@ -151,6 +155,7 @@ impl Reason {
             Reason::HostInvalid => "host_invalid",
             Reason::UpgradeNotAllowed => "upgrade_not_allowed",
             Reason::BodyTimeout => "body_timeout",
+            Reason::CorsNotAllowed => "cors_not_allowed",
         }
     }
 
@@ -171,7 +176,8 @@ impl Reason {
             Reason::ScopeInsufficient
             | Reason::ClaimMismatch
             | Reason::IpDenied
-            | Reason::UpgradeNotAllowed => 403,
+            | Reason::UpgradeNotAllowed
+            | Reason::CorsNotAllowed => 403,
             Reason::BodyTimeout => 408,
             Reason::IdpUnavailable | Reason::Overloaded => 503,
             Reason::RouteNotFound => 404,
@@ -211,7 +217,8 @@ impl Reason {
             | Reason::PathInvalid
             | Reason::HostInvalid
             | Reason::UpgradeNotAllowed
-            | Reason::BodyTimeout => Challenge::None,
+            | Reason::BodyTimeout
+            | Reason::CorsNotAllowed => Challenge::None,
         }
     }
 
@@ -245,6 +252,7 @@ impl Reason {
             Reason::HostInvalid => "Host missing or ambiguous",
             Reason::UpgradeNotAllowed => "Protocol upgrade not allowed",
             Reason::BodyTimeout => "Request body too slow",
+            Reason::CorsNotAllowed => "Cross-origin request not allowed",
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod authn;
 pub mod body;
 pub mod connect;
+pub mod cors;
 pub mod forward;
 pub mod gateway;
 pub mod headers;

@@ -15,6 +15,8 @@
 //! route          match against this request's RouteTable snapshot
 //! upgrade        an Upgrade only for a protocol the route allows; h2c never; no CONNECT
 //! ip_filter      global then route allow/deny CIDRs; deny wins; before any crypto
+//! cors           a preflight answered here, before authentication (the browser
+//!                sends no token with it); other responses decorated in `handle`
 //! authenticate   bearer -> verified-token cache -> JWT verification -> claims
 //! authorize      audience, required scopes and claim rules
 //! forward        hop-by-hop removal, credential injection, claim headers, pooled client
@@ -81,6 +83,13 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let version = req.version();
+    // Kept for the CORS headers of the response, whatever answers it (a
+    // preflight's own answer has them, its refusal must not).
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|_| !crate::cors::is_preflight(req.method(), req.headers()))
+        .cloned();
     // request_id: a trusted proxy's (or, if configured, any client's) when plain,
     // else minted.
     let runtime = gw.runtime();
@@ -119,6 +128,14 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, request_id.clone());
+    if let (Some(origin), Some(route)) = (&origin, &trace.route)
+        && let Some(cors) = &route.config.cors
+        && !response
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        crate::cors::decorate(cors, origin, response.headers_mut());
+    }
     if gw.is_draining()
         && version < Version::HTTP_2
         && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
@@ -191,9 +208,16 @@ async fn steps(
         (!peer_trusted).then_some(network.strip_from_untrusted.as_slice()),
     );
 
-    // route: the canonical authority and path.
+    // route: the canonical authority and path; a CORS preflight is routed by
+    // the method it asks about.
     let host = normalise_host(authority.as_str());
-    let route = match runtime.table.find(&host, req.uri().path(), req.method()) {
+    let preflight = crate::cors::is_preflight(req.method(), req.headers());
+    let lookup_method = if preflight {
+        crate::cors::requested_method(req.headers()).unwrap_or(http::Method::OPTIONS)
+    } else {
+        req.method().clone()
+    };
+    let route = match runtime.table.find(&host, req.uri().path(), &lookup_method) {
         Lookup::Found(route) => Arc::clone(route),
         Lookup::MethodNotAllowed(methods) => {
             let list: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
@@ -239,6 +263,12 @@ async fn steps(
     // ip_filter: cheapest check first, before any crypto.
     config.network.rules.check_client(&client, "global")?;
     route.config.ip_rules.check_client(&client, "route")?;
+
+    // cors: a preflight is answered here, before any token is looked for.
+    if preflight {
+        trace.decision = Decision::Public;
+        return crate::cors::preflight(route.config.cors.as_ref(), req.headers());
+    }
 
     // authenticate + authorize
     let claims = match route.protected() {

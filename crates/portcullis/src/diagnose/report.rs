@@ -30,7 +30,8 @@ pub fn step_for(reason: Reason) -> &'static str {
         | Reason::MethodNotAllowed
         | Reason::PathInvalid
         | Reason::HostInvalid
-        | Reason::UpgradeNotAllowed => "route",
+        | Reason::UpgradeNotAllowed
+        | Reason::CorsNotAllowed => "route",
         Reason::IpDenied => "client_ip",
         Reason::HeadersTooLarge
         | Reason::BodyTooLarge
@@ -69,6 +70,9 @@ pub fn fix_for(reason: Reason) -> &'static str {
         }
         Reason::UpgradeNotAllowed => {
             "list the protocol in the route's upgrades (e.g. upgrades: [websocket]); h2c and CONNECT are never relayed"
+        }
+        Reason::CorsNotAllowed => {
+            "add the page's origin (and the method and headers it sends) to the route's cors block"
         }
         Reason::BodyTimeout => {
             "the client paused its request body too long: send it without stalls, or raise limits.body_read_timeout"
