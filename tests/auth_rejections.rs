@@ -639,3 +639,60 @@ async fn scope_hints_name_only_what_is_missing() {
     let token = env.token("a c", json!({}));
     assert_eq!(env.get_with_token("/v1/chat/x", &token).await.status, 200);
 }
+
+/// `responses.detail: minimal`: a refusal names its reason (and the scope hint a
+/// client needs), but not the accepted issuers, audiences or claim values.
+#[tokio::test]
+async fn minimal_detail_tells_the_reason_and_nothing_of_the_configuration() {
+    let config = BASE_CONFIG.replace(
+        "logging: { access_log: false }",
+        "logging: { access_log: false }\nresponses: { detail: minimal }",
+    );
+    let env = TestEnv::start(&config).await;
+    let foreign = env.token("chat:write", json!({"iss": "https://other.example/"}));
+    let wrong_aud = env.token("chat:write", json!({"aud": "someone-else"}));
+    let no_scope = env.token("", json!({}));
+    for (token, reason) in [
+        (&foreign, "issuer_mismatch"),
+        (&wrong_aud, "audience_mismatch"),
+        (&no_scope, "scope_insufficient"),
+    ] {
+        let reply = env.get_with_token("/v1/chat/x", token).await;
+        assert_eq!(reply.reason(), reason);
+        let challenge = reply.header("www-authenticate").unwrap_or_default();
+        let told = format!("{} {challenge}", String::from_utf8_lossy(&reply.body));
+        for secret in [
+            env.auth.issuer(),
+            "portcullis-demo",
+            "someone-else",
+            "other.example",
+        ] {
+            assert!(!told.contains(secret), "{reason} told {secret:?}: {told}");
+        }
+        assert!(told.contains("request_id"), "{told}");
+        let title = portcullis_policy::Reason::from_code(reason)
+            .unwrap()
+            .title();
+        assert_eq!(
+            reply.json()["detail"],
+            format!("{title}; the gateway's log has the details under this request_id")
+        );
+    }
+    // With full detail (the default) the same refusal names the issuer it expected.
+    let full = TestEnv::start(BASE_CONFIG).await;
+    let foreign = full.token("chat:write", json!({"iss": "https://other.example/"}));
+    let reply = full.get_with_token("/v1/chat/x", &foreign).await;
+    assert!(
+        String::from_utf8_lossy(&reply.body).contains("other.example"),
+        "{:?}",
+        reply.body
+    );
+    let reply = env.get_with_token("/v1/chat/x", &no_scope).await;
+    assert!(
+        reply
+            .header("www-authenticate")
+            .unwrap()
+            .ends_with("scope=\"chat:write\""),
+        "the scope hint stays"
+    );
+}

@@ -126,6 +126,17 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
     let logging = compile_logging(raw.logging.unwrap_or_default(), ctx);
     let network = compile_network(raw.network.unwrap_or_default(), ctx);
     let paths = compile_paths(raw.paths.unwrap_or_default(), ctx);
+    let refusal_detail = match raw.responses.unwrap_or_default().detail.as_deref() {
+        None | Some("full") => RefusalDetail::Full,
+        Some("minimal") => RefusalDetail::Minimal,
+        Some(other) => {
+            ctx.err(
+                "responses.detail",
+                format!("{other:?} is not a choice; use full or minimal"),
+            );
+            RefusalDetail::Full
+        }
+    };
     let tc = raw.token_cache.unwrap_or_default();
     let token_cache = TokenCacheConfig {
         enabled: tc.enabled.unwrap_or(true),
@@ -185,6 +196,7 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
         logging,
         network,
         paths,
+        refusal_detail,
         token_cache,
         issuers,
         upstreams,

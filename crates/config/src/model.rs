@@ -43,6 +43,8 @@ pub struct GatewayConfig {
     pub network: Network,
     /// How request paths are made canonical before routing.
     pub paths: PathRules,
+    /// How much a refusal's body and challenge tell the client.
+    pub refusal_detail: RefusalDetail,
     /// The verified-token cache.
     pub token_cache: TokenCacheConfig,
     /// Issuers by name.
@@ -158,6 +160,18 @@ pub struct Network {
     pub strip_from_untrusted: Vec<HeaderName>,
     /// Whose `x-request-id` is kept (else one is minted).
     pub request_id: RequestIdSource,
+}
+
+/// How much a refusal tells the client (`responses.detail`); the access log
+/// always has the full detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RefusalDetail {
+    /// The precise cause, e.g. which issuer was expected.
+    #[default]
+    Full,
+    /// The reason code and its title only: no internal URLs, accepted issuers or
+    /// required claim values.
+    Minimal,
 }
 
 /// Whose `x-request-id` the gateway keeps.

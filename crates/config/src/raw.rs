@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub logging: Option<RawLogging>,
     pub network: Option<RawNetwork>,
     pub paths: Option<RawPaths>,
+    pub responses: Option<RawResponses>,
     pub token_cache: Option<RawTokenCache>,
     #[serde(default)]
     pub issuers: BTreeMap<String, RawIssuer>,
@@ -132,6 +133,12 @@ impl<'de> Deserialize<'de> for RawTrustedProxy {
         }
         d.deserialize_any(Visit)
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponses {
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

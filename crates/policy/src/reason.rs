@@ -301,6 +301,21 @@ impl Rejection {
         }
     }
 
+    /// The same refusal told with no detail of the gateway's configuration (no
+    /// URLs, accepted issuers or required claim values): the reason's title and a
+    /// pointer to the log, where the full detail stays. The scope hint is kept, as
+    /// RFC 6750 clients need it to ask for the right token.
+    pub fn minimal(&self) -> Rejection {
+        Rejection {
+            reason: self.reason,
+            detail: format!(
+                "{}; the gateway's log has the details under this request_id",
+                self.reason.title()
+            ),
+            required_scope: self.required_scope.clone(),
+        }
+    }
+
     /// Adds the scope list for an `insufficient_scope` challenge.
     pub fn with_required_scope(mut self, scope: impl Into<String>) -> Self {
         self.required_scope = Some(scope.into());

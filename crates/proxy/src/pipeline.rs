@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
-use portcullis_config::{AuthMode, RequestIdSource};
+use portcullis_config::{AuthMode, RefusalDetail, RequestIdSource};
 use portcullis_policy::authority::{self, Framing};
 use portcullis_policy::path::PathRules;
 use portcullis_policy::{Reason, Rejection, resolve_client_ip};
@@ -115,7 +115,11 @@ pub async fn handle(
     let mut response = match result {
         Ok(response) => response,
         Err(rejection) => {
-            let mut r = reject::respond(&rejection, request_id.to_str().unwrap_or("-"));
+            let id = request_id.to_str().unwrap_or("-");
+            let mut r = match runtime.config.refusal_detail {
+                RefusalDetail::Full => reject::respond(&rejection, id),
+                RefusalDetail::Minimal => reject::respond(&rejection.minimal(), id),
+            };
             if let Some(allow) = trace.allow.take()
                 && let Ok(v) = HeaderValue::from_str(&allow)
             {
