@@ -46,6 +46,9 @@ pub(crate) struct Ctx<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// Every file the configuration read (secrets, certificates, keys, CAs).
     pub files: Vec<PathBuf>,
+    /// Issuers and upstreams (`issuers.dev`) that exist but failed to compile:
+    /// their own problems are reported, references to them are not again.
+    pub broken: HashSet<String>,
 }
 
 impl Ctx<'_> {
@@ -154,14 +157,24 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
     }
     let mut issuers = BTreeMap::new();
     for (name, ri) in raw.issuers {
-        if let Some(ic) = compile_issuer(&name, ri, ctx) {
-            issuers.insert(name, Arc::new(ic));
+        match compile_issuer(&name, ri, ctx) {
+            Some(ic) => {
+                issuers.insert(name, Arc::new(ic));
+            }
+            None => {
+                ctx.broken.insert(format!("issuers.{name}"));
+            }
         }
     }
     let mut upstreams = BTreeMap::new();
     for (name, ru) in raw.upstreams {
-        if let Some(uc) = compile_upstream(&name, ru, ctx) {
-            upstreams.insert(name, Arc::new(uc));
+        match compile_upstream(&name, ru, ctx) {
+            Some(uc) => {
+                upstreams.insert(name, Arc::new(uc));
+            }
+            None => {
+                ctx.broken.insert(format!("upstreams.{name}"));
+            }
         }
     }
     if raw.routes.is_empty() {
@@ -776,7 +789,9 @@ fn compile_route(
             "\"unmatched\" is reserved for requests no route matches",
         );
     }
-    if !upstreams.contains_key(&rr.upstream) {
+    if !upstreams.contains_key(&rr.upstream)
+        && !ctx.broken.contains(&format!("upstreams.{}", rr.upstream))
+    {
         let hint = did_you_mean(&rr.upstream, upstreams.keys().map(String::as_str));
         ctx.err(
             format!("{path}.upstream"),
@@ -1062,6 +1077,8 @@ fn compile_auth(
                     );
                 }
             }
+            // Reported at the issuer already: no cascade.
+            None if ctx.broken.contains(&format!("issuers.{name}")) => {}
             None => {
                 let hint = did_you_mean(name, issuers.keys().map(String::as_str));
                 ctx.err(

@@ -12,6 +12,7 @@ pub mod lint;
 pub mod locate;
 pub mod model;
 mod raw;
+mod structure;
 pub mod units;
 
 use std::path::Path;
@@ -19,7 +20,7 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use model::*;
 
-use crate::compile::{Ctx, base_dir, did_you_mean};
+use crate::compile::{Ctx, base_dir};
 use crate::locate::Locator;
 
 /// Loads and validates a configuration file.
@@ -46,12 +47,13 @@ pub fn load_str(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<GatewayConfig, ConfigError> {
     let locator = Locator::new(text);
-    let raw: raw::RawConfig = match serde_yaml::from_str(text) {
+    let raw = match structure::read(text, &locator) {
         Ok(raw) => raw,
-        Err(e) => {
+        Err(mut problems) => {
+            problems.sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
             return Err(ConfigError {
                 file: file.to_owned(),
-                problems: vec![serde_problem(&e, &locator)],
+                problems,
             });
         }
     };
@@ -60,6 +62,7 @@ pub fn load_str(
         base: base.to_path_buf(),
         env,
         files: Vec::new(),
+        broken: Default::default(),
     };
     let compiled = compile::compile(raw, &mut ctx, file);
     match compiled {
@@ -85,67 +88,6 @@ pub fn load_str(
             })
         }
     }
-}
-
-fn serde_problem(e: &serde_yaml::Error, locator: &Locator) -> Problem {
-    let (line, column) = e
-        .location()
-        .map_or((None, None), |l| (Some(l.line()), Some(l.column())));
-    let mut message = e.to_string();
-    // serde_yaml appends " at line L column C"; the prefix already says where.
-    if let Some(i) = message.find(" at line ") {
-        message.truncate(i);
-    }
-    // serde_yaml prefixes the path ("routes[0]: ..."): keep it as the path.
-    let (mut path, mut message) = match message.split_once(": ") {
-        Some((p, m)) if !p.contains(' ') => (p.to_owned(), m.to_owned()),
-        _ => (String::new(), message),
-    };
-    if let Some(field) = unknown_field(&message) {
-        let expected = expected_fields(&message);
-        message = format!(
-            "unknown key `{field}`{}",
-            did_you_mean(&field, expected.iter().map(String::as_str))
-        );
-        if !expected.is_empty() {
-            message.push_str(&format!("; known keys: {}", expected.join(", ")));
-        }
-        path = if path.is_empty() {
-            field
-        } else {
-            format!("{path}.{field}")
-        };
-    }
-    if path.is_empty()
-        && let (Some(l), Some(c)) = (line, column)
-        && let Some(p) = locator.path_at(l, c)
-    {
-        path = p.to_owned();
-    }
-    Problem {
-        path,
-        message,
-        line,
-        column,
-    }
-}
-
-fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(rest[..rest.find('`')?].to_owned())
-}
-
-fn expected_fields(message: &str) -> Vec<String> {
-    let Some((_, list)) = message.split_once("expected one of ") else {
-        return message
-            .split_once("expected `")
-            .and_then(|(_, r)| r.split_once('`'))
-            .map(|(f, _)| vec![f.to_owned()])
-            .unwrap_or_default();
-    };
-    list.split(", ")
-        .map(|f| f.trim_matches('`').to_owned())
-        .collect()
 }
 
 #[cfg(test)]

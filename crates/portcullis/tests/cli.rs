@@ -587,3 +587,86 @@ routes:
     assert!(child.wait().unwrap().success());
     held.join().unwrap();
 }
+
+/// Runs `portcullis validate` on `text`; exit code and stderr lines with the
+/// file name taken off (`line:column: path: message`).
+fn validate_text(text: &str) -> (Option<i32>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let prefix = format!("{}:", path.display());
+    let lines = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| l.strip_prefix(&prefix).unwrap_or(l).to_owned())
+        .collect();
+    (out.status.code(), lines)
+}
+
+/// Every structural mistake is reported in one run, each at its own line and
+/// column with its own path; a tab is named; a missing file causes no cascade of
+/// "unknown issuer"; a duplicate key is shown where it repeats.
+#[test]
+fn validate_is_exact_about_each_mistake() {
+    let (code, lines) = validate_text(
+        r#"listen: { address: "127.0.0.1:0" }
+limits:
+  header_read_timeout: 30
+  max_body: 10 parsecs
+upstreams:
+  llm: { targets: [http://127.0.0.1:9] }
+routes:
+  - name: a
+    match: { path_prefix: /a/ }
+    upstream: llm
+    timeout: 5
+    public: true
+  - name: b
+    match: { pathprefix: /b/ }
+    upstream: llm
+    public: true
+"#,
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        lines,
+        [
+            "3:3: limits.header_read_timeout: duration 30 needs a unit: ms, s, m, h or d (e.g. 30s)",
+            "4:3: limits.max_body: unknown size unit \"parsecs\" in \"10 parsecs\"; use B, KiB, MiB, GiB, KB, MB or GB",
+            "11:5: routes[0].timeout: duration 5 needs a unit: ms, s, m, h or d (e.g. 5s)",
+            "14:14: routes[1].match.pathprefix: unknown key `pathprefix` (did you mean \"path_prefix\"?); known keys: host, path, path_prefix, methods, case_insensitive",
+        ]
+    );
+
+    let (_, lines) = validate_text("listen:\n\taddress: \"127.0.0.1:0\"\n");
+    assert_eq!(
+        lines,
+        ["2:1: a tab character: YAML indents with spaces only"]
+    );
+
+    let (_, lines) = validate_text(
+        "issuers:\n  dev:\n    issuer: https://idp.example/\n    static_keys_file: /nonexistent/keys.json\nupstreams:\n  llm: { targets: [http://127.0.0.1:9] }\nroutes:\n  - name: a\n    upstream: llm\n    auth: { issuers: [dev], audiences: [x] }\n",
+    );
+    assert_eq!(
+        lines.len(),
+        1,
+        "no cascade from the missing file: {lines:?}"
+    );
+    assert!(
+        lines[0]
+            .starts_with("4:5: issuers.dev.static_keys_file: cannot read /nonexistent/keys.json"),
+        "{lines:?}"
+    );
+
+    let (_, lines) = validate_text(
+        "upstreams:\n  llm: { targets: [http://127.0.0.1:9] }\n  llm: { targets: [http://127.0.0.1:8] }\nroutes:\n  - { name: a, upstream: llm, public: true }\n",
+    );
+    assert_eq!(
+        lines,
+        ["3:3: upstreams.llm: duplicate key `llm` (first at line 2); each key may appear once"]
+    );
+}
