@@ -105,6 +105,27 @@ impl Ctx<'_> {
     }
 }
 
+/// One of a fixed set of words: `options` pairs each word with its value, the
+/// first being the default when the key is absent; anything else is a problem
+/// at `path` that lists the choices.
+fn choice<T: Copy>(ctx: &mut Ctx<'_>, path: &str, value: Option<&str>, options: &[(&str, T)]) -> T {
+    let default = options[0].1;
+    let Some(word) = value else {
+        return default;
+    };
+    if let Some((_, v)) = options.iter().find(|(w, _)| *w == word) {
+        return *v;
+    }
+    let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
+    let list = match words.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    ctx.err(path, format!("{word:?} is not a choice; use {list}"));
+    default
+}
+
 /// Parses a CIDR, or a bare address as a /32 or /128.
 pub fn parse_net(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
@@ -129,17 +150,15 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
     let logging = compile_logging(raw.logging.unwrap_or_default(), ctx);
     let network = compile_network(raw.network.unwrap_or_default(), ctx);
     let paths = compile_paths(raw.paths.unwrap_or_default(), ctx);
-    let refusal_detail = match raw.responses.unwrap_or_default().detail.as_deref() {
-        None | Some("full") => RefusalDetail::Full,
-        Some("minimal") => RefusalDetail::Minimal,
-        Some(other) => {
-            ctx.err(
-                "responses.detail",
-                format!("{other:?} is not a choice; use full or minimal"),
-            );
-            RefusalDetail::Full
-        }
-    };
+    let refusal_detail = choice(
+        ctx,
+        "responses.detail",
+        raw.responses.unwrap_or_default().detail.as_deref(),
+        &[
+            ("full", RefusalDetail::Full),
+            ("minimal", RefusalDetail::Minimal),
+        ],
+    );
     let tc = raw.token_cache.unwrap_or_default();
     let token_cache = TokenCacheConfig {
         enabled: tc.enabled.unwrap_or(true),
@@ -310,43 +329,31 @@ fn compile_limits(rl: RawLimits, ctx: &mut Ctx<'_>) -> Limits {
 }
 
 fn compile_paths(rp: RawPaths, ctx: &mut Ctx<'_>) -> PathRules {
-    let escaped_slashes = match rp.escaped_slashes.as_deref() {
-        None | Some("reject") => EscapedSlashes::Reject,
-        Some("keep") => EscapedSlashes::Keep,
-        Some(other) => {
-            ctx.err(
-                "paths.escaped_slashes",
-                format!("{other:?} is not a choice; use reject or keep"),
-            );
-            EscapedSlashes::Reject
-        }
-    };
-    let semicolons = match rp.semicolons.as_deref() {
-        None | Some("reject") => Semicolons::Reject,
-        Some("keep") => Semicolons::Keep,
-        Some(other) => {
-            ctx.err(
-                "paths.semicolons",
-                format!("{other:?} is not a choice; use reject or keep"),
-            );
-            Semicolons::Reject
-        }
-    };
-    let empty_segments = match rp.empty_segments.as_deref() {
-        None | Some("merge") => EmptySegments::Merge,
-        Some("reject") => EmptySegments::Reject,
-        Some(other) => {
-            ctx.err(
-                "paths.empty_segments",
-                format!("{other:?} is not a choice; use merge or reject"),
-            );
-            EmptySegments::Merge
-        }
-    };
     PathRules {
-        escaped_slashes,
-        semicolons,
-        empty_segments,
+        escaped_slashes: choice(
+            ctx,
+            "paths.escaped_slashes",
+            rp.escaped_slashes.as_deref(),
+            &[
+                ("reject", EscapedSlashes::Reject),
+                ("keep", EscapedSlashes::Keep),
+            ],
+        ),
+        semicolons: choice(
+            ctx,
+            "paths.semicolons",
+            rp.semicolons.as_deref(),
+            &[("reject", Semicolons::Reject), ("keep", Semicolons::Keep)],
+        ),
+        empty_segments: choice(
+            ctx,
+            "paths.empty_segments",
+            rp.empty_segments.as_deref(),
+            &[
+                ("merge", EmptySegments::Merge),
+                ("reject", EmptySegments::Reject),
+            ],
+        ),
     }
 }
 
@@ -362,18 +369,16 @@ fn compile_logging(rl: RawLogging, ctx: &mut Ctx<'_>) -> Logging {
             LogFormat::Text
         }
     };
-    let subject = match rl.subject.as_deref() {
-        None | Some("hash") => SubjectLogging::Hash,
-        Some("omit") => SubjectLogging::Omit,
-        Some("plain") => SubjectLogging::Plain,
-        Some(other) => {
-            ctx.err(
-                "logging.subject",
-                format!("{other:?} is not a choice; use hash, omit or plain"),
-            );
-            SubjectLogging::Hash
-        }
-    };
+    let subject = choice(
+        ctx,
+        "logging.subject",
+        rl.subject.as_deref(),
+        &[
+            ("hash", SubjectLogging::Hash),
+            ("omit", SubjectLogging::Omit),
+            ("plain", SubjectLogging::Plain),
+        ],
+    );
     Logging {
         level: rl.level.unwrap_or_else(|| "info".to_owned()),
         format,
@@ -431,17 +436,15 @@ fn compile_network(rn: RawNetwork, ctx: &mut Ctx<'_>) -> Network {
             })
             .collect(),
     };
-    let request_id = match rn.request_id.as_deref() {
-        None | Some("trusted_proxies") => RequestIdSource::TrustedProxies,
-        Some("any") => RequestIdSource::Any,
-        Some(other) => {
-            ctx.err(
-                "network.request_id",
-                format!("{other:?} is not a choice; use trusted_proxies or any"),
-            );
-            RequestIdSource::TrustedProxies
-        }
-    };
+    let request_id = choice(
+        ctx,
+        "network.request_id",
+        rn.request_id.as_deref(),
+        &[
+            ("trusted_proxies", RequestIdSource::TrustedProxies),
+            ("any", RequestIdSource::Any),
+        ],
+    );
     Network {
         trusted_proxies: CidrSet::new(&trusted),
         forwarded_proxies: CidrSet::new(&forwarded),
