@@ -47,6 +47,36 @@ pub async fn discover(fetcher: &Fetcher, issuer: &str) -> Result<String, FetchEr
     }))
 }
 
+/// The `issuer` an issuer's own metadata document names (where `validate
+/// --online` compares spellings), and the URL it came from; `Ok(None)` when the
+/// authorization server publishes no metadata document (404 at every URL).
+pub async fn published_issuer(
+    fetcher: &Fetcher,
+    issuer: &str,
+) -> Result<Option<(String, String)>, FetchError> {
+    for url in metadata_urls(issuer) {
+        match fetcher.get(&url).await {
+            Ok(doc) => {
+                let meta: Metadata =
+                    serde_json::from_slice(&doc.body).map_err(|e| FetchError::Invalid {
+                        url: url.clone(),
+                        why: format!("metadata is not JSON: {e}"),
+                    })?;
+                return match meta.issuer {
+                    Some(found) => Ok(Some((found, url))),
+                    None => Err(FetchError::Invalid {
+                        url,
+                        why: "metadata has no issuer".to_owned(),
+                    }),
+                };
+            }
+            Err(FetchError::Status { status: 404, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 fn jwks_uri_from(body: &[u8], issuer: &str, url: &str) -> Result<String, FetchError> {
     let invalid = |why: String| FetchError::Invalid {
         url: url.to_owned(),

@@ -22,7 +22,7 @@ pub enum Command {
     /// Run the gateway.
     Run(RunArgs),
     /// Check a configuration: exit 0, or 1 with every error as file:line:column: path: message.
-    Validate(RunArgs),
+    Validate(ValidateArgs),
     /// Run the embedded demo: gateway, development authorization server and demo upstream.
     Demo(DemoArgs),
     /// Name the exact step at which the gateway would refuse a request, with evidence and fix.
@@ -101,6 +101,18 @@ pub struct RunArgs {
     /// Do not watch the file; reload only on SIGHUP or `POST /-/reload`.
     #[arg(long)]
     pub no_watch: bool,
+}
+
+/// Options of `validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The configuration file.
+    #[arg(long, short, default_value = "gateway.yaml", env = "PORTCULLIS_CONFIG")]
+    pub config: PathBuf,
+    /// Also fetch each issuer's metadata document and check that its `issuer`
+    /// is spelled exactly as configured (a trailing slash counts).
+    #[arg(long)]
+    pub online: bool,
 }
 
 /// Options of `demo`.

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run::main(&args.config, !args.no_watch),
-        Command::Validate(args) => return run::validate(&args.config),
+        Command::Validate(args) => return run::validate(&args.config, args.online),
         Command::Demo(args) => demo::main(&args),
         Command::Diagnose(args) => return diagnose::main(&args),
         Command::Healthcheck { url } => return healthcheck::main(&url),

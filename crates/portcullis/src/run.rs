@@ -13,12 +13,16 @@ use tokio::net::TcpListener;
 
 use crate::summary::summarise;
 
-/// `portcullis validate`: exit 0 with warnings, or 1 with every error.
-pub fn validate(path: &Path) -> ExitCode {
+/// `portcullis validate`: exit 0 with warnings, or 1 with every error. With
+/// `online`, each issuer's metadata is fetched and its `issuer` compared.
+pub fn validate(path: &Path, online: bool) -> ExitCode {
     match portcullis_config::load(path) {
         Ok(config) => {
             for w in &config.warnings {
                 println!("warning: {w}");
+            }
+            if online && !check_issuers_online(path, &config) {
+                return ExitCode::from(1);
             }
             println!(
                 "{}: OK ({} routes, {} issuers, {} upstreams)",
@@ -34,6 +38,56 @@ pub fn validate(path: &Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Fetches every issuer's metadata document and compares the `issuer` it
+/// publishes with the configured one; `false` after any mismatch or failure,
+/// each printed with its fix.
+fn check_issuers_online(path: &Path, config: &GatewayConfig) -> bool {
+    let Ok(runtime) = build_runtime() else {
+        eprintln!("{}: cannot start the runtime for --online", path.display());
+        return false;
+    };
+    let mut ok = true;
+    for (name, issuer) in &config.issuers {
+        let configured = &issuer.rules.issuer;
+        let at = format!("{}: issuers.{name}.issuer", path.display());
+        let Ok(fetcher) = portcullis_jwks::Fetcher::new(issuer.jwks.clone()) else {
+            eprintln!("{at}: cannot build an HTTP client for {configured:?}");
+            ok = false;
+            continue;
+        };
+        let published = runtime.block_on(portcullis_jwks::discovery::published_issuer(
+            &fetcher, configured,
+        ));
+        match published {
+            Ok(Some((found, _))) if found == *configured => {
+                println!("issuers.{name}: {configured:?} matches its metadata");
+            }
+            Ok(Some((found, url))) => {
+                let why = if found.trim_end_matches('/') == configured.trim_end_matches('/') {
+                    "they differ by a trailing slash, which counts: tokens carry the server's spelling and would all be refused as issuer_mismatch"
+                } else {
+                    "tokens carry the server's spelling and would all be refused as issuer_mismatch"
+                };
+                eprintln!(
+                    "{at}: {configured:?}, but the metadata at {url} says {found:?}; {why}. Fix: issuer: {found:?}"
+                );
+                ok = false;
+            }
+            Ok(None) => println!(
+                "issuers.{name}: no metadata document published; the issuer string cannot be checked online"
+            ),
+            Err(e) => {
+                eprintln!(
+                    "{at}: metadata of {configured:?} could not be fetched (at the {} layer): {e}",
+                    crate::diagnose::probe::layer_of(&e)
+                );
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// `portcullis run`.

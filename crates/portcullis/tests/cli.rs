@@ -670,3 +670,57 @@ routes:
         ["3:3: upstreams.llm: duplicate key `llm` (first at line 2); each key may appear once"]
     );
 }
+
+/// `validate --online` fetches each issuer's metadata and names an issuer string
+/// that differs from the server's (here by a trailing slash) with the fix.
+#[test]
+fn validate_online_finds_an_issuer_spelled_differently_from_its_server() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let auth = rt
+        .block_on(portcullis_devkit::AuthServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    let right = auth.issuer().to_owned();
+    assert!(right.ends_with('/'));
+    let wrong = right.trim_end_matches('/').to_owned();
+    let config = |issuer: &str| {
+        format!(
+            "issuers:\n  dev: {{ issuer: \"{issuer}\", discovery: true }}\nupstreams:\n  u: {{ targets: [http://127.0.0.1:9] }}\nroutes:\n  - {{ name: a, upstream: u, auth: {{ issuers: [dev], audiences: [x] }} }}\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.yaml");
+    let run = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        Command::new(BIN)
+            .args(["validate", "--online", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = run(config(&wrong));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("differ by a trailing slash"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Fix: issuer: {right:?}")),
+        "{stderr}"
+    );
+    // Offline, the same file validates: only --online can see it.
+    let offline = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(offline.status.code(), Some(0));
+    let out = run(config(&right));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("matches its metadata"));
+    drop(rt);
+}

@@ -5,7 +5,7 @@
 //! on a described request, fetches the issuer's keys and probes the upstream, and
 //! says at which step the gateway would refuse, with the evidence and the fix.
 
-mod probe;
+pub mod probe;
 pub mod report;
 
 use std::net::IpAddr;
