@@ -21,7 +21,13 @@ fi
 
 if ! command -v promtool >/dev/null 2>&1; then
   echo "== installing promtool (Debian package prometheus) for the alert-rule tests"
+  # Only the tool is wanted: the package must not start a Prometheus server.
+  created_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created_policy=1
+  fi
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 
 if [ ! -x target/deploy-venv/bin/kubernetes-validate ]; then
