@@ -29,6 +29,10 @@ upstreams:
   llm: { targets: ["{UPSTREAM}"], response_header_timeout: 10s }
 "#;
 
+/// One public catch-all route to the upstream.
+const OPEN_ROUTE: &str =
+    "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n";
+
 /// A reply read off a raw connection.
 #[derive(Debug)]
 struct RawReply {
@@ -64,6 +68,29 @@ impl RawReply {
 /// One request on a fresh connection, written byte for byte.
 async fn raw(addr: SocketAddr, request: &str) -> RawReply {
     RawReply::parse(&raw_exchange(addr, request.as_bytes(), Duration::from_secs(10)).await)
+}
+
+/// `GET {target}` with a bearer token, written byte for byte.
+async fn raw_get_with_token(addr: SocketAddr, target: &str, token: &str) -> RawReply {
+    raw(
+        addr,
+        &format!(
+            "GET {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await
+}
+
+/// Asserts a refusal's status and reason code.
+#[track_caller]
+fn assert_refused(reply: &RawReply, status: u16, reason: &str, what: &str) {
+    assert_eq!(
+        (reply.status, reply.reason().as_str()),
+        (status, reason),
+        "{what}: {} {}",
+        reply.head,
+        reply.body
+    );
 }
 
 fn metric(env: &TestEnv, line_start: &str) -> f64 {
@@ -200,13 +227,7 @@ routes:
     ];
     let mut forwarded = 0;
     for path in corpus {
-        let reply = raw(
-            env.addr,
-            &format!(
-                "GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-            ),
-        )
-        .await;
+        let reply = raw_get_with_token(env.addr, path, &token).await;
         assert!(reply.status != 0, "{path}: no answer");
         if (200..300).contains(&reply.status) {
             forwarded += 1;
@@ -227,17 +248,8 @@ routes:
     }
     // The canonical forms of /admin are the admin route's, and refused there.
     for path in ["/%61dmin/x", "//admin/x", "/ADMIN/x"] {
-        let reply = raw(
-            env.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
-        )
-        .await;
-        assert_eq!(
-            (reply.status, reply.reason().as_str()),
-            (403, "scope_insufficient"),
-            "{path}: {}",
-            reply.body
-        );
+        let reply = raw_get_with_token(env.addr, path, &token).await;
+        assert_refused(&reply, 403, "scope_insufficient", path);
     }
     // Refusals name their rule.
     for (path, rule) in [
@@ -248,11 +260,7 @@ routes:
         ("/admin./x", "trailing_dot_or_space"),
         ("/admin%00/x", "encoded_control"),
     ] {
-        let reply = raw(
-            env.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
-        )
-        .await;
+        let reply = raw_get_with_token(env.addr, path, &token).await;
         assert_eq!(reply.reason(), "path_invalid", "{path}: {}", reply.body);
         assert!(
             reply.body.contains(&format!("rule {rule}")),
@@ -266,11 +274,7 @@ routes:
     );
     // What is matched is what the upstream receives: a canonicalised path goes
     // upstream in its canonical form.
-    let reply = raw(
-        env.addr,
-        &format!("GET /v1//chat/%63ompletions?a=%2F HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
-    )
-    .await;
+    let reply = raw_get_with_token(env.addr, "/v1//chat/%63ompletions?a=%2F", &token).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["uri"], "/v1/chat/completions?a=%2F");
 }
@@ -315,12 +319,7 @@ async fn upgrades_only_by_allow_list() {
             &format!("GET /v1/upgrade HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade, close\r\nUpgrade: {proto}\r\n\r\n"),
         )
         .await;
-        assert_eq!(
-            (reply.status, reply.reason().as_str()),
-            (403, "upgrade_not_allowed"),
-            "{proto}: {}",
-            reply.body
-        );
+        assert_refused(&reply, 403, "upgrade_not_allowed", proto);
     }
     assert_eq!(
         env.upstream.requests(),
@@ -361,12 +360,7 @@ async fn upgrades_only_by_allow_list() {
         "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(
-        (reply.status, reply.reason().as_str()),
-        (403, "upgrade_not_allowed"),
-        "{}",
-        reply.body
-    );
+    assert_refused(&reply, 403, "upgrade_not_allowed", "CONNECT");
 
     // An allowed protocol gets its tunnel.
     let mut s = TcpStream::connect(env.addr).await.unwrap();
@@ -437,13 +431,7 @@ async fn upstream_responses_that_must_not_reach_the_client() {
             "GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
         )
         .await;
-        assert_eq!(
-            (reply.status, reply.reason().as_str()),
-            (502, "upstream_protocol_error"),
-            "{what}: {} {}",
-            reply.head,
-            reply.body
-        );
+        assert_refused(&reply, 502, "upstream_protocol_error", what);
         assert!(reply.body.contains(what), "{what}: {}", reply.body);
     }
     // A 101 to a protocol the client did not offer.
@@ -504,12 +492,7 @@ routes:
             // hyper's own parser refused it first: still a 400, still not forwarded.
             continue;
         }
-        assert_eq!(
-            (reply.status, reply.reason().as_str()),
-            (400, "host_invalid"),
-            "{request:?}: {}",
-            reply.body
-        );
+        assert_refused(&reply, 400, "host_invalid", &format!("{request:?}"));
         assert!(reply.body.contains(why), "{request:?}: {}", reply.body);
     }
     assert_eq!(
@@ -652,22 +635,14 @@ routes:
 
 #[tokio::test]
 async fn broken_and_slow_bodies_are_the_clients_fault() {
-    let config = format!(
-        "{HEAD}limits: {{ body_read_timeout: 1s }}\n{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
-    );
+    let config = format!("{HEAD}limits: {{ body_read_timeout: 1s }}\n{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;
     let reply = raw(
         env.addr,
         "POST /upload HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
     )
     .await;
-    assert_eq!(
-        (reply.status, reply.reason().as_str()),
-        (400, "request_malformed"),
-        "{}",
-        reply.body
-    );
+    assert_refused(&reply, 400, "request_malformed", "malformed chunked body");
 
     // A body that stops arriving: half of it, then silence.
     let mut s = TcpStream::connect(env.addr).await.unwrap();
@@ -677,12 +652,7 @@ async fn broken_and_slow_bodies_are_the_clients_fault() {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
     let reply = RawReply::parse(&String::from_utf8_lossy(&out));
-    assert_eq!(
-        (reply.status, reply.reason().as_str()),
-        (408, "body_timeout"),
-        "{}",
-        reply.body
-    );
+    assert_refused(&reply, 408, "body_timeout", "stalled body");
 
     let errors = env.metrics.render();
     assert!(
@@ -720,7 +690,7 @@ async fn closed_by_gateway(s: &mut TcpStream) -> bool {
 async fn silent_and_idle_connections_give_their_slot_back() {
     let config = format!(
         "{HEAD}limits: {{ first_byte_timeout: 1s, idle_timeout: 1s, max_connections: 20 }}\n{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+        OPEN_ROUTE
     );
     let env = TestEnv::start(&config).await;
     // Twenty connections that never send a byte take every slot...
@@ -775,7 +745,7 @@ async fn silent_and_idle_connections_give_their_slot_back() {
 async fn connections_per_client_address_are_capped() {
     let config = format!(
         "{HEAD}limits: {{ max_connections_per_ip: 2 }}\n{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
+        OPEN_ROUTE
     );
     let env = TestEnv::start(&config).await;
     let _held = silent(env.addr, 2).await;
@@ -799,10 +769,7 @@ async fn connections_per_client_address_are_capped() {
 
 #[tokio::test]
 async fn idle_admin_connections_cannot_starve_the_traffic_listener() {
-    let config = format!(
-        "{HEAD}{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
-    );
+    let config = format!("{HEAD}{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;
     let _held = silent(env.admin, portcullis_metrics::admin::ADMIN_MAX_CONNECTIONS).await;
     let mut extra = TcpStream::connect(env.admin).await.unwrap();
@@ -942,10 +909,7 @@ mod h2raw {
 
 #[tokio::test]
 async fn http2_authority_and_host_must_agree() {
-    let config = format!(
-        "{HEAD}{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
-    );
+    let config = format!("{HEAD}{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;
     let mut s = h2raw::connect(env.addr).await;
     let mut block = h2raw::request("/x", "a.example");
@@ -989,10 +953,7 @@ async fn http2_authority_and_host_must_agree() {
 
 #[tokio::test]
 async fn http2_rapid_reset_flood_ends_the_connection() {
-    let config = format!(
-        "{HEAD}{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
-    );
+    let config = format!("{HEAD}{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;
     let s = h2raw::connect(env.addr).await;
     let (mut reader, mut writer) = s.into_split();
@@ -1041,10 +1002,7 @@ async fn http2_rapid_reset_flood_ends_the_connection() {
 
 #[tokio::test]
 async fn http2_continuation_flood_ends_the_connection() {
-    let config = format!(
-        "{HEAD}{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
-    );
+    let config = format!("{HEAD}{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;
     let s = h2raw::connect(env.addr).await;
     let (mut reader, mut writer) = s.into_split();
@@ -1089,10 +1047,7 @@ async fn http2_continuation_flood_ends_the_connection() {
 
 #[tokio::test]
 async fn idle_http2_connections_are_closed_too() {
-    let config = format!(
-        "{HEAD}limits: {{ idle_timeout: 1s }}\n{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
-    );
+    let config = format!("{HEAD}limits: {{ idle_timeout: 1s }}\n{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;
     let mut s = h2raw::connect(env.addr).await;
     s.write_all(&h2raw::frame(
@@ -1118,10 +1073,7 @@ async fn idle_http2_connections_are_closed_too() {
 
 #[tokio::test]
 async fn requests_the_parser_refuses_are_counted() {
-    let config = format!(
-        "{HEAD}{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
-    );
+    let config = format!("{HEAD}{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;
     // More header fields than hyper's parser takes (100), and malformed framing.
     let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
@@ -1154,10 +1106,7 @@ async fn requests_the_parser_refuses_are_counted() {
 
 #[tokio::test]
 async fn a_request_with_two_framings_is_not_smuggled() {
-    let config = format!(
-        "{HEAD}{}",
-        "routes:\n  - { name: open, match: { path_prefix: / }, upstream: llm, public: true }\n"
-    );
+    let config = format!("{HEAD}{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;
     // Content-Length and Transfer-Encoding together, the chunked body carrying a
     // second request: the upstream must see one request with one framing.

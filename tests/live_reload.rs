@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use portcullis_proxy::Reloader;
-use portcullis_tests::{AuthServer, DemoUpstream, TestEnv};
+use portcullis_tests::{TestEnv, dev_servers};
 use serde_json::json;
 
 fn version(i: usize, issuer: &str, upstream: &str) -> String {
@@ -85,16 +85,10 @@ struct Scenario {
 }
 
 async fn start(dir: &Path, config_path: PathBuf, write: impl Fn(&str)) -> Scenario {
-    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (auth, upstream) = dev_servers().await;
     write(&version(0, auth.issuer(), &upstream.url()));
-    let config = portcullis_config::load(&config_path).unwrap();
-    let env = Arc::new(TestEnv::start_config(auth, upstream, config).await);
-    let reloader = Reloader::new(config_path, Arc::clone(&env.gateway));
+    let (env, reloader) = TestEnv::start_file(auth, upstream, &config_path).await;
+    let env = Arc::new(env);
     let watch = reloader.watch().unwrap();
     let _ = dir;
     Scenario {
@@ -311,12 +305,7 @@ impl Drop for BusySibling {
 /// reload: the file is watched like the configuration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_file_is_used_without_a_reload() {
-    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (auth, upstream) = dev_servers().await;
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
@@ -341,9 +330,7 @@ routes:
         ),
     )
     .unwrap();
-    let config = portcullis_config::load(&path).unwrap();
-    let env = TestEnv::start_config(auth, upstream, config).await;
-    let reloader = Reloader::new(path, Arc::clone(&env.gateway));
+    let (env, reloader) = TestEnv::start_file(auth, upstream, &path).await;
     let _watch = reloader.watch().unwrap();
     let key = async || env.get("/x", &[]).await.json()["headers"]["x-api-key"][0].clone();
     assert_eq!(key().await, "sk-first");

@@ -323,20 +323,12 @@ async fn a_disabled_token_cache_counts_nothing() {
 /// position, and the failure counter exists at 0 from the start.
 #[tokio::test]
 async fn a_reload_with_an_unreachable_issuer_keeps_the_replica_ready() {
-    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (auth, upstream) = portcullis_tests::dev_servers().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
     let base = render(BASE_CONFIG, &auth, &upstream);
     std::fs::write(&path, &base).unwrap();
-    let config = portcullis_config::load(&path).unwrap();
-    let env = TestEnv::start_config(auth, upstream, config).await;
-    let reloader =
-        portcullis_proxy::Reloader::new(path.clone(), std::sync::Arc::clone(&env.gateway));
+    let (env, reloader) = TestEnv::start_file(auth, upstream, &path).await;
 
     let s = scrape(&env).await;
     assert_eq!(

@@ -48,14 +48,7 @@ fn pki() -> Pki {
 }
 
 async fn servers() -> (AuthServer, DemoUpstream) {
-    (
-        AuthServer::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap(),
-        DemoUpstream::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap(),
-    )
+    portcullis_tests::dev_servers().await
 }
 
 fn public_config(extra_listen: &str, target: &str, upstream_extra: &str) -> String {
@@ -299,9 +292,7 @@ async fn renewed_certificates_are_picked_up_and_broken_ones_refused() {
     let tls = format!(", tls: {{ cert_file: \"{d}/cert.pem\", key_file: \"{d}/key.pem\" }}");
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, public_config(&tls, &upstream.url(), "")).unwrap();
-    let config = portcullis_config::load(&path).unwrap();
-    let env = TestEnv::start_config(auth, upstream, config).await;
-    let reloader = portcullis_proxy::Reloader::new(path, std::sync::Arc::clone(&env.gateway));
+    let (env, reloader) = TestEnv::start_file(auth, upstream, &path).await;
     let _watch = reloader.watch().unwrap();
     let port = env.addr.port();
     assert!(trusted_by(&old, port).await);

@@ -125,17 +125,37 @@ pub fn render(template: &str, auth: &AuthServer, upstream: &DemoUpstream) -> Str
         .replace("{UPSTREAM}", &upstream.url())
 }
 
+/// A development authorization server and a demo upstream, each on 127.0.0.1:0.
+pub async fn dev_servers() -> (AuthServer, DemoUpstream) {
+    let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("auth server");
+    let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("upstream");
+    (auth, upstream)
+}
+
 impl TestEnv {
     /// Starts everything with `template`.
     pub async fn start(template: &str) -> TestEnv {
-        let auth = AuthServer::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("auth server");
-        let upstream = DemoUpstream::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("upstream");
+        let (auth, upstream) = dev_servers().await;
         let yaml = render(template, &auth, &upstream);
         Self::start_with(auth, upstream, &yaml).await
+    }
+
+    /// Starts a gateway on the configuration file at `path`, loaded as
+    /// `portcullis run` loads it, with a reloader for that file.
+    pub async fn start_file(
+        auth: AuthServer,
+        upstream: DemoUpstream,
+        path: &Path,
+    ) -> (TestEnv, portcullis_proxy::Reloader) {
+        let config = portcullis_config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let env = Self::start_config(auth, upstream, config).await;
+        let reloader =
+            portcullis_proxy::Reloader::new(path.to_path_buf(), Arc::clone(&env.gateway));
+        (env, reloader)
     }
 
     /// Starts a gateway for an already rendered configuration.
