@@ -891,6 +891,8 @@ mod h2raw {
                 return out;
             }
             match read_frame(s, left).await {
+                // Silence until the deadline is not a close.
+                None if Instant::now() >= deadline => return out,
                 None => {
                     out.closed = true;
                     return out;
