@@ -351,7 +351,7 @@ impl KeyCache {
                     fetched_at: old.fetched_at,
                     fetched_instant: old.fetched_instant,
                     expires_at: old.expires_at,
-                    last_error: Some(e.to_string()),
+                    last_error: Some(format!("{} layer: {e}", e.layer())),
                     skipped: old.skipped.clone(),
                     generation: old.generation,
                     attempted: true,

@@ -68,6 +68,19 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// The layer the fetch failed at (`DNS`, `TCP`, `TLS`, `HTTP`, `timeout`,
+    /// `size`, `document`, `URL`), from the transport's own words.
+    pub fn layer(&self) -> &'static str {
+        match self {
+            FetchError::BadUrl { .. } => "URL",
+            FetchError::Timeout { .. } => "timeout",
+            FetchError::Status { .. } => "HTTP",
+            FetchError::TooLarge { .. } => "size",
+            FetchError::Invalid { .. } => "document",
+            FetchError::Connect { why, .. } => connect_layer(why),
+        }
+    }
+
     /// A bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -259,6 +272,22 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// DNS, TCP or TLS, from a connect error's text.
+pub fn connect_layer(why: &str) -> &'static str {
+    let w = why.to_ascii_lowercase();
+    if w.contains("dns") || w.contains("lookup") || w.contains("resolve") {
+        "DNS"
+    } else if w.contains("certificate")
+        || w.contains("tls")
+        || w.contains("handshake")
+        || w.contains("alert")
+    {
+        "TLS"
+    } else {
+        "TCP"
+    }
 }
 
 #[cfg(test)]

@@ -268,6 +268,87 @@ impl Reason {
         ) || matches!(self, Reason::IpDenied | Reason::IdpUnavailable)
     }
 
+    /// What to do about this reason: the fix `diagnose`, `explain` and the
+    /// troubleshooting table name.
+    pub const fn fix(self) -> &'static str {
+        match self {
+            Reason::RouteNotFound => {
+                "no route matches this host and path: check the routes' match blocks"
+            }
+            Reason::PathInvalid => {
+                "send the path in canonical form: no `.`/`..` segments, no `\\`, `;`, `%2F`, double or invalid percent-encoding, no segment ending in `.` or space (the detail names the rule; see paths: in gateway.yaml)"
+            }
+            Reason::HostInvalid => {
+                "send exactly one valid Host header (no userinfo) that agrees with an absolute request target or HTTP/2 :authority"
+            }
+            Reason::UpgradeNotAllowed => {
+                "list the protocol in the route's upgrades (e.g. upgrades: [websocket]); h2c and CONNECT are never relayed"
+            }
+            Reason::CorsNotAllowed => {
+                "add the page's origin (and the method and headers it sends) to the route's cors block"
+            }
+            Reason::BodyTimeout => {
+                "the client paused its request body too long: send it without stalls, or raise limits.body_read_timeout"
+            }
+            Reason::MethodNotAllowed => {
+                "add the method to the route's match.methods, or use an allowed one"
+            }
+            Reason::IpDenied => {
+                "add the client's network to the allow list, remove it from the deny list, or list the proxy in network.trusted_proxies"
+            }
+            Reason::HeadersTooLarge => {
+                "send fewer or smaller headers, or raise limits.max_header_bytes"
+            }
+            Reason::BodyTooLarge => "send a smaller body, or raise the route's max_body",
+            Reason::Overloaded => {
+                "the gateway sheds load above limits.max_in_flight: scale out or raise the limit"
+            }
+            Reason::TokenMissing => "send `Authorization: Bearer <access token>`",
+            Reason::RequestMalformed => {
+                "send exactly one Authorization header with exactly one token"
+            }
+            Reason::TokenTooLarge => "use a smaller token, or raise the issuer's max_token_size",
+            Reason::TokenMalformed => {
+                "the token is not a well-formed signed JWT: get a fresh one from the authorization server"
+            }
+            Reason::IssuerMismatch => {
+                "use a token from an issuer this route accepts, or add the issuer to the route's auth.issuers"
+            }
+            Reason::AlgorithmNotAllowed => {
+                "sign with an algorithm on the issuer's allow-list, or extend issuers.<name>.algorithms"
+            }
+            Reason::IdpUnavailable => {
+                "the authorization server's keys cannot be fetched: check the failing layer (DNS, TCP, TLS, HTTP)"
+            }
+            Reason::KeyUnknown => {
+                "the signing key is not in the issuer's key set: rotation not published yet, or a token from another environment"
+            }
+            Reason::SignatureInvalid => {
+                "the token was altered or signed by another key with the same kid: get a fresh token"
+            }
+            Reason::AudienceMismatch => {
+                "request a token for this API's audience, or add it to the route's auth.audiences"
+            }
+            Reason::TokenExpired => {
+                "get a new token; if fresh tokens fail, compare the clocks of the authorization server and the gateway"
+            }
+            Reason::TokenNotYetValid => {
+                "the authorization server's clock is ahead of the gateway's: fix the clocks or raise the issuer's leeway"
+            }
+            Reason::ScopeInsufficient => "request the missing scopes when getting the token",
+            Reason::ClaimMismatch => "the token's claims do not satisfy the route's claim rules",
+            Reason::UpstreamUnreachable => {
+                "the upstream cannot be reached: check the target address, the service and TLS"
+            }
+            Reason::UpstreamTimeout => {
+                "the upstream answers too slowly: check it, or raise the route's timeout"
+            }
+            Reason::UpstreamProtocolError => {
+                "the upstream does not speak HTTP as expected: check the target's scheme and port"
+            }
+        }
+    }
+
     /// Looks a code up by its stable name.
     pub fn from_code(code: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.as_str() == code)

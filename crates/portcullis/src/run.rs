@@ -81,7 +81,7 @@ fn check_issuers_online(path: &Path, config: &GatewayConfig) -> bool {
             Err(e) => {
                 eprintln!(
                     "{at}: metadata of {configured:?} could not be fetched (at the {} layer): {e}",
-                    crate::diagnose::probe::layer_of(&e)
+                    e.layer()
                 );
                 ok = false;
             }

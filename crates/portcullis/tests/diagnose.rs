@@ -122,7 +122,7 @@ async fn every_reason_names_its_step() {
         (
             "path_invalid",
             vec![format!("{g}/v1/../admin")],
-            "route",
+            "canonical",
             "..",
         ),
         ("method_not_allowed", vec![format!("{g}/post")], "route", ""),

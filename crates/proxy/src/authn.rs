@@ -1,7 +1,8 @@
 //! The authenticate step: bearer extraction, the verified-token cache, and JWT
 //! verification on the issuer's current key snapshot. The only step that may
 //! await, and only when keys are missing (one single-flight refresh, then verify
-//! again); in steady state it reads a snapshot lock-free.
+//! again); in steady state it reads a snapshot lock-free. Each sub-step records
+//! itself in the decision trace (`authorization_header` … `time`).
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use portcullis_metrics::{Metrics, TokenCacheEvent};
 use portcullis_policy::verify::{check_claims, check_header, printable, verify_signature};
 use portcullis_policy::{Reason, Rejection, UnverifiedToken, VerifiedClaims, bearer, jws};
 
+use crate::decision::{DecisionTrace, Step};
+use crate::evidence;
 use crate::runtime::{CompiledRoute, IssuerRuntime};
 use crate::token_cache::{TokenCache, token_key};
 
@@ -28,8 +31,19 @@ pub async fn authenticate(
     cache: &TokenCache,
     metrics: &Metrics,
     now: i64,
+    trace: &mut DecisionTrace,
 ) -> Result<Authenticated, Rejection> {
-    let token = extract_token(route, headers, query)?;
+    let token = trace.check(
+        Step::AuthorizationHeader,
+        extract_token(route, headers, query),
+    )?;
+    trace.note(Step::AuthorizationHeader, || {
+        format!(
+            "one Bearer token of {} bytes (limit {})",
+            token.len(),
+            route.max_token_bytes
+        )
+    });
     // With the cache off there is nothing to hash for, and no hit or miss to count.
     let key = cache.is_enabled().then(|| token_key(token));
     if let Some(key) = &key
@@ -38,19 +52,40 @@ pub async fn authenticate(
         })
     {
         metrics.token_cache(TokenCacheEvent::Hit, 1);
+        trace.pass_with(Step::TokenCache, || {
+            "hit: verified earlier with the issuer's current keys, so decoding and the signature are skipped".to_owned()
+        });
         let leeway = route
             .issuers
             .get(&*claims.issuer)
             .map_or(0, |i| i.config.rules.leeway_secs);
-        claims.check_time(now, leeway)?;
+        trace.check(Step::Time, claims.check_time(now, leeway))?;
+        trace.note(Step::Time, || evidence::time(&claims, now, leeway));
         return Ok(Authenticated { claims });
     }
     if key.is_some() {
         metrics.token_cache(TokenCacheEvent::Miss, 1);
+        trace.pass_with(Step::TokenCache, || {
+            "miss: the token is verified".to_owned()
+        });
+    } else {
+        trace.skip(Step::TokenCache, || "the token cache is off".to_owned());
     }
-    let unverified = jws::decode(token)?;
-    let issuer = select_issuer(route, &unverified)?;
+    let unverified = trace.check(Step::TokenStructure, jws::decode(token))?;
+    trace.note(Step::TokenStructure, || {
+        evidence::token_structure(&unverified)
+    });
+    let issuer = trace.check(Step::Issuer, select_issuer(route, &unverified))?;
+    trace.note(Step::Issuer, || {
+        format!(
+            "iss {} is issuer {} (keys: {:?})",
+            unverified.issuer().map_or("-".to_owned(), printable),
+            issuer.config.name,
+            issuer.config.source
+        )
+    });
     if token.len() > issuer.config.max_token_bytes {
+        trace.fail(Step::AuthorizationHeader, Reason::TokenTooLarge);
         return Err(Rejection::new(
             Reason::TokenTooLarge,
             format!(
@@ -61,7 +96,7 @@ pub async fn authenticate(
             ),
         ));
     }
-    let (claims, generation) = verify_with_refresh(issuer, unverified, now).await?;
+    let (claims, generation) = verify_with_refresh(issuer, unverified, now, trace).await?;
     let claims = Arc::new(claims);
     if let Some(iat) = claims.issued_at {
         issuer.metrics.clock_offset((now - iat) as f64);
@@ -145,21 +180,30 @@ pub async fn verify_with_refresh(
     issuer: &IssuerRuntime,
     token: UnverifiedToken<'_>,
     now: i64,
+    trace: &mut DecisionTrace,
 ) -> Result<(VerifiedClaims, u64), Rejection> {
     let rules = &issuer.config.rules;
     // Header checks first, so `alg: none` or a foreign algorithm never costs a fetch.
-    check_header(&token, rules)?;
+    trace.check(Step::TokenHeader, check_header(&token, rules))?;
+    trace.note(Step::TokenHeader, || evidence::token_header(&token, issuer));
     let kid = token.header.kid.as_deref();
     let state = match issuer.keys.usable_state() {
         Some(s) => s,
         None => {
             issuer.keys.refresh_for_kid(kid).await;
-            issuer
-                .keys
-                .usable_state()
-                .ok_or_else(|| idp_unavailable(issuer))?
+            trace.note(Step::Keys, || {
+                "no usable keys were cached: fetched them for this request".to_owned()
+            });
+            match issuer.keys.usable_state() {
+                Some(state) => state,
+                None => {
+                    trace.fail(Step::Keys, Reason::IdpUnavailable);
+                    return Err(idp_unavailable(issuer));
+                }
+            }
         }
     };
+    trace.pass_with(Step::Keys, || evidence::keys(issuer));
     let signature = |snapshot: &portcullis_policy::KeySnapshot| {
         verify_signature(
             &token.header,
@@ -173,18 +217,67 @@ pub async fn verify_with_refresh(
         Ok(()) => state.generation,
         Err(r) if r.reason == Reason::KeyUnknown => match issuer.keys.refresh_for_kid(kid).await {
             KidLookup::Found => {
-                let fresh = issuer
-                    .keys
-                    .usable_state()
-                    .ok_or_else(|| idp_unavailable(issuer))?;
-                signature(&fresh.snapshot)?;
+                trace.note(Step::Kid, || {
+                    "the kid was unknown: the key set was fetched again and now has it".to_owned()
+                });
+                let Some(fresh) = issuer.keys.usable_state() else {
+                    trace.fail(Step::Keys, Reason::IdpUnavailable);
+                    return Err(idp_unavailable(issuer));
+                };
+                if let Err(r) = signature(&fresh.snapshot) {
+                    trace.fail(signature_step(r.reason), r.reason);
+                    return Err(r);
+                }
                 fresh.generation
             }
-            KidLookup::Unknown => return Err(r),
+            KidLookup::Unknown => {
+                trace.fail(Step::Kid, r.reason);
+                return Err(r);
+            }
         },
-        Err(r) => return Err(r),
+        Err(r) => {
+            trace.fail(signature_step(r.reason), r.reason);
+            return Err(r);
+        }
     };
-    Ok((check_claims(token.claims, rules, now)?, generation))
+    trace.pass(Step::Kid);
+    trace.pass(Step::Signature);
+    trace.note(Step::Kid, || evidence::kid(&token, issuer));
+    trace.note(Step::Signature, || {
+        format!(
+            "{} signature verifies with key {}",
+            token.header.alg,
+            kid.map_or("(single key)".to_owned(), printable)
+        )
+    });
+    let claims = trace.check_by(
+        Step::Time,
+        claims_step,
+        check_claims(token.claims, rules, now),
+    )?;
+    trace.note(Step::Time, || {
+        evidence::time(&claims, now, rules.leeway_secs)
+    });
+    Ok((claims, generation))
+}
+
+/// Where a signature check's failure belongs.
+fn signature_step(reason: Reason) -> Step {
+    match reason {
+        Reason::KeyUnknown => Step::Kid,
+        Reason::AlgorithmNotAllowed => Step::TokenHeader,
+        _ => Step::Signature,
+    }
+}
+
+/// Where a claims check's failure belongs (it checks `iss` again, the claim
+/// types and the times).
+fn claims_step(reason: Reason) -> Step {
+    match reason {
+        Reason::IssuerMismatch => Step::Issuer,
+        Reason::TokenMalformed => Step::TokenStructure,
+        _ => Step::Time,
+    }
 }
 
 fn idp_unavailable(issuer: &IssuerRuntime) -> Rejection {

@@ -135,11 +135,13 @@ pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
 /// `strip_from_untrusted` list (method overrides, original-URL and client-address
 /// headers). Each in its underscore form too (`X_Portcullis_Subject`), which
 /// servers that map `_` to `-` (CGI, WSGI, some frameworks) read as the same field.
+///
+/// Returns the names removed (empty, and nothing allocated, when none was).
 pub fn strip_spoofed(
     headers: &mut HeaderMap,
     owned: &[HeaderName],
     untrusted: Option<&[HeaderName]>,
-) {
+) -> Vec<HeaderName> {
     let spoofable = |name: &str| {
         name.starts_with("x-portcullis-")
             || owned.iter().any(|h| h.as_str() == name)
@@ -168,12 +170,13 @@ pub fn strip_spoofed(
     };
     // Fast path: one pass over the names, nothing allocated, when none is doomed.
     if !headers.keys().any(doomed) {
-        return;
+        return Vec::new();
     }
     let names: Vec<HeaderName> = headers.keys().filter(|k| doomed(k)).cloned().collect();
-    for name in names {
-        headers.remove(&name);
+    for name in &names {
+        headers.remove(name);
     }
+    names
 }
 
 /// Appends the peer to `X-Forwarded-For` and sets `-Proto` / `-Host` when absent.

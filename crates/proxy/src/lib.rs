@@ -6,6 +6,8 @@ pub mod authn;
 pub mod body;
 pub mod connect;
 pub mod cors;
+pub mod decision;
+pub mod evidence;
 pub mod forward;
 pub mod gateway;
 pub mod headers;

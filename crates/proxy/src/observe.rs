@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request};
-use hyper::body::Incoming;
 use portcullis_config::{GatewayConfig, SubjectLogging};
 use portcullis_policy::{Reason, Rejection, VerifiedClaims};
 use sha2::{Digest, Sha256};
 
+use crate::decision::DecisionTrace;
 use crate::gateway::Gateway;
 use crate::pipeline::{describe_client, millis};
 use crate::runtime::{CompiledRoute, Runtime};
@@ -50,11 +50,13 @@ pub struct Trace {
     pub claims: Option<Arc<VerifiedClaims>>,
     /// For 405: the methods allowed.
     pub allow: Option<String>,
+    /// What each step decided.
+    pub steps: DecisionTrace,
 }
 
 impl Trace {
-    /// Starts a trace for `req`.
-    pub fn new(req: &Request<Incoming>, keep_path: bool) -> Self {
+    /// Starts a trace for `req`; a `verbose` one keeps each step's evidence.
+    pub fn new<B>(req: &Request<B>, keep_path: bool, verbose: bool) -> Self {
         Trace {
             method: req.method().clone(),
             path: keep_path.then(|| req.uri().path().to_owned()),
@@ -65,6 +67,7 @@ impl Trace {
             upstream_latency: None,
             claims: None,
             allow: None,
+            steps: DecisionTrace::new(verbose),
         }
     }
 }

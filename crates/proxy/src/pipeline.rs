@@ -23,8 +23,10 @@
 //! ```
 //!
 //! Steps are plain functions called in sequence rather than a stack of generic
-//! tower layers: the order is the same, visible in [`steps`], and the hot path pays
-//! for no boxing between steps.
+//! tower layers: the order is the same, visible in [`decide`], and the hot path
+//! pays for no boxing between steps. Each step records its outcome in the
+//! request's decision trace ([`crate::decision`]); `portcullis diagnose` runs
+//! [`decide`] itself on a described request, so it explains exactly these steps.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -33,12 +35,15 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use portcullis_config::{AuthMode, RefusalDetail, RequestIdSource};
+use portcullis_metrics::Metrics;
 use portcullis_policy::authority::{self, Framing};
 use portcullis_policy::path::PathRules;
-use portcullis_policy::{Reason, Rejection, resolve_client_ip};
+use portcullis_policy::{Reason, Rejection, VerifiedClaims, resolve_client_ip};
 
 use crate::authn::authenticate;
 use crate::body::ProxyBody;
+use crate::decision::Step;
+use crate::evidence;
 use crate::forward::{ForwardContext, forward};
 use crate::gateway::Gateway;
 use crate::headers::{
@@ -48,7 +53,8 @@ use crate::headers::{
 use crate::observe::{Decision, Trace};
 use crate::reject;
 use crate::route_table::{Lookup, normalise_host};
-use crate::runtime::Runtime;
+use crate::runtime::{CompiledRoute, Runtime};
+use crate::token_cache::TokenCache;
 
 /// The downstream connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -104,12 +110,15 @@ pub async fn handle(
         mint_request_id()
     };
     // observe: what the access log and metrics need, read before the request moves.
-    let mut trace = Trace::new(&req, runtime.config.logging.access_log);
+    let mut trace = Trace::new(&req, runtime.config.logging.access_log, false);
     // limits (in-flight): shed load before doing any work.
     let admitted = gw.admit();
     let result = match &admitted {
-        Ok(_) => steps(gw, &runtime, conn, req, &request_id, &mut trace).await,
-        Err(rejection) => Err(rejection.clone()),
+        Ok(_) => decide_and_forward(gw, &runtime, conn, req, &request_id, &mut trace).await,
+        Err(rejection) => {
+            trace.steps.fail(Step::Request, rejection.reason);
+            Err(rejection.clone())
+        }
     };
     // rescue: the one place rejections become responses.
     let mut response = match result {
@@ -161,8 +170,8 @@ pub async fn handle(
     response
 }
 
-/// The steps after admission, in order.
-async fn steps(
+/// The decision steps, then the forward step for a request they let through.
+async fn decide_and_forward(
     gw: &Arc<Gateway>,
     runtime: &Runtime,
     conn: ConnInfo,
@@ -170,23 +179,133 @@ async fn steps(
     request_id: &HeaderValue,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, Rejection> {
+    let context = DecideContext {
+        runtime,
+        token_cache: gw.token_cache(),
+        metrics: gw.metrics(),
+        peer: conn.peer.ip(),
+        now: unix_now(),
+    };
+    let (route, claims, upgrade) = match decide(&context, &mut req, trace).await? {
+        Decided::Answered(response) => return Ok(response),
+        Decided::Forward {
+            route,
+            claims,
+            upgrade,
+        } => (route, claims, upgrade),
+    };
+    // forward
+    let ctx = ForwardContext {
+        route: &route,
+        claims: claims.as_deref(),
+        peer: &conn.peer_value,
+        https: conn.https,
+        request_id,
+        upgrade,
+        body_read_timeout: runtime.config.limits.body_read_timeout,
+    };
+    match forward(req, ctx).await {
+        Ok((response, latency)) => {
+            trace.upstream_latency = Some(latency);
+            trace.steps.pass_with(Step::Upstream, || {
+                format!(
+                    "upstream {} answered {} in {:.1} ms",
+                    route.config.upstream,
+                    response.status().as_u16(),
+                    millis(latency)
+                )
+            });
+            Ok(response)
+        }
+        Err(rejection) => {
+            trace
+                .steps
+                .fail(forward_step(rejection.reason), rejection.reason);
+            Err(rejection)
+        }
+    }
+}
+
+/// Where a failure of the forward step belongs: the client's own body (too
+/// large, too slow, malformed) is the request's fault, anything else the
+/// upstream's.
+fn forward_step(reason: Reason) -> Step {
+    match reason {
+        Reason::BodyTooLarge | Reason::BodyTimeout | Reason::RequestMalformed => Step::Request,
+        _ => Step::Upstream,
+    }
+}
+
+/// What the decision steps read besides the request.
+pub struct DecideContext<'a> {
+    /// The configuration generation the request is decided by.
+    pub runtime: &'a Runtime,
+    /// The verified-token cache (a disabled one for dry runs).
+    pub token_cache: &'a TokenCache,
+    /// Where cache and clock metrics go.
+    pub metrics: &'a Metrics,
+    /// The TCP peer's address.
+    pub peer: IpAddr,
+    /// Now, in Unix seconds.
+    pub now: i64,
+}
+
+/// What the decision steps concluded for a request they did not refuse.
+pub enum Decided {
+    /// Forward it to the route's upstream.
+    Forward {
+        /// The matched route.
+        route: Arc<CompiledRoute>,
+        /// The verified claims (protected routes whose token passed).
+        claims: Option<Arc<VerifiedClaims>>,
+        /// Whether it is an upgrade the route allows.
+        upgrade: bool,
+    },
+    /// Answered by the gateway itself (a CORS preflight).
+    Answered(Response<ProxyBody>),
+}
+
+/// Every step before forwarding, in order, each recording itself in `trace`.
+/// Generic over the body, which it never reads: the gateway runs it on live
+/// requests, `portcullis diagnose` on a described one (a dry run).
+pub async fn decide<B>(
+    ctx: &DecideContext<'_>,
+    req: &mut Request<B>,
+    trace: &mut Trace,
+) -> Result<Decided, Rejection> {
+    let runtime = ctx.runtime;
     let config = &runtime.config;
+    let steps = &mut trace.steps;
     // limits: header size (hyper's own buffer is set above this, so we answer first).
-    check_header_size(&req, config.limits.max_header_bytes)?;
+    let head = steps.check(
+        Step::Request,
+        check_header_size(req, config.limits.max_header_bytes),
+    )?;
 
     // canonical: no tunnels by CONNECT; one authority and one path, before
     // anything reads them.
     if req.method() == http::Method::CONNECT {
+        steps.fail(Step::Canonical, Reason::UpgradeNotAllowed);
         return Err(Rejection::new(
             Reason::UpgradeNotAllowed,
             "CONNECT tunnels are not relayed",
         ));
     }
-    let authority = canonical_authority(&req)?;
-    canonicalise_path(&mut req, &config.paths)?;
+    let authority = steps.check(Step::Canonical, canonical_authority(req))?;
+    let original_path = steps.is_verbose().then(|| req.uri().path().to_owned());
+    steps.check(Step::Canonical, canonicalise_path(req, &config.paths))?;
+    steps.note(Step::Canonical, || {
+        let path = req.uri().path();
+        let host = authority.as_str();
+        match original_path.as_deref() {
+            Some(p) if p != path => format!("authority {host:?}; path {p} canonicalised to {path}"),
+            _ => format!("authority {host:?}; path {path} is canonical"),
+        }
+    });
 
-    // client_ip: the peer, or past trusted proxies.
-    let peer = conn.peer.ip();
+    // client_ip: the peer, or past trusted proxies (checked against the
+    // network rules once the route is known).
+    let peer = ctx.peer;
     let network = &config.network;
     let client = resolve_client_ip(
         peer,
@@ -202,15 +321,33 @@ async fn steps(
         &network.forwarded_proxies,
     );
     trace.client_ip = Some(client.ip);
+    let peer_trusted = network.trusted_proxies.contains(peer);
+    let steps = &mut trace.steps;
+    let forwarded_for = steps.is_verbose().then(|| {
+        let list: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        list.join(", ")
+    });
 
     // strip_spoofed: gateway-owned headers always, forwarding and override
     // headers from untrusted peers.
-    let peer_trusted = network.trusted_proxies.contains(peer);
-    strip_spoofed(
+    let removed = strip_spoofed(
         req.headers_mut(),
         &runtime.owned_headers,
         (!peer_trusted).then_some(network.strip_from_untrusted.as_slice()),
     );
+    steps.pass_with(Step::StripSpoofed, || {
+        if removed.is_empty() {
+            "no gateway-owned or forwarding header to remove".to_owned()
+        } else {
+            let names: Vec<&str> = removed.iter().map(http::HeaderName::as_str).collect();
+            format!("removed the client's {}", names.join(", "))
+        }
+    });
 
     // route: the canonical authority and path; a CORS preflight is routed by
     // the method it asks about.
@@ -226,6 +363,7 @@ async fn steps(
         Lookup::MethodNotAllowed(methods) => {
             let list: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
             trace.allow = Some(list.join(", "));
+            trace.steps.fail(Step::Route, Reason::MethodNotAllowed);
             return Err(Rejection::new(
                 Reason::MethodNotAllowed,
                 format!(
@@ -236,6 +374,10 @@ async fn steps(
             ));
         }
         Lookup::NotFound => {
+            trace.steps.fail(Step::Route, Reason::RouteNotFound);
+            trace.steps.note(Step::Route, || {
+                evidence::near_misses(&config.routes, "", &host, req.uri().path(), &lookup_method)
+            });
             return Err(Rejection::new(
                 Reason::RouteNotFound,
                 format!("no route for {} {}", req.method(), req.uri().path()),
@@ -243,18 +385,37 @@ async fn steps(
         }
     };
     trace.route = Some(Arc::clone(&route));
+    let steps = &mut trace.steps;
+    steps.pass_with(Step::Route, || {
+        evidence::route_found(
+            &config.routes,
+            &route.config,
+            &host,
+            req.uri().path(),
+            &lookup_method,
+        )
+    });
 
     // upgrade: a tunnel is authorized once, at its handshake, so only protocols
     // the route names may be asked for.
-    let upgrade = check_upgrade(&req, &route.config.upgrades)?;
+    let upgrade = steps.check(Step::Upgrade, check_upgrade(req, &route.config.upgrades))?;
+    steps.note(Step::Upgrade, || {
+        if upgrade {
+            "an upgrade to a protocol the route lists".to_owned()
+        } else {
+            "not an upgrade".to_owned()
+        }
+    });
 
     // limits: a declared body larger than the route allows is refused up front.
+    let limits = &config.limits;
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > route.config.max_body_bytes
     {
+        steps.fail(Step::Request, Reason::BodyTooLarge);
         return Err(Rejection::new(
             Reason::BodyTooLarge,
             format!(
@@ -263,38 +424,58 @@ async fn steps(
             ),
         ));
     }
+    steps.note(Step::Request, || {
+        format!(
+            "head {head} bytes (limit {}); body limit {} bytes; in-flight limit {}",
+            limits.max_header_bytes, route.config.max_body_bytes, limits.max_in_flight
+        )
+    });
 
     // ip_filter: cheapest check first, before any crypto.
-    config.network.rules.check_client(&client, "global")?;
-    route.config.ip_rules.check_client(&client, "route")?;
+    steps.note(Step::ClientIp, || {
+        evidence::client_ip(
+            peer,
+            peer_trusted,
+            forwarded_for.as_deref().filter(|l| !l.is_empty()),
+            &client,
+            [
+                ("global", &network.rules),
+                ("route", &route.config.ip_rules),
+            ],
+        )
+    });
+    steps.check(
+        Step::ClientIp,
+        network.rules.check_client(&client, "global"),
+    )?;
+    steps.check(
+        Step::ClientIp,
+        route.config.ip_rules.check_client(&client, "route"),
+    )?;
 
     // cors: a preflight is answered here, before any token is looked for.
     if preflight {
         trace.decision = Decision::Public;
-        return crate::cors::preflight(route.config.cors.as_ref(), req.headers());
+        let answer = trace.steps.check(
+            Step::Cors,
+            crate::cors::preflight(route.config.cors.as_ref(), req.headers()),
+        )?;
+        return Ok(Decided::Answered(answer));
     }
 
     // authenticate + authorize
     let claims = match route.protected() {
         None => {
             trace.decision = Decision::Public;
+            trace.steps.skip(Step::AuthorizationHeader, || {
+                "the route is public: no token is checked".to_owned()
+            });
             None
         }
         Some(protected) => {
-            let now = unix_now();
-            let verdict = match authenticate(
-                &route,
-                req.headers(),
-                req.uri().query(),
-                gw.token_cache(),
-                gw.metrics(),
-                now,
-            )
-            .await
-            {
-                Ok(auth) => protected.access.check(&auth.claims).map(|()| auth.claims),
-                Err(r) => Err(r),
-            };
+            let verdict =
+                authenticate_and_authorize(ctx, &route, req.headers(), req.uri().query(), trace)
+                    .await;
             match (verdict, protected.mode) {
                 (Ok(claims), _) => {
                     trace.decision = Decision::Allowed;
@@ -304,29 +485,74 @@ async fn steps(
                 (Err(rejection), AuthMode::Enforce) => return Err(rejection),
                 (Err(rejection), AuthMode::Report) => {
                     tracing::warn!(route = %route.config.name, reason = %rejection.reason, detail = rejection.detail.as_str(), "report-only route: would deny");
+                    trace.steps.demote_failure();
                     trace.decision = Decision::WouldDeny(rejection.reason);
+                    trace.rejection = Some(rejection);
                     None
                 }
             }
         }
     };
-
-    // forward
-    let ctx = ForwardContext {
-        route: &route,
-        claims: claims.as_deref(),
-        peer: &conn.peer_value,
-        https: conn.https,
-        request_id,
+    Ok(Decided::Forward {
+        route,
+        claims,
         upgrade,
-        body_read_timeout: config.limits.body_read_timeout,
-    };
-    let (response, latency) = forward(req, ctx).await?;
-    trace.upstream_latency = Some(latency);
-    Ok(response)
+    })
 }
 
-fn check_header_size(req: &Request<Incoming>, max: usize) -> Result<(), Rejection> {
+/// authenticate (bearer, cache, verification) then authorize (audience, scopes,
+/// claim rules), each sub-step recorded.
+async fn authenticate_and_authorize(
+    ctx: &DecideContext<'_>,
+    route: &CompiledRoute,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    trace: &mut Trace,
+) -> Result<Arc<VerifiedClaims>, Rejection> {
+    let steps = &mut trace.steps;
+    let auth = authenticate(
+        route,
+        headers,
+        query,
+        ctx.token_cache,
+        ctx.metrics,
+        ctx.now,
+        steps,
+    )
+    .await?;
+    let claims = auth.claims;
+    // A report-only refusal after verification still names whose token it was.
+    trace.claims = Some(Arc::clone(&claims));
+    let steps = &mut trace.steps;
+    let Some(protected) = route.protected() else {
+        return Ok(claims);
+    };
+    let access = &protected.access;
+    steps.check(Step::Audience, access.check_audience(&claims))?;
+    steps.note(Step::Audience, || {
+        format!(
+            "iss matches; aud {:?} includes one of {:?}",
+            claims.audiences, access.audiences
+        )
+    });
+    steps.note(Step::Scopes, || {
+        format!(
+            "token has [{}]; route needs all of [{}] and one of [{}]",
+            claims.scopes.join(" "),
+            access.scopes_all_of.join(" "),
+            access.scopes_any_of.join(" ")
+        )
+    });
+    steps.check(Step::Scopes, access.check_scopes(&claims))?;
+    steps.check(Step::Claims, access.check_claims(&claims))?;
+    steps.note(Step::Claims, || {
+        format!("{} claim rule(s) hold", access.claims.len())
+    });
+    Ok(claims)
+}
+
+/// The head's size, or `headers_too_large`.
+fn check_header_size<B>(req: &Request<B>, max: usize) -> Result<usize, Rejection> {
     let size: usize = req
         .headers()
         .iter()
@@ -340,14 +566,14 @@ fn check_header_size(req: &Request<Incoming>, max: usize) -> Result<(), Rejectio
             format!("request head is {size} bytes; the limit is {max}"),
         ));
     }
-    Ok(())
+    Ok(size)
 }
 
 /// The request's one authority (RFC 9112 §3.2, RFC 9113 §8.3.1), held as a
 /// cheap clone of the header value or target authority (no copy of the text) so
 /// the request can be changed afterwards; `host_invalid` when it is missing,
 /// repeated or ambiguous.
-fn canonical_authority(req: &Request<Incoming>) -> Result<Authority, Rejection> {
+fn canonical_authority<B>(req: &Request<B>) -> Result<Authority, Rejection> {
     let mut values = req.headers().get_all(header::HOST).iter();
     let (first, second) = (values.next(), values.next());
     let hosts: [&[u8]; 2] = [
@@ -398,7 +624,7 @@ impl Authority {
 
 /// Replaces the request's path with its canonical form (the query is kept as it
 /// is), or refuses it with the rule it breaks.
-fn canonicalise_path(req: &mut Request<Incoming>, rules: &PathRules) -> Result<(), Rejection> {
+fn canonicalise_path<B>(req: &mut Request<B>, rules: &PathRules) -> Result<(), Rejection> {
     let canonical = match portcullis_policy::path::canonicalise(req.uri().path(), rules)? {
         std::borrow::Cow::Borrowed(_) => return Ok(()),
         std::borrow::Cow::Owned(p) => p,
@@ -421,7 +647,7 @@ fn canonicalise_path(req: &mut Request<Incoming>, rules: &PathRules) -> Result<(
 /// 9113 §3.1: served as plain HTTP/1.1); any other upgrade needs every protocol
 /// it offers on the route's `upgrades` list. `true` when the request is an
 /// upgrade to pass through.
-fn check_upgrade(req: &Request<Incoming>, allowed: &[String]) -> Result<bool, Rejection> {
+fn check_upgrade<B>(req: &Request<B>, allowed: &[String]) -> Result<bool, Rejection> {
     if !is_upgrade_request(req.headers()) {
         return Ok(false);
     }
@@ -447,7 +673,8 @@ fn check_upgrade(req: &Request<Incoming>, allowed: &[String]) -> Result<bool, Re
     Ok(true)
 }
 
-fn unix_now() -> i64 {
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -1,56 +1,14 @@
-//! Network probes of `diagnose`: the authorization server's documents and the
-//! upstream, each reported with the layer that failed (DNS, TCP, TLS, HTTP) and
+//! The upstream probe of `diagnose`: connect, TLS and the health path, each
+//! reported with the layer that failed (DNS, TCP, TLS, HTTP) and
 //! the time taken.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_config::UpstreamConfig;
-use portcullis_jwks::{FetchError, Fetcher};
 use portcullis_policy::Reason;
 use portcullis_proxy::body::ForwardBody;
 use portcullis_proxy::upstream::UpstreamPool;
-
-/// The layer a fetch failed at, from the transport's own words.
-pub fn layer_of(e: &FetchError) -> &'static str {
-    match e {
-        FetchError::BadUrl { .. } => "URL",
-        FetchError::Timeout { .. } => "timeout",
-        FetchError::Status { .. } => "HTTP",
-        FetchError::TooLarge { .. } => "size",
-        FetchError::Invalid { .. } => "document",
-        FetchError::Connect { why, .. } => connect_layer(why),
-    }
-}
-
-/// DNS, TCP or TLS, from a connect error's text.
-pub fn connect_layer(why: &str) -> &'static str {
-    let w = why.to_ascii_lowercase();
-    if w.contains("dns") || w.contains("lookup") || w.contains("resolve") {
-        "DNS"
-    } else if w.contains("certificate")
-        || w.contains("tls")
-        || w.contains("handshake")
-        || w.contains("alert")
-    {
-        "TLS"
-    } else {
-        "TCP"
-    }
-}
-
-/// GETs `url`, returning the outcome and the time taken.
-pub async fn timed_get(
-    fetcher: &Fetcher,
-    url: &str,
-) -> (
-    Result<portcullis_jwks::fetch::Fetched, FetchError>,
-    Duration,
-) {
-    let started = Instant::now();
-    let result = fetcher.get(url).await;
-    (result, started.elapsed())
-}
 
 /// Milliseconds with one decimal.
 pub fn ms(d: Duration) -> String {
