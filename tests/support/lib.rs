@@ -252,9 +252,23 @@ impl TestEnv {
 
     /// GET on the admin listener.
     pub async fn admin_get(&self, path: &str) -> Reply {
-        let req = Request::get(format!("http://{}{path}", self.admin))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
+        self.admin_request(Method::GET, path, &[]).await
+    }
+
+    /// A request with headers on the admin listener.
+    pub async fn admin_request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.admin));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("request");
         let resp = self.client.request(req).await.expect("admin answered");
         Reply::read(resp).await
     }

@@ -15,6 +15,7 @@ use portcullis_policy::{
     AccessRules, Algorithm, CidrSet, ClaimCheck, ClaimRule, DEFAULT_ALGORITHMS, IpRules,
     IssuerRules,
 };
+use sha2::Digest;
 
 use crate::interpolate::{expand, read_secret_file, resolve_path};
 use crate::model::*;
@@ -145,7 +146,9 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 
 pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option<GatewayConfig> {
     let listen = compile_listen(raw.listen.unwrap_or_default(), ctx);
-    let admin = compile_admin(raw.admin.unwrap_or_default(), ctx);
+    let raw_admin = raw.admin.unwrap_or_default();
+    let admin_settings = compile_admin_settings(&raw_admin, ctx);
+    let admin = compile_admin(raw_admin, ctx);
     let limits = compile_limits(raw.limits.unwrap_or_default(), ctx);
     let logging = compile_logging(raw.logging.unwrap_or_default(), ctx);
     let network = compile_network(raw.network.unwrap_or_default(), ctx);
@@ -223,6 +226,7 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
         source: source.to_owned(),
         listen: listen?,
         admin: admin?,
+        admin_settings: admin_settings?,
         workers: raw.workers,
         limits,
         logging,
@@ -277,6 +281,49 @@ fn compile_admin(ra: RawAdmin, ctx: &mut Ctx<'_>) -> Option<Option<SocketAddr>> 
     }
     let addr = ra.address.as_deref().unwrap_or(DEFAULT_ADMIN);
     parse_addr(ctx, "admin.address", addr).map(Some)
+}
+
+/// The shortest admin token accepted: a guessable one protects nothing.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+fn compile_admin_settings(ra: &RawAdmin, ctx: &mut Ctx<'_>) -> Option<AdminSettings> {
+    let token = match &ra.token_file {
+        None => None,
+        Some(file) => {
+            let token = ctx.read_secret("admin.token_file", file)?;
+            let token = token.trim();
+            if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+                ctx.err(
+                    "admin.token_file",
+                    format!(
+                        "the admin token is {} characters; use at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)",
+                        token.chars().count()
+                    ),
+                );
+                return None;
+            }
+            Some(SecretDigest(sha2::Sha256::digest(token.as_bytes()).into()))
+        }
+    };
+    let explain_capacity = ra
+        .explain
+        .as_ref()
+        .and_then(|e| e.capacity)
+        .unwrap_or(DEFAULT_EXPLAIN_CAPACITY);
+    if explain_capacity > MAX_EXPLAIN_CAPACITY {
+        ctx.err(
+            "admin.explain.capacity",
+            format!(
+                "{explain_capacity} is above the limit of {MAX_EXPLAIN_CAPACITY} (each entry takes up to 2 KiB)"
+            ),
+        );
+        return None;
+    }
+    Some(AdminSettings {
+        token,
+        protect_metrics: ra.protect_metrics.unwrap_or(false),
+        explain_capacity,
+    })
 }
 
 fn parse_addr(ctx: &mut Ctx<'_>, path: &str, text: &str) -> Option<SocketAddr> {

@@ -9,6 +9,14 @@ use portcullis_policy::IpRules;
 /// Every warning for a compiled configuration.
 pub fn warnings(config: &GatewayConfig) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some(addr) = config.admin
+        && !addr.ip().is_loopback()
+        && config.admin_settings.token.is_none()
+    {
+        out.push(format!(
+            "admin.address {addr} is reachable beyond loopback and admin.token_file is not set: anyone who reaches it can reload the configuration and read /debug/requests"
+        ));
+    }
     for (j, later) in config.routes.iter().enumerate() {
         if let Some(earlier) = config.routes[..j]
             .iter()

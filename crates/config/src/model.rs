@@ -33,6 +33,8 @@ pub struct GatewayConfig {
     pub listen: ListenConfig,
     /// The admin listener (metrics, health, reload), if enabled.
     pub admin: Option<SocketAddr>,
+    /// Who may use the admin endpoints, and what they keep.
+    pub admin_settings: AdminSettings,
     /// Runtime worker threads; `None` means one per core.
     pub workers: Option<usize>,
     /// Size limits, timeouts, lifecycle.
@@ -59,6 +61,35 @@ pub struct GatewayConfig {
     /// certificate and key, static keys, CA bundles): watched like the
     /// configuration, so a rotated secret or a renewed certificate is picked up.
     pub files: Vec<PathBuf>,
+}
+
+/// The admin listener's access control and its explain ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// The admin bearer token (`admin.token_file`), kept only as its digest;
+    /// `None`: no authentication.
+    pub token: Option<SecretDigest>,
+    /// Whether `/metrics` needs the token too (`admin.protect_metrics`).
+    pub protect_metrics: bool,
+    /// Refused requests whose decision traces are kept for
+    /// `/debug/requests/{id}` (`admin.explain.capacity`); 0 keeps none.
+    pub explain_capacity: usize,
+}
+
+/// Refused requests kept for explain by default.
+pub const DEFAULT_EXPLAIN_CAPACITY: usize = 1024;
+/// The largest `admin.explain.capacity` (at most 2 KiB an entry: 200 MiB).
+pub const MAX_EXPLAIN_CAPACITY: usize = 100_000;
+
+/// The SHA-256 of a secret: enough to check a presented copy, never printable
+/// back into the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretDigest(pub [u8; 32]);
+
+impl std::fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretDigest(redacted)")
+    }
 }
 
 /// Where the gateway accepts traffic.

@@ -49,6 +49,15 @@ pub struct RawTls {
 pub struct RawAdmin {
     pub address: Option<String>,
     pub enabled: Option<bool>,
+    pub token_file: Option<String>,
+    pub protect_metrics: Option<bool>,
+    pub explain: Option<RawExplain>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExplain {
+    pub capacity: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

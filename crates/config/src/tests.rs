@@ -332,3 +332,64 @@ fn cors_policies_are_validated() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+#[test]
+fn admin_settings_have_defaults_and_refuse_a_short_token_or_a_huge_ring() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.admin_settings.explain_capacity, DEFAULT_EXPLAIN_CAPACITY);
+    assert!(c.admin_settings.token.is_none());
+    assert!(!c.admin_settings.protect_metrics);
+
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let long = dir.path().join("long");
+    std::fs::write(&long, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let with_admin = |admin: &str| GOOD.replace("listen:", &format!("admin: {admin}\nlisten:"));
+
+    let e = load(&with_admin(&format!(
+        "{{ token_file: {:?} }}",
+        short.display().to_string()
+    )))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("admin.token_file") && e.contains("at least 16"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "the token is never printed: {e}");
+
+    let c = load(&with_admin(&format!(
+        "{{ token_file: {:?}, protect_metrics: true, explain: {{ capacity: 0 }} }}",
+        long.display().to_string()
+    )))
+    .unwrap();
+    assert!(c.admin_settings.token.is_some());
+    assert!(c.admin_settings.protect_metrics);
+    assert_eq!(c.admin_settings.explain_capacity, 0);
+    assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    assert!(c.files.contains(&long), "the token file is watched");
+
+    let e = load(&with_admin("{ explain: { capacity: 1000000 } }"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("admin.explain.capacity") && e.contains("100000"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_admin_listener_beyond_loopback_without_a_token_is_warned_about() {
+    let c =
+        load(&GOOD.replace("listen:", "admin: { address: \"0.0.0.0:9091\" }\nlisten:")).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("admin.token_file is not set")),
+        "{:?}",
+        c.warnings
+    );
+    let c = load(GOOD).unwrap();
+    assert!(!c.warnings.iter().any(|w| w.contains("admin.token_file")));
+}

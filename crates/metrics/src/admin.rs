@@ -1,5 +1,9 @@
-//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`, and `POST /-/reload`.
-//! It is separate from the traffic listener and binds to loopback by default.
+//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`, `POST /-/reload`,
+//! and the explain endpoints `GET /debug/requests[/{request_id}]`. It is separate
+//! from the traffic listener and binds to loopback by default. With
+//! `admin.token_file` set, everything but the probes (and `/metrics`, unless
+//! `admin.protect_metrics`) needs that token, as `Authorization: Bearer <token>`
+//! or as the password of HTTP Basic (so a browser can open the pages).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,6 +37,36 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Reloads the configuration: `Ok(summary)` or `Err(every problem)`.
 pub type ReloadHook = Arc<dyn Fn() -> BoxFuture<Result<String, String>> + Send + Sync>;
 
+/// Who may use the admin endpoints: read for every request, since a reload can
+/// change it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminAccess {
+    /// The SHA-256 of the admin token; `None`: no authentication.
+    pub token_digest: Option<[u8; 32]>,
+    /// Whether `/metrics` needs the token too.
+    pub protect_metrics: bool,
+}
+
+/// What the explain hook found for a request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Explanation {
+    /// The trace, as JSON and as text.
+    Found {
+        /// The JSON document.
+        json: String,
+        /// The checklist text.
+        text: String,
+    },
+    /// Not kept: allowed, never seen, or older than the ring holds.
+    NotKept {
+        /// How many refused requests the ring keeps.
+        capacity: usize,
+    },
+}
+
+/// Explains a request by id.
+pub type ExplainHook = Arc<dyn Fn(&str) -> Explanation + Send + Sync>;
+
 /// What the admin endpoints consult.
 #[derive(Clone)]
 pub struct AdminHooks {
@@ -44,6 +78,151 @@ pub struct AdminHooks {
     pub before_scrape: Arc<dyn Fn() + Send + Sync>,
     /// Reloads the configuration; `Ok(summary)` or `Err(errors)`.
     pub reload: Option<ReloadHook>,
+    /// Who may use the endpoints.
+    pub access: Arc<dyn Fn() -> AdminAccess + Send + Sync>,
+    /// Explains a kept request by id.
+    pub explain: Option<ExplainHook>,
+    /// The newest kept requests, newest first, as a JSON array.
+    pub recent: Option<Arc<dyn Fn(usize) -> String + Send + Sync>>,
+}
+
+/// Paths open without the admin token: the probes a kubelet or load balancer
+/// sends without credentials.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Whether `req` may use its path under `access`.
+fn authorized(req: &http::Request<Incoming>, access: &AdminAccess) -> bool {
+    let Some(expected) = &access.token_digest else {
+        return true;
+    };
+    let path = req.uri().path();
+    if OPEN_PATHS.contains(&path) || (path == "/metrics" && !access.protect_metrics) {
+        return true;
+    }
+    req.headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(presented_token)
+        .any(|token| same_digest(&sha256(token.as_bytes()), expected))
+}
+
+/// The token of `Bearer <token>`, or the password of `Basic base64(user:password)`.
+fn presented_token(value: &str) -> Option<String> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        return text
+            .split_once(':')
+            .map(|(_, password)| password.to_owned());
+    }
+    None
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Compares two digests in constant time (the digest already hides the
+/// token's length).
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "this admin endpoint needs the admin token (admin.token_file): send `Authorization: Bearer <token>`\n".into(),
+        "text/plain; charset=utf-8",
+    );
+    let headers = r.headers_mut();
+    headers.append(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+    );
+    headers.append(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"portcullis-admin\", charset=\"UTF-8\""),
+    );
+    r
+}
+
+/// `GET /debug/requests/{id}`: JSON, or text for `?format=text` or an
+/// `Accept` that prefers `text/plain`.
+fn explain_response(
+    req: &http::Request<Incoming>,
+    id: &str,
+    hooks: &AdminHooks,
+) -> Response<Full<Bytes>> {
+    let json_type = "application/json";
+    let Some(explain) = &hooks.explain else {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "explain is not available\n".into(),
+            "text/plain; charset=utf-8",
+        );
+    };
+    if !is_request_id(id) {
+        let body = serde_json::json!({
+            "error": "malformed_request_id",
+            "message": "a request id is 1 to 128 characters of A-Z a-z 0-9 - _ . : (the x-request-id of the response, or request_id of its body)",
+        });
+        return text(StatusCode::BAD_REQUEST, body.to_string() + "\n", json_type);
+    }
+    let wants_text = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "format=text"))
+        || req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.trim_start().starts_with("text/plain"));
+    match explain(id) {
+        Explanation::Found { json, text: body } => {
+            if wants_text {
+                text(StatusCode::OK, body, "text/plain; charset=utf-8")
+            } else {
+                text(StatusCode::OK, json + "\n", json_type)
+            }
+        }
+        Explanation::NotKept { capacity } => {
+            let message = if capacity == 0 {
+                "explain is off: admin.explain.capacity is 0, so no trace is kept".to_owned()
+            } else {
+                format!(
+                    "no trace is kept for request {id}: it was allowed (allowed requests are not kept), was decided by another replica, or is older than the last {capacity} refusals"
+                )
+            };
+            if wants_text {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    message + "\n",
+                    "text/plain; charset=utf-8",
+                );
+            }
+            let body =
+                serde_json::json!({"error": "not_kept", "request_id": id, "message": message});
+            text(StatusCode::NOT_FOUND, body.to_string() + "\n", json_type)
+        }
+    }
+}
+
+/// Whether `id` is shaped like a request id (what `x-request-id` accepts).
+pub fn is_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
@@ -64,7 +243,24 @@ async fn handle(req: http::Request<Incoming>, hooks: AdminHooks) -> Response<Ful
     } else {
         req.method()
     };
-    match (method, req.uri().path()) {
+    if !authorized(&req, &(hooks.access)()) {
+        return unauthorized();
+    }
+    let path = req.uri().path();
+    if method == Method::GET
+        && let Some(id) = path.strip_prefix("/debug/requests/")
+    {
+        return explain_response(&req, id, &hooks);
+    }
+    match (method, path) {
+        (&Method::GET, "/debug/requests") => match &hooks.recent {
+            Some(recent) => text(StatusCode::OK, recent(100) + "\n", "application/json"),
+            None => text(
+                StatusCode::NOT_IMPLEMENTED,
+                "explain is not available\n".into(),
+                "text/plain; charset=utf-8",
+            ),
+        },
         (&Method::GET, "/metrics") => {
             (hooks.before_scrape)();
             text(
@@ -111,7 +307,8 @@ async fn handle(req: http::Request<Incoming>, hooks: AdminHooks) -> Response<Ful
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: /metrics /healthz /readyz POST /-/reload\n".into(),
+            "not found: /metrics /healthz /readyz /debug/requests/{request_id} POST /-/reload\n"
+                .into(),
             "text/plain; charset=utf-8",
         ),
     }

@@ -9,7 +9,10 @@ pub mod admin;
 pub mod families;
 pub mod recorder;
 
-pub use admin::{AdminHooks, BoxFuture, Readiness, ReloadHook, serve_admin};
+pub use admin::{
+    AdminAccess, AdminHooks, BoxFuture, ExplainHook, Explanation, Readiness, ReloadHook,
+    serve_admin,
+};
 pub use families::Families;
 pub use recorder::{
     IssuerMetrics, Metrics, RouteMetrics, TokenCacheEvent, UpstreamErrorKind, UpstreamMetrics,

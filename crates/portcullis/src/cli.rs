@@ -27,6 +27,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Name the exact step at which the gateway would refuse a request, with evidence and fix.
     Diagnose(DiagnoseArgs),
+    /// Print the decision trace of a refused request by its request id, from a
+    /// running gateway: exit 0 found, 1 not kept, 2 could not ask.
+    Explain(ExplainArgs),
     /// Probe a health endpoint (for container HEALTHCHECKs): exit 0 on HTTP 200, else 1.
     Healthcheck {
         /// The URL to GET (plain http).
@@ -88,6 +91,26 @@ pub struct DiagnoseArgs {
     #[arg(long)]
     pub no_upstream: bool,
     /// Print a stable JSON document instead of the checklist.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The request id: the response's `x-request-id`, or `request_id` in its body.
+    pub request_id: String,
+    /// The gateway's admin listener.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9091",
+        env = "PORTCULLIS_ADMIN"
+    )]
+    pub admin: String,
+    /// The admin token's file, when the admin listener needs one (admin.token_file).
+    #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the JSON document instead of the checklist.
     #[arg(long)]
     pub json: bool,
 }

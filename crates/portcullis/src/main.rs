@@ -1,9 +1,11 @@
 //! The `portcullis` command: run the gateway, validate a configuration, run the
 //! embedded demo, diagnose a request, inspect a token.
 
+mod admin_client;
 mod cli;
 mod demo;
 mod diagnose;
+mod explain;
 mod healthcheck;
 mod inspect;
 mod logging;
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => return run::validate(&args.config, args.online),
         Command::Demo(args) => demo::main(&args),
         Command::Diagnose(args) => return diagnose::main(&args),
+        Command::Explain(args) => return explain::main(&args),
         Command::Healthcheck { url } => return healthcheck::main(&url),
         Command::Token {
             command: TokenCommand::Inspect { token },

@@ -724,3 +724,77 @@ fn validate_online_finds_an_issuer_spelled_differently_from_its_server() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("matches its metadata"));
     drop(rt);
 }
+
+/// Runs `portcullis explain` with `args`: exit code and stdout.
+fn explain(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .arg("explain")
+        .args(args)
+        .env_remove("PORTCULLIS_ADMIN")
+        .env_remove("PORTCULLIS_ADMIN_TOKEN_FILE")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn explain_prints_a_refused_requests_trace_from_a_running_gateway() {
+    let file = GatewayFile::new("", "/one");
+    let token_file = file.path.with_file_name("admin-token");
+    std::fs::write(&token_file, "fedcba9876543210fedcba9876543210\n").unwrap();
+    let yaml = std::fs::read_to_string(&file.path).unwrap().replace(
+        &format!("admin: {{ address: \"127.0.0.1:{}\" }}", file.admin),
+        &format!(
+            "admin: {{ address: \"127.0.0.1:{}\", token_file: admin-token }}",
+            file.admin
+        ),
+    );
+    assert!(yaml.contains("token_file"), "{yaml}");
+    std::fs::write(&file.path, yaml).unwrap();
+    let mut child = start_gateway(&file.path, file.port);
+
+    let raw = {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", file.port)).unwrap();
+        write!(
+            s,
+            "GET /nowhere HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let id = raw
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let admin = format!("http://127.0.0.1:{}", file.admin);
+    let token = token_file.display().to_string();
+
+    let (code, text) = explain(&[&id, "--admin", &admin, "--token-file", &token]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("request {id}: GET /nowhere -> 404")),
+        "{text}"
+    );
+    assert!(text.contains("✗ route"), "{text}");
+    assert!(text.contains("route_not_found"), "{text}");
+
+    let (code, json) = explain(&[&id, "--admin", &admin, "--token-file", &token, "--json"]);
+    assert_eq!(code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["reason"], "route_not_found");
+
+    let (code, text) = explain(&["never-seen", "--admin", &admin, "--token-file", &token]);
+    assert_eq!(code, 1, "not kept: {text}");
+    let (code, _) = explain(&[&id, "--admin", &admin]);
+    assert_eq!(code, 2, "the admin listener wants its token");
+    terminate_and_expect_clean_exit(&mut child);
+    let (code, _) = explain(&[&id, "--admin", &admin, "--token-file", &token]);
+    assert_eq!(code, 2, "nobody listening");
+}

@@ -269,6 +269,21 @@ impl DecisionTrace {
         }
     }
 
+    /// Keeps at most `max_notes` notes of at most `max_len` bytes each.
+    pub fn bound_notes(&mut self, max_notes: usize, max_len: usize) {
+        self.notes.truncate(max_notes);
+        for (_, note) in &mut self.notes {
+            if note.len() > max_len {
+                *note = crate::explain::cut(note, max_len);
+            }
+        }
+    }
+
+    /// Drops the last note; `false` when there was none.
+    pub fn drop_last_note(&mut self) -> bool {
+        self.notes.pop().is_some()
+    }
+
     /// The records, in the order the steps ran.
     pub fn records(&self) -> &[Record] {
         &self.records

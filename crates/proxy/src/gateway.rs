@@ -9,9 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use portcullis_config::GatewayConfig;
 use portcullis_jwks::{JwksObserver, KeyStatus};
-use portcullis_metrics::{AdminHooks, Metrics, Readiness, ReloadHook};
+use portcullis_metrics::{AdminAccess, AdminHooks, Explanation, Metrics, Readiness, ReloadHook};
 use portcullis_policy::{Reason, Rejection};
 
+use crate::explain::ExplainRing;
 use crate::runtime::Runtime;
 use crate::tls::CertStore;
 use crate::token_cache::TokenCache;
@@ -78,6 +79,9 @@ pub struct Gateway {
     /// The traffic listener's certificate, when it terminates TLS; swapped by
     /// reloads.
     tls: Option<Arc<CertStore>>,
+    /// The decision traces of the last refused requests; replaced (emptied)
+    /// when a reload changes its capacity.
+    explain: ArcSwap<ExplainRing>,
 }
 
 /// Holds an in-flight slot; released on drop.
@@ -100,6 +104,7 @@ impl Gateway {
             metrics: Arc::clone(&metrics),
         });
         let tc = config.token_cache;
+        let explain = ExplainRing::new(config.admin_settings.explain_capacity);
         let tls = config
             .listen
             .tls
@@ -119,7 +124,18 @@ impl Gateway {
             ready_once: AtomicBool::new(false),
             reload_error: Mutex::new(None),
             tls,
+            explain: ArcSwap::from_pointee(explain),
         }))
+    }
+
+    /// The explain ring.
+    pub fn explain(&self) -> Arc<ExplainRing> {
+        self.explain.load_full()
+    }
+
+    /// Keeps a decided request's trace in the explain ring.
+    pub fn keep_explained(&self, entry: crate::explain::Entry) {
+        self.explain.load().record(entry);
     }
 
     /// The live configuration generation.
@@ -195,6 +211,7 @@ impl Gateway {
             not_applied.push("workers: restart to change".to_owned());
         }
         let tc = config.token_cache;
+        let explain_capacity = config.admin_settings.explain_capacity;
         let new_tls = config.listen.tls.clone();
         let new = Runtime::build(config, Some(&old), &self.metrics, &self.observer)?;
         // The certificate last: a pair that does not parse or match refuses the
@@ -217,6 +234,10 @@ impl Gateway {
             .collect();
         self.token_cache
             .configure(tc.enabled, tc.max_entries, tc.max_bytes, tc.max_ttl);
+        if explain_capacity != self.explain.load().capacity() {
+            self.explain
+                .store(Arc::new(ExplainRing::new(explain_capacity)));
+        }
         self.runtime.store(Arc::new(new));
         self.metrics.config_reload(true);
         Ok(ApplyReport {
@@ -283,11 +304,40 @@ impl Gateway {
     /// The admin endpoints' view of this gateway, with an optional reload hook.
     pub fn admin_hooks(self: &Arc<Self>, reload: Option<ReloadHook>) -> AdminHooks {
         let (ready, scrape) = (Arc::clone(self), Arc::clone(self));
+        let (access, explain, recent) = (Arc::clone(self), Arc::clone(self), Arc::clone(self));
         AdminHooks {
             metrics: Arc::clone(&self.metrics),
             readiness: Arc::new(move || ready.readiness()),
             before_scrape: Arc::new(move || scrape.update_scrape_gauges()),
             reload,
+            access: Arc::new(move || {
+                let settings = &access.runtime().config.admin_settings;
+                AdminAccess {
+                    token_digest: settings.token.as_ref().map(|d| d.0),
+                    protect_metrics: settings.protect_metrics,
+                }
+            }),
+            explain: Some(Arc::new(move |id: &str| {
+                let ring = explain.explain();
+                match ring.find(id) {
+                    Some(entry) => Explanation::Found {
+                        json: entry.to_json().to_string(),
+                        text: entry.to_text(),
+                    },
+                    None => Explanation::NotKept {
+                        capacity: ring.capacity(),
+                    },
+                }
+            })),
+            recent: Some(Arc::new(move |n| {
+                let list: Vec<serde_json::Value> = recent
+                    .explain()
+                    .recent(n)
+                    .iter()
+                    .map(|s| s.to_json())
+                    .collect();
+                serde_json::Value::Array(list).to_string()
+            })),
         }
     }
 

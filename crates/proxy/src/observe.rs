@@ -34,8 +34,9 @@ pub enum Decision {
 pub struct Trace {
     /// The method.
     pub method: Method,
-    /// The path without the query (only kept when access logging is on).
-    pub path: Option<String>,
+    /// The path as the client sent it (a shared handle on the request's own
+    /// bytes, not a copy); the log and the explain ring show it without the query.
+    pub path: Option<http::uri::PathAndQuery>,
     /// The matched route.
     pub route: Option<Arc<CompiledRoute>>,
     /// The client address.
@@ -56,10 +57,10 @@ pub struct Trace {
 
 impl Trace {
     /// Starts a trace for `req`; a `verbose` one keeps each step's evidence.
-    pub fn new<B>(req: &Request<B>, keep_path: bool, verbose: bool) -> Self {
+    pub fn new<B>(req: &Request<B>, verbose: bool) -> Self {
         Trace {
             method: req.method().clone(),
-            path: keep_path.then(|| req.uri().path().to_owned()),
+            path: req.uri().path_and_query().cloned(),
             route: None,
             client_ip: None,
             decision: Decision::NotEvaluated,
@@ -108,6 +109,54 @@ pub fn record(
     if config.logging.access_log {
         access_log(gw, config, trace, request_id, status, elapsed);
     }
+    if let Some(rejection) = &trace.rejection {
+        gw.keep_explained(explained_entry(
+            config, trace, rejection, request_id, status,
+        ));
+    }
+}
+
+/// What the explain ring keeps of a refused (or report-only would-be refused)
+/// request.
+fn explained_entry(
+    config: &GatewayConfig,
+    trace: &Trace,
+    rejection: &Rejection,
+    request_id: &HeaderValue,
+    status: u16,
+) -> crate::explain::Entry {
+    let path = trace.path.as_ref().map_or("-", |p| p.path());
+    crate::explain::Entry {
+        request_id: request_id.to_str().unwrap_or("-").into(),
+        at: std::time::SystemTime::now(),
+        method: trace.method.clone(),
+        path: crate::explain::cut(path, crate::explain::MAX_PATH_BYTES).into(),
+        status,
+        route: trace.route.as_ref().map(|r| r.config.name.as_str().into()),
+        client_ip: trace.client_ip,
+        subject: logged_subject(config, trace).map(Into::into),
+        outcome: if matches!(trace.decision, Decision::WouldDeny(_)) {
+            "would_deny"
+        } else {
+            "deny"
+        },
+        steps: trace.steps.clone(),
+        rejection: Some(Rejection {
+            reason: rejection.reason,
+            detail: crate::explain::cut(&rejection.detail, crate::explain::MAX_DETAIL_BYTES),
+            required_scope: None,
+        }),
+    }
+}
+
+/// The subject as configured for logs: hashed (default), plain, or not at all.
+fn logged_subject(config: &GatewayConfig, trace: &Trace) -> Option<String> {
+    let sub = trace.claims.as_ref().and_then(|c| c.subject.as_ref())?;
+    match config.logging.subject {
+        SubjectLogging::Plain => Some(sub.clone()),
+        SubjectLogging::Hash => Some(hash_subject(sub)),
+        SubjectLogging::Omit => None,
+    }
 }
 
 fn access_log(
@@ -139,18 +188,13 @@ fn access_log(
         _ => "-",
     };
     let detail = trace.rejection.as_ref().map_or("", |r| r.detail.as_str());
-    let sub = trace.claims.as_ref().and_then(|c| c.subject.as_ref());
-    let subject = match (config.logging.subject, sub) {
-        (SubjectLogging::Plain, Some(s)) => s.clone(),
-        (SubjectLogging::Hash, Some(s)) => hash_subject(s),
-        _ => "-".to_owned(),
-    };
+    let subject = logged_subject(config, trace).unwrap_or_else(|| "-".to_owned());
     tracing::info!(
         target: "portcullis::access",
         request_id = request_id.to_str().unwrap_or("-"),
         route,
         method = %trace.method,
-        path = trace.path.as_deref().unwrap_or("-"),
+        path = trace.path.as_ref().map_or("-", |p| p.path()),
         status,
         duration_ms = millis(elapsed),
         upstream,

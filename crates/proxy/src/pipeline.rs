@@ -110,7 +110,7 @@ pub async fn handle(
         mint_request_id()
     };
     // observe: what the access log and metrics need, read before the request moves.
-    let mut trace = Trace::new(&req, runtime.config.logging.access_log, false);
+    let mut trace = Trace::new(&req, false);
     // limits (in-flight): shed load before doing any work.
     let admitted = gw.admit();
     let result = match &admitted {

@@ -123,7 +123,7 @@ async fn diagnose(
         peer: args.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         now: unix_now(),
     };
-    let mut trace = Trace::new(&request, true, true);
+    let mut trace = Trace::new(&request, true);
     match decide(&context, &mut request, &mut trace).await {
         Err(rejection) => trace.rejection = Some(rejection),
         Ok(Decided::Answered(_)) => trace.steps.skip(Step::Upstream, || {

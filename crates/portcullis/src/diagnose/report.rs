@@ -5,6 +5,7 @@
 
 use portcullis_policy::{Reason, Rejection};
 use portcullis_proxy::decision::{DecisionTrace, Explained, Outcome, Step};
+use portcullis_proxy::explain;
 use serde_json::{Value, json};
 
 /// The whole report: the request described and the pipeline's own trace of it.
@@ -44,32 +45,7 @@ impl Report {
     /// Human text: one line per step, then the verdict.
     pub fn to_text(&self) -> String {
         let mut out = format!("portcullis diagnose: {} {}\n\n", self.method, self.url);
-        for s in &self.steps {
-            let mark = match s.outcome {
-                Outcome::Pass => "✓",
-                Outcome::Fail(_) => "✗",
-                Outcome::Warn(_) => "!",
-                Outcome::Skip => "·",
-            };
-            out.push_str(&format!("{mark} {:<21} {}\n", s.step.name(), s.evidence));
-            match s.outcome {
-                Outcome::Fail(r) => out.push_str(&format!(
-                    "  {:<21} reason {} (HTTP {}); fix: {}\n",
-                    "",
-                    r.as_str(),
-                    r.status(),
-                    r.fix()
-                )),
-                Outcome::Warn(Some(r)) => out.push_str(&format!(
-                    "  {:<21} report-only: enforcement would refuse with {} (HTTP {}); fix: {}\n",
-                    "",
-                    r.as_str(),
-                    r.status(),
-                    r.fix()
-                )),
-                _ => {}
-            }
-        }
+        out.push_str(&explain::steps_text(&self.steps));
         match self.refusal() {
             None => out.push_str("\nverdict: ALLOWED — the gateway would forward this request\n"),
             Some((step, r)) => out.push_str(&format!(
@@ -84,20 +60,7 @@ impl Report {
 
     /// The stable JSON document.
     pub fn to_json(&self) -> Value {
-        let steps: Vec<Value> = self
-            .steps
-            .iter()
-            .map(|s| {
-                let reason = s.outcome.reason();
-                json!({
-                    "step": s.step.name(),
-                    "outcome": s.outcome.as_str(),
-                    "evidence": s.evidence,
-                    "reason": reason.map(Reason::as_str),
-                    "fix": reason.map(Reason::fix),
-                })
-            })
-            .collect();
+        let steps = explain::steps_json(&self.steps);
         let refusal = self.refusal();
         json!({
             "method": self.method,
