@@ -1,7 +1,8 @@
 //! Criterion benches of the hot path: bearer extraction, a cached-key lookup,
+//! verification with a pre-parsed key, CIDR rules and route matching at scale,
+//! and what a refused request's decision trace costs (kept in the explain ring).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // bench set-up panics on failure
-//! verification with a pre-parsed key, CIDR rules and route matching at scale.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_config::{PathMatch, RouteMatch};
@@ -125,8 +126,82 @@ fn bench_canonical_path(c: &mut Criterion) {
     }
 }
 
+/// A refused request's trace: the records of the steps it passed, the failure,
+/// the entry (with evidence from the trace's context) kept in the ring.
+fn bench_refusal_trace(c: &mut Criterion) {
+    use portcullis_policy::{Reason, Rejection};
+    use portcullis_proxy::decision::Step;
+    use portcullis_proxy::explain::ExplainRing;
+    use portcullis_proxy::observe::{Trace, explained_entry};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = rt.enter();
+    let yaml = r#"
+listen: { address: "127.0.0.1:0" }
+issuers:
+  dev: { issuer: "http://127.0.0.1:9/", jwks_uri: "http://127.0.0.1:9/jwks" }
+upstreams:
+  llm: { targets: ["http://127.0.0.1:9"] }
+routes:
+  - name: chat
+    match: { path_prefix: /v1/chat/ }
+    upstream: llm
+    auth: { issuers: [dev], audiences: [api], scopes: { all_of: [chat:write] } }
+"#;
+    let config =
+        portcullis_config::load_str(yaml, "bench.yaml", std::path::Path::new("."), &|_| None)
+            .unwrap();
+    let metrics = portcullis_metrics::Metrics::new().unwrap();
+    let observer: std::sync::Arc<dyn portcullis_jwks::JwksObserver> =
+        std::sync::Arc::new(portcullis_jwks::NoopObserver);
+    let runtime =
+        portcullis_proxy::runtime::Runtime::build_with(config, None, &metrics, &observer, false)
+            .unwrap();
+    let Lookup::Found(route) = runtime.table.find("", "/v1/chat/x", &http::Method::GET) else {
+        panic!("route")
+    };
+    let route = std::sync::Arc::clone(route);
+    let ring = ExplainRing::new(1024);
+    let request = http::Request::get("/v1/chat/x").body(()).unwrap();
+    let id = portcullis_proxy::headers::mint_request_id();
+    c.bench_function("refused_request_trace_kept", |b| {
+        b.iter(|| {
+            let mut trace = Trace::new(black_box(&request), false);
+            trace.route = Some(std::sync::Arc::clone(&route));
+            trace.client_ip = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+            for step in [
+                Step::Request,
+                Step::Canonical,
+                Step::StripSpoofed,
+                Step::Route,
+                Step::Upgrade,
+                Step::ClientIp,
+            ] {
+                trace.steps.pass(step);
+            }
+            trace
+                .steps
+                .fail(Step::AuthorizationHeader, Reason::TokenMissing);
+            let rejection = Rejection::new(
+                Reason::TokenMissing,
+                "no Authorization header; send `Authorization: Bearer <token>`",
+            );
+            ring.record(explained_entry(
+                &runtime.config,
+                &trace,
+                &rejection,
+                &id,
+                401,
+            ));
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    bench_refusal_trace,
     bench_bearer,
     bench_verify,
     bench_ip_rules,

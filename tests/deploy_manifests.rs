@@ -97,6 +97,11 @@ fn configmap_gateway_yaml() -> String {
 fn the_configmap_gateway_yaml_validates() {
     let secrets = tempfile::tempdir().unwrap();
     std::fs::write(secrets.path().join("anthropic-api-key"), "sk-ant-test\n").unwrap();
+    std::fs::write(
+        secrets.path().join("admin-token"),
+        "5f2b8e1c9a7d4e3f6b0a1c2d3e4f5a6b\n",
+    )
+    .unwrap();
     let dir = secrets.path().to_str().unwrap().to_owned();
     let env = move |name: &str| match name {
         "OPENAI_API_KEY" => Some("sk-test".to_owned()),
@@ -126,6 +131,10 @@ fn the_configmap_gateway_yaml_validates() {
     };
     assert_eq!(config.listen.address.port(), port("http"));
     assert_eq!(config.admin.unwrap().port(), port("admin"));
+    assert!(
+        config.admin_settings.token.is_some(),
+        "the admin port is reachable in the cluster, so it has a token"
+    );
     // The grace period covers the whole drain: the delay, the grace, a margin.
     let pod = &deployment["spec"]["template"]["spec"];
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
@@ -150,10 +159,31 @@ fn the_configmap_gateway_yaml_validates() {
         .as_str()
         .unwrap();
     assert!(secret["stringData"].get(env_key).is_some());
+    // Every file the configuration reads from the secrets folder is mounted.
+    let items: Vec<&str> = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "secrets")
+        .unwrap()["secret"]["items"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    for file in ["anthropic-api-key", "admin-token"] {
+        assert!(items.contains(&file), "{file} is not mounted: {items:?}");
+        assert!(
+            secret["stringData"].get(file).is_some(),
+            "{file} not in the Secret"
+        );
+    }
     // Applied unedited, the example Secret is refused, not silently used.
     let placeholder = secret["stringData"][env_key].as_str().unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("anthropic-api-key"), "sk-ant-test\n").unwrap();
+    let admin_placeholder = secret["stringData"]["admin-token"].as_str().unwrap();
+    std::fs::write(dir.path().join("admin-token"), admin_placeholder).unwrap();
     let dir = dir.path().to_str().unwrap().to_owned();
     let unedited = move |name: &str| match name {
         "OPENAI_API_KEY" => Some(placeholder.clone()),
@@ -165,6 +195,10 @@ fn the_configmap_gateway_yaml_validates() {
             .unwrap_err()
             .to_string();
     assert!(err.contains("placeholder"), "{err}");
+    assert!(
+        err.contains("admin.token_file"),
+        "the admin token placeholder is refused too: {err}"
+    );
 }
 
 #[tokio::test]

@@ -292,6 +292,15 @@ fn compile_admin_settings(ra: &RawAdmin, ctx: &mut Ctx<'_>) -> Option<AdminSetti
         Some(file) => {
             let token = ctx.read_secret("admin.token_file", file)?;
             let token = token.trim();
+            if let Some(word) = placeholder(token) {
+                ctx.err(
+                    "admin.token_file",
+                    format!(
+                        "the admin token is still the placeholder {word:?} of an example file: put a random one there (e.g. `openssl rand -hex 32`)"
+                    ),
+                );
+                return None;
+            }
             if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
                 ctx.err(
                     "admin.token_file",

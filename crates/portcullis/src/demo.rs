@@ -23,7 +23,7 @@ pub fn main(args: &DemoArgs) -> anyhow::Result<()> {
         let gw = config.listen.address;
         let admin = config.admin.map_or("(admin off)".to_owned(), |a| a.to_string());
         println!(
-            "\nPortcullis demo\n  gateway        http://{gw}\n  admin          http://{admin}  (/metrics /healthz /readyz)\n  authorization  {issuer}  (client {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET})\n  upstream       {up}\n\n\
+            "\nPortcullis demo\n  gateway        http://{gw}\n  admin          http://{admin}  (/metrics /healthz /readyz /debug/requests)\n  authorization  {issuer}  (client {DEMO_CLIENT_ID} / {DEMO_CLIENT_SECRET})\n  upstream       {up}\n\n\
 Get a token:\n  TOKEN=$(curl -s -u {DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET} -d grant_type=client_credentials {issuer}token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')\n\n\
 Call the gateway:\n  curl -s http://{gw}/v1/models -H \"Authorization: Bearer $TOKEN\"\n  curl -sN http://{gw}/v1/chat/completions -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\\n       -d '{{\"model\":\"portcullis-demo-1\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n  curl -si http://{gw}/v1/models                      # 401 token_missing\n  curl -si http://{gw}/v1/admin/usage -H \"Authorization: Bearer $TOKEN\"   # 403 scope_insufficient\n",
             issuer = auth.issuer(),

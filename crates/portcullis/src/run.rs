@@ -158,7 +158,7 @@ pub async fn run(
         tokio::spawn(serve_admin(admin, hooks, async move {
             let _ = admin_stop_rx.await;
         }));
-        tracing::info!(%addr, "admin listener: /metrics /healthz /readyz POST /-/reload");
+        tracing::info!(%addr, "admin listener: /metrics /healthz /readyz /debug/requests POST /-/reload");
     }
     #[cfg(unix)]
     tokio::spawn(reloader.clone().reload_on_sighup());

@@ -217,6 +217,17 @@ impl DecisionTrace {
         self.push(step, Outcome::Fail(reason));
     }
 
+    /// Adds evidence to a step, verbose or not (for what is known only later,
+    /// off the hot path).
+    pub fn add_note(&mut self, step: Step, evidence: String) {
+        self.notes.push((step, evidence));
+    }
+
+    /// Whether `step` has evidence text.
+    pub fn has_note(&self, step: Step) -> bool {
+        self.notes.iter().any(|(s, _)| *s == step)
+    }
+
     /// Adds evidence to a step when verbose; `evidence` is not called otherwise.
     pub fn note(&mut self, step: Step, evidence: impl FnOnce() -> String) {
         if self.verbose {

@@ -117,8 +117,15 @@ pub fn client_ip(
             " (the {header:?} hop {hop} from the right is unparsable: the client is unknown)"
         ));
     }
+    evidence.push_str(&ip_verdicts(client.ip, rules));
+    evidence
+}
+
+/// What each rule set says of `ip` (`; global: allowed by 10.0.0.0/8; route: …`).
+pub fn ip_verdicts(ip: IpAddr, rules: [(&str, &IpRules); 2]) -> String {
+    let mut out = String::new();
     for (scope, rules) in rules {
-        let said = match rules.verdict(client.ip) {
+        let said = match rules.verdict(ip) {
             IpVerdict::Allowed(None) => format!("; {scope}: no allow list, not denied"),
             IpVerdict::Allowed(Some(net)) => format!("; {scope}: allowed by {net}"),
             IpVerdict::Denied(net) => format!("; {scope}: DENIED by {net}"),
@@ -126,9 +133,9 @@ pub fn client_ip(
                 format!("; {scope}: not in the allow list {:?}", rules.allow.nets())
             }
         };
-        evidence.push_str(&said);
+        out.push_str(&said);
     }
-    evidence
+    out
 }
 
 /// The claim names of a decoded (not yet verified) token; never their values.

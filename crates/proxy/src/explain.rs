@@ -422,6 +422,20 @@ mod tests {
     }
 
     #[test]
+    fn a_typical_entry_is_well_under_its_bound() {
+        let e = entry(
+            "4f0c2a9e1b7d4c3a8e6f5d4c3b2a1908",
+            "no Authorization header",
+        );
+        let size = e.approximate_size();
+        println!(
+            "typical entry: {size} bytes (fixed part {})",
+            std::mem::size_of::<Entry>()
+        );
+        assert!(size < MAX_ENTRY_BYTES / 2, "{size}");
+    }
+
+    #[test]
     fn request_ids_are_checked_for_shape() {
         assert!(is_request_id("4f0c2a9e1b7d4c3a8e6f5d4c3b2a1908"));
         assert!(!is_request_id(""));

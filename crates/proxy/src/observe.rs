@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Request};
 use portcullis_config::{GatewayConfig, SubjectLogging};
+use portcullis_policy::verify::printable;
 use portcullis_policy::{Reason, Rejection, VerifiedClaims};
 use sha2::{Digest, Sha256};
 
-use crate::decision::DecisionTrace;
+use crate::decision::{DecisionTrace, Outcome, Step};
 use crate::gateway::Gateway;
 use crate::pipeline::{describe_client, millis};
 use crate::runtime::{CompiledRoute, Runtime};
@@ -118,7 +119,7 @@ pub fn record(
 
 /// What the explain ring keeps of a refused (or report-only would-be refused)
 /// request.
-fn explained_entry(
+pub fn explained_entry(
     config: &GatewayConfig,
     trace: &Trace,
     rejection: &Rejection,
@@ -140,13 +141,86 @@ fn explained_entry(
         } else {
             "deny"
         },
-        steps: trace.steps.clone(),
+        steps: with_context_notes(trace, config),
         rejection: Some(Rejection {
             reason: rejection.reason,
             detail: crate::explain::cut(&rejection.detail, crate::explain::MAX_DETAIL_BYTES),
             required_scope: None,
         }),
     }
+}
+
+/// The trace with evidence for its passed steps, made now from what the trace
+/// holds (route, client, verified claims), for traces that were not verbose:
+/// a refusal is explained beyond its failing step at no cost to allowed requests.
+fn with_context_notes(trace: &Trace, config: &GatewayConfig) -> DecisionTrace {
+    let mut steps = trace.steps.clone();
+    if steps.is_verbose() {
+        return steps;
+    }
+    let passed = |steps: &DecisionTrace, step: Step| {
+        steps
+            .records()
+            .iter()
+            .any(|r| r.step == step && r.outcome == Outcome::Pass)
+    };
+    if let Some(route) = &trace.route {
+        let c = &route.config;
+        steps.add_note(
+            Step::Route,
+            format!(
+                "route {} ({}) -> upstream {}",
+                c.name,
+                crate::evidence::describe_match(c),
+                c.upstream
+            ),
+        );
+    }
+    if let (Some(ip), Some(route)) = (trace.client_ip, &trace.route)
+        && passed(&steps, Step::ClientIp)
+    {
+        let verdicts = crate::evidence::ip_verdicts(
+            ip,
+            [
+                ("global", &config.network.rules),
+                ("route", &route.config.ip_rules),
+            ],
+        );
+        steps.add_note(Step::ClientIp, format!("client {ip}{verdicts}"));
+    }
+    if let (Some(claims), Some(route)) = (&trace.claims, &trace.route) {
+        steps.add_note(Step::Issuer, format!("iss {}", printable(&claims.issuer)));
+        let leeway = route
+            .issuers
+            .get(&*claims.issuer)
+            .map_or(0, |i| i.config.rules.leeway_secs);
+        if passed(&steps, Step::Time) {
+            steps.add_note(
+                Step::Time,
+                crate::evidence::time(claims, crate::pipeline::unix_now(), leeway),
+            );
+        }
+        if let Some(protected) = route.protected() {
+            let access = &protected.access;
+            steps.add_note(
+                Step::Audience,
+                format!(
+                    "aud {:?}; the route accepts {:?}",
+                    claims.audiences, access.audiences
+                ),
+            );
+            steps.add_note(
+                Step::Scopes,
+                format!(
+                    "token has [{}]; route needs all of [{}] and one of [{}]",
+                    claims.scopes.join(" "),
+                    access.scopes_all_of.join(" "),
+                    access.scopes_any_of.join(" ")
+                ),
+            );
+        }
+    }
+    steps
 }
 
 /// The subject as configured for logs: hashed (default), plain, or not at all.
