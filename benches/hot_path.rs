@@ -191,7 +191,7 @@ routes:
             ring.record(explained_entry(
                 &runtime.config,
                 &trace,
-                &rejection,
+                Some(&rejection),
                 &id,
                 401,
             ));

@@ -340,7 +340,11 @@ impl KeyCache {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(issuer = %self.issuer, error = %e, "key set fetch failed; keeping the last good keys");
+                tracing::warn!(
+                    issuer = self.issuer.as_str(),
+                    error = e.to_string().as_str(),
+                    "key set fetch failed; keeping the last good keys"
+                );
                 if matches!(self.source, KeySource::Discovery) {
                     self.discovered_jwks_uri.store(Arc::new(None));
                 }
@@ -391,7 +395,12 @@ impl KeyCache {
 
     fn publish(&self, parsed: ParsedKeys, max_age: Option<Duration>) {
         for s in &parsed.skipped {
-            tracing::warn!(issuer = %self.issuer, kid = %s.kid, reason = %s.reason, "skipped a key of the key set");
+            tracing::warn!(
+                issuer = self.issuer.as_str(),
+                kid = s.kid.as_str(),
+                reason = s.reason.as_str(),
+                "skipped a key of the key set"
+            );
             self.observer.skipped_key(&self.issuer, &s.kid, &s.reason);
         }
         let ttl = max_age

@@ -11,6 +11,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Exchange buckets, 1 ms to 30 min: a whole exchange, a long stream included.
+pub const EXCHANGE_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0,
+];
+
 /// Clock-offset buckets (seconds, `now - iat`), negative values included.
 pub const CLOCK_OFFSET_BUCKETS: &[f64] = &[
     -300.0, -60.0, -30.0, -10.0, -5.0, -1.0, 0.0, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
@@ -72,6 +78,16 @@ pub struct Families {
     /// `portcullis_connections_closed_total{cause}`: connections the gateway
     /// closed for hygiene (see [`CONNECTION_CLOSE_CAUSES`]).
     pub connections_closed: IntCounterVec,
+    /// `portcullis_exchanges_total{route,outcome}`.
+    pub exchanges: IntCounterVec,
+    /// `portcullis_exchange_duration_seconds{route}`.
+    pub exchange_duration: HistogramVec,
+    /// `portcullis_request_body_bytes_total{route}`.
+    pub request_body_bytes: IntCounterVec,
+    /// `portcullis_response_body_bytes_total{route}`.
+    pub response_body_bytes: IntCounterVec,
+    /// `portcullis_upstream_refusals_total{route,status}`.
+    pub upstream_refusals: IntCounterVec,
     /// The name of every registered family.
     pub names: Vec<String>,
 }
@@ -283,6 +299,37 @@ impl Families {
                 "portcullis_connections_closed_total",
                 "Connections the gateway closed for hygiene, by cause.",
                 &["cause"],
+            )?,
+            exchanges: counter(
+                &r,
+                "portcullis_exchanges_total",
+                "Exchanges by route and how they ended (complete, client_aborted, upstream_aborted, shutdown_cut, timeout), counted at their last byte.",
+                &["route", "outcome"],
+            )?,
+            exchange_duration: histogram(
+                &r,
+                "portcullis_exchange_duration_seconds",
+                "Time from request head to the response's last byte (a stream included), by route.",
+                &["route"],
+                EXCHANGE_BUCKETS,
+            )?,
+            request_body_bytes: counter(
+                &r,
+                "portcullis_request_body_bytes_total",
+                "Request body bytes forwarded to upstreams, by route.",
+                &["route"],
+            )?,
+            response_body_bytes: counter(
+                &r,
+                "portcullis_response_body_bytes_total",
+                "Response body bytes sent to clients, by route.",
+                &["route"],
+            )?,
+            upstream_refusals: counter(
+                &r,
+                "portcullis_upstream_refusals_total",
+                "Responses in which the upstream itself refused the request (401, 403): its decision, not the gateway's.",
+                &["route", "status"],
             )?,
             build_info: int_gauge_vec(
                 &r,

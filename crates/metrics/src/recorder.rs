@@ -49,6 +49,40 @@ pub struct RouteMetrics {
     duration: Histogram,
     decisions: Vec<OnceLock<IntCounter>>,
     would_deny: Vec<OnceLock<IntCounter>>,
+    exchanges: [OnceLock<IntCounter>; 5],
+    exchange_duration: Histogram,
+    request_bytes: IntCounter,
+    response_bytes: IntCounter,
+    upstream_refusals: [OnceLock<IntCounter>; 2],
+}
+
+/// How an exchange ended: the `outcome` label of `portcullis_exchanges_total` and
+/// the `stream` field of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOutcome {
+    /// The whole response reached the client.
+    Complete = 0,
+    /// The client went away before the end.
+    ClientAborted = 1,
+    /// The upstream broke the response off mid-way.
+    UpstreamAborted = 2,
+    /// The gateway's shutdown grace ran out while it streamed.
+    ShutdownCut = 3,
+    /// The client's request body stalled past `limits.body_read_timeout`.
+    Timeout = 4,
+}
+
+impl StreamOutcome {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StreamOutcome::Complete => "complete",
+            StreamOutcome::ClientAborted => "client_aborted",
+            StreamOutcome::UpstreamAborted => "upstream_aborted",
+            StreamOutcome::ShutdownCut => "shutdown_cut",
+            StreamOutcome::Timeout => "timeout",
+        }
+    }
 }
 
 /// Handles of one issuer.
@@ -68,7 +102,7 @@ pub struct UpstreamMetrics {
     upstream: Arc<str>,
     families: Arc<Metrics>,
     latency: Histogram,
-    errors: [OnceLock<IntCounter>; 4],
+    errors: [OnceLock<IntCounter>; 5],
 }
 
 /// Token-cache events, each a `result` label of `portcullis_token_cache_total`.
@@ -93,6 +127,8 @@ pub enum UpstreamErrorKind {
     Reset,
     /// Invalid HTTP from the upstream.
     Protocol,
+    /// The response body broke off after its head (a stream cut mid-way).
+    MidStream,
 }
 
 impl UpstreamErrorKind {
@@ -103,6 +139,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Reset => "reset",
             UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::MidStream => "mid_stream",
         }
     }
 }
@@ -145,6 +182,11 @@ impl Metrics {
             duration: self.families.request_duration.with_label_values(&[name]),
             decisions: (0..REASON_SLOTS * 2).map(|_| OnceLock::new()).collect(),
             would_deny: (0..REASON_SLOTS).map(|_| OnceLock::new()).collect(),
+            exchanges: std::array::from_fn(|_| OnceLock::new()),
+            exchange_duration: self.families.exchange_duration.with_label_values(&[name]),
+            request_bytes: self.families.request_body_bytes.with_label_values(&[name]),
+            response_bytes: self.families.response_body_bytes.with_label_values(&[name]),
+            upstream_refusals: std::array::from_fn(|_| OnceLock::new()),
         })
     }
 
@@ -225,6 +267,42 @@ impl RouteMetrics {
                     outcome,
                     reason,
                 ])
+            })
+            .inc();
+    }
+
+    /// An exchange ended: how, after how long, with how many body bytes each way.
+    pub fn exchange(&self, outcome: StreamOutcome, seconds: f64, bytes_in: u64, bytes_out: u64) {
+        self.exchanges[outcome as usize]
+            .get_or_init(|| {
+                self.families
+                    .families
+                    .exchanges
+                    .with_label_values(&[&self.route, outcome.as_str()])
+            })
+            .inc();
+        self.exchange_duration.observe(seconds);
+        if bytes_in > 0 {
+            self.request_bytes.inc_by(bytes_in);
+        }
+        if bytes_out > 0 {
+            self.response_bytes.inc_by(bytes_out);
+        }
+    }
+
+    /// The upstream itself answered 401 or 403.
+    pub fn upstream_refused(&self, status: u16) {
+        let (i, label) = if status == 401 {
+            (0, "401")
+        } else {
+            (1, "403")
+        };
+        self.upstream_refusals[i]
+            .get_or_init(|| {
+                self.families
+                    .families
+                    .upstream_refusals
+                    .with_label_values(&[&self.route, label])
             })
             .inc();
     }

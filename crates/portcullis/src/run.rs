@@ -123,9 +123,21 @@ pub async fn run(
     watch: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    tracing::info!(config = %path.display(), "effective configuration:\n{}", summarise(&config));
+    // One record per line of the summary: every log line stays one record.
+    let file = path.display().to_string();
+    for line in summarise(&config).lines() {
+        tracing::info!(
+            config = file.as_str(),
+            setting = line,
+            "effective configuration"
+        );
+    }
     for w in &config.warnings {
-        tracing::warn!("{w}");
+        tracing::warn!(
+            config = file.as_str(),
+            warning = w.as_str(),
+            "configuration warning"
+        );
     }
     let metrics = Metrics::new().map_err(|e| anyhow!("metrics: {e}"))?;
     let workers = worker_count(config.workers);
@@ -144,7 +156,12 @@ pub async fn run(
     let _watch = if watch {
         reloader
             .watch()
-            .map_err(|e| tracing::warn!(error = %e, "file watch unavailable; reload with SIGHUP or POST /-/reload"))
+            .map_err(|e| {
+                tracing::warn!(
+                    error = e.to_string().as_str(),
+                    "file watch unavailable; reload with SIGHUP or POST /-/reload"
+                )
+            })
             .ok()
     } else {
         None
@@ -240,7 +257,11 @@ pub async fn serve_on_workers(
                                 .await;
                         }
                         Err(e) => {
-                            tracing::error!(worker = index, error = %e, "worker cannot use its listening socket")
+                            tracing::error!(
+                                worker = index,
+                                error = e.to_string().as_str(),
+                                "worker cannot use its listening socket"
+                            )
                         }
                     }
                 });

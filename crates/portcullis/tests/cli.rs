@@ -798,3 +798,138 @@ fn explain_prints_a_refused_requests_trace_from_a_running_gateway() {
     let (code, _) = explain(&[&id, "--admin", &admin, "--token-file", &token]);
     assert_eq!(code, 2, "nobody listening");
 }
+
+/// The fields of one text log line after its `target: message` prefix, parsed
+/// as logfmt: `key=value` or `key="quoted \" value"`; `None` when the rest of
+/// the line is not logfmt.
+fn logfmt_fields(line: &str) -> Option<Vec<(String, String)>> {
+    let start = line.find(": ")? + 2;
+    let rest = &line[start..];
+    // The message is free text up to the first `key=`.
+    let first = rest
+        .char_indices()
+        .find(|&(i, _)| {
+            rest[i..].split_once('=').is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }) && (i == 0 || rest.as_bytes()[i - 1] == b' ')
+        })
+        .map_or(rest.len(), |(i, _)| i);
+    let mut fields = Vec::new();
+    let mut chars = rest[first..].chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Some(fields);
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' => value.push(chars.next()?),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            if !matches!(chars.peek(), None | Some(' ')) {
+                return None;
+            }
+        } else {
+            while let Some(c) = chars.peek().copied() {
+                if c == ' ' {
+                    break;
+                }
+                if c == '"' || c == '=' {
+                    return None;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        fields.push((key, value));
+    }
+}
+
+#[test]
+fn every_text_log_line_is_one_logfmt_record_and_access_lines_account_for_the_exchange() {
+    let (port, admin, upstream) = (free_port(), free_port(), echo_upstream());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+listen: {{ address: "127.0.0.1:{port}" }}
+admin: {{ address: "127.0.0.1:{admin}" }}
+logging: {{ format: text, access_log: true }}
+upstreams:
+  u: {{ targets: ["http://127.0.0.1:{upstream}"] }}
+routes:
+  - {{ name: r, match: {{ path_prefix: /r/ }}, upstream: u, public: true }}
+"#
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut child = start_gateway_logging_to(&path, port, log_file.into(), "info");
+    assert_eq!(get(port, "/r/ok").map(|(s, _)| s), Some(200));
+    assert_eq!(get(port, "/nope%20with%22quote").map(|(s, _)| s), Some(404));
+    terminate_and_expect_clean_exit(&mut child);
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let mut access = Vec::new();
+    for line in text.lines() {
+        assert!(
+            line.starts_with("20") && line.as_bytes().get(10) == Some(&b'T'),
+            "a line that is not a record of its own (a continuation):\n{line}\n--\n{text}"
+        );
+        let fields = logfmt_fields(line).unwrap_or_else(|| panic!("not logfmt: {line}"));
+        if line.contains("portcullis::access") {
+            access.push(fields);
+        }
+    }
+    assert!(
+        text.contains("effective configuration") && text.contains("setting=\"listen"),
+        "the start-up summary, one record per setting:\n{text}"
+    );
+    let field = |f: &[(String, String)], k: &str| {
+        f.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k} in {f:?}"))
+    };
+    // The two exchanges of this test (the readiness probe's come first).
+    let ok = access
+        .iter()
+        .find(|f| field(f, "path") == "/r/ok")
+        .expect("the proxied request's line");
+    assert_eq!(field(ok, "status"), "200");
+    assert_eq!(field(ok, "stream"), "complete");
+    assert_eq!(field(ok, "upstream_status"), "200");
+    assert_eq!(field(ok, "refused_by"), "-");
+    assert!(field(ok, "bytes_out").parse::<u64>().unwrap() > 0);
+    for key in ["duration_ms", "ttfb_ms", "upstream_ms"] {
+        let v = field(ok, key);
+        let decimals = v.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(
+            v.parse::<f64>().is_ok() && decimals <= 3,
+            "{key}={v}: milliseconds to the microsecond"
+        );
+    }
+    let refused = access
+        .iter()
+        .find(|f| field(f, "status") == "404")
+        .expect("the refusal's line");
+    assert_eq!(field(refused, "reason"), "route_not_found");
+    assert_eq!(field(refused, "refused_by"), "gateway");
+    assert_eq!(field(refused, "upstream_ms"), "-", "absent, not -1.0");
+    assert_eq!(field(refused, "upstream_status"), "-");
+    assert_eq!(field(refused, "path"), "/nope%20with%22quote");
+}

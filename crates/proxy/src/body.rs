@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -144,11 +144,15 @@ pub struct BodyTooLarge {
 #[error("no request body bytes for {0:?}")]
 pub struct BodyTooSlow(pub Duration);
 
-/// What went wrong with a client's request body: the client's fault, never the
-/// upstream's. Shared between the body (which sets it) and the forward step
-/// (which names the cause instead of blaming the upstream).
+/// What went wrong with a client's request body (the client's fault, never the
+/// upstream's) and how many of its bytes were forwarded. Shared between the body
+/// (which sets it), the forward step (which names the cause instead of blaming
+/// the upstream) and the exchange's account (bytes in, a stall ending a stream).
 #[derive(Debug, Default)]
-pub struct BodyFault(AtomicU8);
+pub struct BodyFault {
+    fault: AtomicU8,
+    bytes: AtomicU64,
+}
 
 /// The kinds of [`BodyFault`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,13 +175,18 @@ impl BodyFault {
         };
         // The first fault is the cause; what follows is its consequence.
         let _ = self
-            .0
+            .fault
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Body bytes forwarded so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// The fault, if the body had one.
     pub fn get(&self) -> Option<BodyFaultKind> {
-        match self.0.load(Ordering::Acquire) {
+        match self.fault.load(Ordering::Acquire) {
             1 => Some(BodyFaultKind::TooLarge),
             2 => Some(BodyFaultKind::Malformed),
             3 => Some(BodyFaultKind::TooSlow),
@@ -271,6 +280,9 @@ impl Body for ForwardBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
+                    if let Some(f) = &this.fault {
+                        f.bytes.store(this.seen, Ordering::Relaxed);
+                    }
                     if this.seen > this.limit {
                         this.fail(BodyFaultKind::TooLarge);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {

@@ -121,7 +121,10 @@ where
             .map_err(|e| ConnectError(format!("HTTP/2 handshake failed: {e}")))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                tracing::debug!(
+                    error = e.to_string().as_str(),
+                    "upstream HTTP/2 connection ended"
+                );
             }
         });
         Ok(Sender::Http2(sender))
@@ -132,7 +135,10 @@ where
             .map_err(|e| ConnectError(format!("HTTP/1.1 handshake failed: {e}")))?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                tracing::debug!(
+                    error = e.to_string().as_str(),
+                    "upstream HTTP/1.1 connection ended"
+                );
             }
         });
         Ok(Sender::Http1(sender))

@@ -36,11 +36,21 @@ pub struct ForwardContext<'a> {
     pub body_read_timeout: Duration,
 }
 
+/// What the forward step brings back.
+pub struct Forwarded {
+    /// The upstream's response, its body streamed.
+    pub response: Response<ProxyBody>,
+    /// Time to the upstream's response head.
+    pub latency: Duration,
+    /// The request body's record (bytes forwarded, a fault), when it had one.
+    pub request_body: Option<Arc<BodyFault>>,
+}
+
 /// Sends the request upstream; returns the response and the upstream latency.
 pub async fn forward(
     mut req: Request<Incoming>,
     ctx: ForwardContext<'_>,
-) -> Result<(Response<ProxyBody>, Duration), Rejection> {
+) -> Result<Forwarded, Rejection> {
     let route = ctx.route;
     let upgrade = ctx.upgrade;
     let requested_protocols = if upgrade {
@@ -171,11 +181,19 @@ pub async fn forward(
             }
         });
         let (parts, body) = response.into_parts();
-        return Ok((Response::from_parts(parts, streamed(body)), latency));
+        return Ok(Forwarded {
+            response: Response::from_parts(parts, streamed(body)),
+            latency,
+            request_body: fault,
+        });
     }
     remove_hop_by_hop(response.headers_mut(), false);
     let (parts, body) = response.into_parts();
-    Ok((Response::from_parts(parts, streamed(body)), latency))
+    Ok(Forwarded {
+        response: Response::from_parts(parts, streamed(body)),
+        latency,
+        request_body: fault,
+    })
 }
 
 /// The client's own body fault, named as such (never blamed on the upstream).

@@ -8,6 +8,7 @@ pub mod connect;
 pub mod cors;
 pub mod decision;
 pub mod evidence;
+pub mod exchange;
 pub mod explain;
 pub mod forward;
 pub mod gateway;

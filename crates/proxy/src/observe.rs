@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request};
-use portcullis_config::{GatewayConfig, SubjectLogging};
+use portcullis_config::{GatewayConfig, LogFormat, SubjectLogging};
 use portcullis_policy::verify::printable;
 use portcullis_policy::{Reason, Rejection, VerifiedClaims};
 use sha2::{Digest, Sha256};
 
+use crate::body::BodyFault;
 use crate::decision::{DecisionTrace, Outcome, Step};
-use crate::gateway::Gateway;
-use crate::pipeline::{describe_client, millis};
-use crate::runtime::{CompiledRoute, Runtime};
+use crate::exchange::{Account, Ending};
+use crate::pipeline::describe_client;
+use crate::runtime::CompiledRoute;
 
 /// The authorization outcome of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,6 +55,10 @@ pub struct Trace {
     pub allow: Option<String>,
     /// What each step decided.
     pub steps: DecisionTrace,
+    /// The upstream's response status, when it answered.
+    pub upstream_status: Option<u16>,
+    /// The request body's record (bytes forwarded, a fault), when forwarded.
+    pub request_body: Option<Arc<BodyFault>>,
 }
 
 impl Trace {
@@ -70,7 +75,16 @@ impl Trace {
             claims: None,
             allow: None,
             steps: DecisionTrace::new(verbose),
+            upstream_status: None,
+            request_body: None,
         }
+    }
+
+    /// The upstream's own refusal (401 or 403) of a request the gateway let
+    /// through, if that is how it answered.
+    pub fn upstream_refused(&self) -> Option<u16> {
+        self.upstream_status
+            .filter(|s| matches!(s, 401 | 403) && self.rejection.is_none())
     }
 }
 
@@ -82,20 +96,22 @@ fn reason_slot(r: Reason) -> usize {
         .map_or(0, |i| i + 2)
 }
 
-/// Records metrics and the access-log line.
-pub fn record(
-    gw: &Gateway,
-    runtime: &Runtime,
-    trace: &Trace,
-    request_id: &HeaderValue,
-    status: u16,
-    elapsed: Duration,
-) {
+/// Closes an exchange's account: the request and exchange metrics, the
+/// access-log line and, for a refusal (the gateway's, a report-only route's
+/// would-be one, or the upstream's own 401/403), the explain ring.
+pub fn record(account: &Account, ending: &Ending) {
+    let (trace, runtime, status) = (&account.trace, &account.runtime, account.status);
     let route_metrics = trace
         .route
         .as_ref()
         .map_or(&runtime.unmatched, |r| &r.metrics);
-    route_metrics.request(&trace.method, status, elapsed.as_secs_f64());
+    route_metrics.request(&trace.method, status, account.head.as_secs_f64());
+    route_metrics.exchange(
+        ending.outcome,
+        ending.total.as_secs_f64(),
+        ending.bytes_in,
+        ending.bytes_out,
+    );
     let rejected = trace.rejection.as_ref().map(|r| r.reason);
     match (trace.decision, rejected) {
         (Decision::Allowed, _) => route_metrics.decision(true, 0, "none"),
@@ -106,13 +122,20 @@ pub fn record(
         }
         (Decision::NotEvaluated, _) => {}
     }
+    if let Some(s) = trace.upstream_refused() {
+        route_metrics.upstream_refused(s);
+    }
     let config = &runtime.config;
     if config.logging.access_log {
-        access_log(gw, config, trace, request_id, status, elapsed);
+        access_log(config, account, ending);
     }
-    if let Some(rejection) = &trace.rejection {
-        gw.keep_explained(explained_entry(
-            config, trace, rejection, request_id, status,
+    if trace.rejection.is_some() || trace.upstream_refused().is_some() {
+        account.gw.keep_explained(explained_entry(
+            config,
+            trace,
+            trace.rejection.as_ref(),
+            &account.request_id,
+            status,
         ));
     }
 }
@@ -122,7 +145,7 @@ pub fn record(
 pub fn explained_entry(
     config: &GatewayConfig,
     trace: &Trace,
-    rejection: &Rejection,
+    rejection: Option<&Rejection>,
     request_id: &HeaderValue,
     status: u16,
 ) -> crate::explain::Entry {
@@ -136,15 +159,15 @@ pub fn explained_entry(
         route: trace.route.as_ref().map(|r| r.config.name.as_str().into()),
         client_ip: trace.client_ip,
         subject: logged_subject(config, trace).map(Into::into),
-        outcome: if matches!(trace.decision, Decision::WouldDeny(_)) {
-            "would_deny"
-        } else {
-            "deny"
+        outcome: match (trace.decision, rejection) {
+            (Decision::WouldDeny(_), _) => "would_deny",
+            (_, Some(_)) => "deny",
+            (_, None) => "upstream_refused",
         },
         steps: with_context_notes(trace, config),
-        rejection: Some(Rejection {
-            reason: rejection.reason,
-            detail: crate::explain::cut(&rejection.detail, crate::explain::MAX_DETAIL_BYTES),
+        rejection: rejection.map(|r| Rejection {
+            reason: r.reason,
+            detail: crate::explain::cut(&r.detail, crate::explain::MAX_DETAIL_BYTES),
             required_scope: None,
         }),
     }
@@ -187,6 +210,14 @@ fn with_context_notes(trace: &Trace, config: &GatewayConfig) -> DecisionTrace {
             ],
         );
         steps.add_note(Step::ClientIp, format!("client {ip}{verdicts}"));
+    }
+    if let Some(status) = trace.upstream_refused() {
+        steps.add_note(
+            Step::Upstream,
+            format!(
+                "the upstream itself answered {status}: its decision, not the gateway's (a revoked or wrong upstream credential, or the upstream's own rules)"
+            ),
+        );
     }
     if let (Some(claims), Some(route)) = (&trace.claims, &trace.route) {
         steps.add_note(Step::Issuer, format!("iss {}", printable(&claims.issuer)));
@@ -233,14 +264,8 @@ fn logged_subject(config: &GatewayConfig, trace: &Trace) -> Option<String> {
     }
 }
 
-fn access_log(
-    _gw: &Gateway,
-    config: &GatewayConfig,
-    trace: &Trace,
-    request_id: &HeaderValue,
-    status: u16,
-    elapsed: Duration,
-) {
+fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
+    let trace = &account.trace;
     let route = trace
         .route
         .as_ref()
@@ -248,6 +273,7 @@ fn access_log(
     let upstream = trace
         .route
         .as_ref()
+        .filter(|_| trace.upstream_latency.is_some())
         .map_or("-", |r| r.config.upstream.as_str());
     let outcome = match (trace.decision, &trace.rejection) {
         (Decision::Allowed, _) => "allow",
@@ -261,26 +287,97 @@ fn access_log(
         (_, Some(r)) => r.reason.as_str(),
         _ => "-",
     };
-    let detail = trace.rejection.as_ref().map_or("", |r| r.detail.as_str());
+    // Who refused: the gateway (a reason above), the upstream itself (its own
+    // 401/403, e.g. a revoked provider key), or nobody.
+    let refused_by = match (&trace.rejection, trace.upstream_refused()) {
+        (Some(_), _) if outcome == "deny" => "gateway",
+        (_, Some(_)) => "upstream",
+        _ => "-",
+    };
+    let detail = trace.rejection.as_ref().map_or("-", |r| r.detail.as_str());
     let subject = logged_subject(config, trace).unwrap_or_else(|| "-".to_owned());
-    tracing::info!(
-        target: "portcullis::access",
-        request_id = request_id.to_str().unwrap_or("-"),
-        route,
-        method = %trace.method,
-        path = trace.path.as_ref().map_or("-", |p| p.path()),
-        status,
-        duration_ms = millis(elapsed),
-        upstream,
-        upstream_ms = trace.upstream_latency.map_or(-1.0, millis),
-        outcome,
-        reason,
-        detail,
-        client_ip = %describe_client(trace.client_ip),
-        // As a string field, not `%` (Display): the text formatter writes string
-        // fields quoted and escaped, so a crafted `sub` cannot forge a line.
-        subject = subject.as_str(),
-    );
+    let request_id = account.request_id.to_str().unwrap_or("-");
+    let path = trace.path.as_ref().map_or("-", |p| p.path());
+    let client_ip = describe_client(trace.client_ip);
+    let upstream_status = trace.upstream_status.map_or(0, u16::from);
+    // Strings are written as string fields (quoted and escaped by the text
+    // formatter, so a crafted path or `sub` cannot forge a field or a line);
+    // numbers are rounded to the microsecond; an absent value is `-`.
+    match config.logging.format {
+        LogFormat::Text => tracing::info!(
+            target: "portcullis::access",
+            request_id,
+            route,
+            method = trace.method.as_str(),
+            path,
+            status = account.status,
+            outcome,
+            reason,
+            refused_by,
+            detail,
+            client_ip = client_ip.as_str(),
+            subject = subject.as_str(),
+            upstream,
+            upstream_status = %Absent(trace.upstream_status),
+            duration_ms = %Ms(Some(ending.total)),
+            ttfb_ms = %Ms(Some(ending.first_byte)),
+            upstream_ms = %Ms(trace.upstream_latency),
+            bytes_in = ending.bytes_in,
+            bytes_out = ending.bytes_out,
+            stream = ending.outcome.as_str(),
+        ),
+        LogFormat::Json => tracing::info!(
+            target: "portcullis::access",
+            request_id,
+            route,
+            method = trace.method.as_str(),
+            path,
+            status = account.status,
+            outcome,
+            reason,
+            refused_by,
+            detail,
+            client_ip = client_ip.as_str(),
+            subject = subject.as_str(),
+            upstream,
+            upstream_status = (upstream_status > 0).then_some(upstream_status),
+            duration_ms = rounded_ms(ending.total),
+            ttfb_ms = rounded_ms(ending.first_byte),
+            upstream_ms = trace.upstream_latency.map(rounded_ms),
+            bytes_in = ending.bytes_in,
+            bytes_out = ending.bytes_out,
+            stream = ending.outcome.as_str(),
+        ),
+    }
+}
+
+/// Milliseconds rounded to the microsecond (`12.345`, never `12.345000000000001`).
+fn rounded_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// A duration in milliseconds for the text log, `-` when absent.
+struct Ms(Option<Duration>);
+
+impl std::fmt::Display for Ms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", rounded_ms(d)),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// A value for the text log, `-` when absent.
+struct Absent<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Absent<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// `sha256:` and the first 16 hex digits of the subject's SHA-256.

@@ -44,6 +44,7 @@ use crate::authn::authenticate;
 use crate::body::ProxyBody;
 use crate::decision::Step;
 use crate::evidence;
+use crate::exchange::{Account, ExchangeBody};
 use crate::forward::{ForwardContext, forward};
 use crate::gateway::Gateway;
 use crate::headers::{
@@ -86,9 +87,10 @@ pub async fn handle(
     gw: &Arc<Gateway>,
     conn: ConnInfo,
     req: Request<Incoming>,
-) -> Response<ProxyBody> {
+) -> Response<ExchangeBody> {
     let started = Instant::now();
     let version = req.version();
+    let is_head = req.method() == http::Method::HEAD;
     // Kept for the CORS headers of the response, whatever answers it (a
     // preflight's own answer has them, its refusal must not).
     let origin = req
@@ -159,15 +161,23 @@ pub async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     drop(admitted);
-    crate::observe::record(
-        gw,
-        &runtime,
-        &trace,
-        &request_id,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
+    // observe: written when the last byte has gone out (exchange.rs).
+    let status = response.status();
+    let body_expected = !is_head
+        && !status.is_informational()
+        && status != http::StatusCode::NO_CONTENT
+        && status != http::StatusCode::NOT_MODIFIED;
+    let account = Account {
+        gw: Arc::clone(gw),
+        runtime,
+        trace,
+        request_id,
+        status: status.as_u16(),
+        started,
+        head: started.elapsed(),
+        body_expected,
+    };
+    response.map(|body| ExchangeBody::new(body, account))
 }
 
 /// The decision steps, then the forward step for a request they let through.
@@ -205,16 +215,31 @@ async fn decide_and_forward(
         body_read_timeout: runtime.config.limits.body_read_timeout,
     };
     match forward(req, ctx).await {
-        Ok((response, latency)) => {
+        Ok(forwarded) => {
+            let (response, latency) = (forwarded.response, forwarded.latency);
+            let status = response.status().as_u16();
             trace.upstream_latency = Some(latency);
-            trace.steps.pass_with(Step::Upstream, || {
+            trace.upstream_status = Some(status);
+            trace.request_body = forwarded.request_body;
+            let evidence = || {
                 format!(
-                    "upstream {} answered {} in {:.1} ms",
+                    "upstream {} answered {status} in {:.1} ms",
                     route.config.upstream,
-                    response.status().as_u16(),
                     millis(latency)
                 )
-            });
+            };
+            if matches!(status, 401 | 403) {
+                // The upstream's own refusal, marked so nobody takes it for the
+                // gateway's decision.
+                trace.steps.warn(Step::Upstream, None, || {
+                    format!(
+                        "{}: the upstream itself refused, not the gateway",
+                        evidence()
+                    )
+                });
+            } else {
+                trace.steps.pass_with(Step::Upstream, evidence);
+            }
             Ok(response)
         }
         Err(rejection) => {
@@ -484,7 +509,12 @@ pub async fn decide<B>(
                 }
                 (Err(rejection), AuthMode::Enforce) => return Err(rejection),
                 (Err(rejection), AuthMode::Report) => {
-                    tracing::warn!(route = %route.config.name, reason = %rejection.reason, detail = rejection.detail.as_str(), "report-only route: would deny");
+                    tracing::warn!(
+                        route = route.config.name.as_str(),
+                        reason = rejection.reason.as_str(),
+                        detail = rejection.detail.as_str(),
+                        "report-only route: would deny"
+                    );
                     trace.steps.demote_failure();
                     trace.decision = Decision::WouldDeny(rejection.reason);
                     trace.rejection = Some(rejection);

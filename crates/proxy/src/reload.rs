@@ -107,7 +107,10 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => {
                 metrics.config_reload(false);
-                tracing::error!(errors = %e, "configuration reload refused; the running configuration stays");
+                tracing::error!(
+                    errors = e.to_string().as_str(),
+                    "configuration reload refused; the running configuration stays"
+                );
                 self.gateway.record_reload(Some(e.to_string()));
                 return Err(e.to_string());
             }
@@ -117,7 +120,7 @@ impl Reloader {
             Ok(report) => {
                 self.gateway.record_reload(None);
                 for w in &report.not_applied {
-                    tracing::warn!(setting = %w, "not applied by a reload");
+                    tracing::warn!(setting = w.as_str(), "not applied by a reload");
                 }
                 let msg = format!(
                     "reloaded {}: key caches kept for [{}]; TLS certificate {}; not applied: [{}]; {warnings} warnings",
@@ -130,12 +133,15 @@ impl Reloader {
                     },
                     report.not_applied.join("; "),
                 );
-                tracing::info!("{msg}");
+                tracing::info!(summary = msg.as_str(), "configuration reloaded");
                 Ok(msg)
             }
             Err(e) => {
                 metrics.config_reload(false);
-                tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                tracing::error!(
+                    error = e.as_str(),
+                    "configuration reload refused; the running configuration stays"
+                );
                 self.gateway.record_reload(Some(e.clone()));
                 Err(e)
             }

@@ -139,7 +139,7 @@ pub async fn serve_worker(
 ) {
     let limits = gateway.runtime().config.limits.clone();
     let builder = Arc::new(http_builder(&limits));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(Phase::Serving);
     let tracker = tokio_util_tracker::Tracker::default();
     tokio::pin!(shutdown);
     loop {
@@ -150,7 +150,7 @@ pub async fn serve_worker(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = e.to_string().as_str(), "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -192,7 +192,7 @@ pub async fn serve_worker(
     // Closed now, not when the last connection ends: a new connection is refused
     // at once instead of waiting in the kernel's queue until the process exits.
     drop(listener);
-    let _ = stop_tx.send(true);
+    let _ = stop_tx.send(Phase::Draining);
     if tokio::time::timeout(limits.shutdown_grace, tracker.wait_idle())
         .await
         .is_err()
@@ -201,8 +201,27 @@ pub async fn serve_worker(
             grace_s = limits.shutdown_grace.as_secs_f64(),
             "shutdown grace period over; closing remaining connections"
         );
+        // Cut what is left, here rather than by the process exit, so each cut
+        // exchange is closed (counted `shutdown_cut`, logged) while the log
+        // writer still runs.
+        let _ = stop_tx.send(Phase::Cut);
+        let _ = tokio::time::timeout(CUT_WAIT, tracker.wait_idle()).await;
     }
 }
+
+/// Where a shutdown is, as the connections see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Serving.
+    Serving,
+    /// Finishing in-flight requests and streams (`limits.shutdown_grace`).
+    Draining,
+    /// The grace is over: connections still open are dropped.
+    Cut,
+}
+
+/// How long the cut connections get to be dropped and accounted for.
+const CUT_WAIT: Duration = Duration::from_secs(1);
 
 /// Counts a connection the gateway closed, by cause.
 fn closed(gw: &Gateway, cause: &str) {
@@ -219,7 +238,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<Phase>,
     limits: &Limits,
 ) {
     let activity = Activity::new();
@@ -251,7 +270,9 @@ async fn serve_connection(
                     )
                     .await
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = e.to_string().as_str(), "TLS handshake failed")
+                }
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
@@ -263,7 +284,7 @@ async fn drive<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     info: ConnInfo,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Phase>,
     activity: Arc<Activity>,
     limits: &Limits,
 ) where
@@ -297,9 +318,12 @@ async fn drive<I>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(limits.header_read_timeout, conn).await;
         }
-        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+        () = async { let _ = stop.wait_for(|p| *p >= Phase::Draining).await; } => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.wait_for(|p| *p == Phase::Cut) => {}
+            }
         }
     }
 }
@@ -313,9 +337,9 @@ fn note_connection_error(gw: &Gateway, peer: SocketAddr, e: &(dyn std::error::Er
         .is_some_and(|h| h.is_parse() || h.is_parse_too_large() || h.is_parse_status());
     if parse {
         closed(gw, "malformed");
-        tracing::info!(%peer, reason = "request_malformed", error = %e, "request refused by the HTTP parser");
+        tracing::info!(%peer, reason = "request_malformed", error = e.to_string().as_str(), "request refused by the HTTP parser");
     } else {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        tracing::debug!(%peer, error = e.to_string().as_str(), "connection ended with an error");
     }
 }
 
