@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh machine: installs what the tests need
 # (Node.js and the third-party authorization server oauth2-mock-server for
 # tests/third_party_idp.rs; kubernetes-validate for tests/deploy_manifests.rs;
-# promtool, from Debian's prometheus package, for the alert-rule tests),
+# promtool, from Debian's prometheus package, for the alert-rule tests;
+# Debian's chromium and playwright-core for tests/status_page.rs),
 # then unit tests of every crate and the end-to-end
 # tests in tests/ (real gateways, authorization servers and upstreams on
 # 127.0.0.1), then prints one total line ("tests: N passed, N failed").
@@ -14,9 +15,15 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
 fi
 if [ ! -d tests/third_party/node_modules/oauth2-mock-server ] \
+   || [ ! -d tests/third_party/node_modules/playwright-core ] \
    || [ tests/third_party/package-lock.json -nt tests/third_party/node_modules/.package-lock.json ]; then
-  echo "== npm ci (tests/third_party: oauth2-mock-server)"
+  echo "== npm ci (tests/third_party: oauth2-mock-server, playwright-core)"
   npm ci --prefix tests/third_party --no-audit --no-fund --loglevel=error
+fi
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium (Debian package) for the status-page browser test"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then

@@ -56,6 +56,8 @@ pub enum Explanation {
         json: String,
         /// The checklist text.
         text: String,
+        /// The trace as a page (linked from the status page).
+        html: String,
     },
     /// Not kept: allowed, never seen, or older than the ring holds.
     NotKept {
@@ -84,6 +86,32 @@ pub struct AdminHooks {
     pub explain: Option<ExplainHook>,
     /// The newest kept requests, newest first, as a JSON array.
     pub recent: Option<Arc<dyn Fn(usize) -> String + Send + Sync>>,
+    /// The status page (`GET /`), HTML.
+    pub status_page: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+/// The headers of every admin HTML page: no script may run, nothing is cached.
+const HTML_HEADERS: [(&str, &str); 5] = [
+    ("content-type", "text/html; charset=utf-8"),
+    (
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("cache-control", "no-store"),
+    ("referrer-policy", "no-referrer"),
+];
+
+fn html(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    for (name, value) in HTML_HEADERS {
+        r.headers_mut().insert(
+            header::HeaderName::from_static(name),
+            header::HeaderValue::from_static(value),
+        );
+    }
+    r
 }
 
 /// Paths open without the admin token: the probes a kubelet or load balancer
@@ -178,18 +206,29 @@ fn explain_response(
         });
         return text(StatusCode::BAD_REQUEST, body.to_string() + "\n", json_type);
     }
-    let wants_text = req
+    let format = req
         .uri()
         .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "format=text"))
-        || req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.trim_start().starts_with("text/plain"));
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("format=")));
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim_start();
+    let wants_text =
+        format == Some("text") || (format.is_none() && accept.starts_with("text/plain"));
+    let wants_html =
+        format == Some("html") || (format.is_none() && accept.starts_with("text/html"));
     match explain(id) {
-        Explanation::Found { json, text: body } => {
-            if wants_text {
+        Explanation::Found {
+            json,
+            text: body,
+            html: page,
+        } => {
+            if wants_html {
+                html(StatusCode::OK, page)
+            } else if wants_text {
                 text(StatusCode::OK, body, "text/plain; charset=utf-8")
             } else {
                 text(StatusCode::OK, json + "\n", json_type)
@@ -203,6 +242,18 @@ fn explain_response(
                     "no trace is kept for request {id}: it was allowed (allowed requests are not kept), was decided by another replica, or is older than the last {capacity} refusals"
                 )
             };
+            if wants_html {
+                let escaped = message
+                    .replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;");
+                return html(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>not kept</title></head><body><p><a href=\"/\">← status</a></p><p>{escaped}</p></body></html>\n"
+                    ),
+                );
+            }
             if wants_text {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -253,6 +304,14 @@ async fn handle(req: http::Request<Incoming>, hooks: AdminHooks) -> Response<Ful
         return explain_response(&req, id, &hooks);
     }
     match (method, path) {
+        (&Method::GET, "/") => match &hooks.status_page {
+            Some(page) => html(StatusCode::OK, page()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no status page here: /metrics /healthz /readyz\n".into(),
+                "text/plain; charset=utf-8",
+            ),
+        },
         (&Method::GET, "/debug/requests") => match &hooks.recent {
             Some(recent) => text(StatusCode::OK, recent(100) + "\n", "application/json"),
             None => text(

@@ -181,26 +181,31 @@ impl DecisionTrace {
     }
 
     /// Whether evidence text is kept.
+    #[inline]
     pub fn is_verbose(&self) -> bool {
         self.verbose
     }
 
+    #[inline(always)]
     fn push(&mut self, step: Step, outcome: Outcome) {
         self.records.push(Record { step, outcome });
     }
 
     /// Records a passing step.
+    #[inline]
     pub fn pass(&mut self, step: Step) {
         self.push(step, Outcome::Pass);
     }
 
     /// Records a passing step and, when verbose, what it saw.
+    #[inline]
     pub fn pass_with(&mut self, step: Step, evidence: impl FnOnce() -> String) {
         self.pass(step);
         self.note(step, evidence);
     }
 
     /// Records a skipped step and, when verbose, why.
+    #[inline]
     pub fn skip(&mut self, step: Step, why: impl FnOnce() -> String) {
         self.push(step, Outcome::Skip);
         self.note(step, why);
@@ -213,6 +218,7 @@ impl DecisionTrace {
     }
 
     /// Records a failing step; its evidence is the rejection's detail.
+    #[inline]
     pub fn fail(&mut self, step: Step, reason: Reason) {
         self.push(step, Outcome::Fail(reason));
     }
@@ -229,6 +235,7 @@ impl DecisionTrace {
     }
 
     /// Adds evidence to a step when verbose; `evidence` is not called otherwise.
+    #[inline]
     pub fn note(&mut self, step: Step, evidence: impl FnOnce() -> String) {
         if self.verbose {
             self.notes.push((step, evidence()));
@@ -236,6 +243,7 @@ impl DecisionTrace {
     }
 
     /// Records `result` as the outcome of `step` and hands it back.
+    #[inline(always)]
     pub fn check<T>(&mut self, step: Step, result: Result<T, Rejection>) -> Result<T, Rejection> {
         match &result {
             Ok(_) => self.pass(step),

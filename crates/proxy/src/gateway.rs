@@ -13,6 +13,7 @@ use portcullis_metrics::{AdminAccess, AdminHooks, Explanation, Metrics, Readines
 use portcullis_policy::{Reason, Rejection};
 
 use crate::explain::ExplainRing;
+use crate::recent::RecentRefusals;
 use crate::runtime::Runtime;
 use crate::tls::CertStore;
 use crate::token_cache::TokenCache;
@@ -74,8 +75,11 @@ pub struct Gateway {
     /// `required_for_readiness` gate only the start, so a reload (a new issuer, a
     /// typo) never takes a serving replica out of its Service.
     ready_once: AtomicBool,
-    /// The problems of the last refused reload, cleared by the next good one.
-    reload_error: Mutex<Option<String>>,
+    /// When the configuration was last loaded or refused, and the problems of a
+    /// refused load (cleared by the next good one).
+    reload_error: Mutex<(SystemTime, Option<String>)>,
+    /// Refusals of the last minutes by reason, for the status page.
+    recent: RecentRefusals,
     /// The traffic listener's certificate, when it terminates TLS; swapped by
     /// reloads.
     tls: Option<Arc<CertStore>>,
@@ -122,7 +126,8 @@ impl Gateway {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             ready_once: AtomicBool::new(false),
-            reload_error: Mutex::new(None),
+            reload_error: Mutex::new((SystemTime::now(), None)),
+            recent: RecentRefusals::default(),
             tls,
             explain: ArcSwap::from_pointee(explain),
         }))
@@ -174,8 +179,30 @@ impl Gateway {
     /// Notes the outcome of a reload of the file on disk, for `/readyz`'s body.
     pub fn record_reload(&self, refused: Option<String>) {
         if let Ok(mut e) = self.reload_error.lock() {
-            *e = refused;
+            *e = (SystemTime::now(), refused);
         }
+    }
+
+    /// When the configuration file was last loaded, and the problems if that
+    /// load was refused (the running configuration then is an older one).
+    pub fn last_reload(&self) -> (SystemTime, Option<String>) {
+        self.reload_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or((UNIX_EPOCH, None))
+    }
+
+    /// Counts a refusal for the status page.
+    pub fn record_refusal(&self, reason: Reason) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.recent.record(reason, now);
+    }
+
+    /// Refusals of the last minutes by reason, most frequent first.
+    pub fn recent_refusals(&self, unix_secs: u64) -> Vec<(Reason, u64)> {
+        self.recent.counts(unix_secs)
     }
 
     /// Takes an in-flight slot, or refuses with `overloaded` past `max_in_flight`.
@@ -262,7 +289,7 @@ impl Gateway {
             checks.push("draining: shutting down (SIGTERM); not taking new traffic".to_owned());
         }
         if let Ok(e) = self.reload_error.lock()
-            && let Some(e) = e.as_deref()
+            && let Some(e) = e.1.as_deref()
         {
             let first = e.lines().next().unwrap_or(e);
             checks.push(format!(
@@ -305,6 +332,7 @@ impl Gateway {
     pub fn admin_hooks(self: &Arc<Self>, reload: Option<ReloadHook>) -> AdminHooks {
         let (ready, scrape) = (Arc::clone(self), Arc::clone(self));
         let (access, explain, recent) = (Arc::clone(self), Arc::clone(self), Arc::clone(self));
+        let page = Arc::clone(self);
         AdminHooks {
             metrics: Arc::clone(&self.metrics),
             readiness: Arc::new(move || ready.readiness()),
@@ -323,6 +351,7 @@ impl Gateway {
                     Some(entry) => Explanation::Found {
                         json: entry.to_json().to_string(),
                         text: entry.to_text(),
+                        html: crate::status_page::explain_page(&entry),
                     },
                     None => Explanation::NotKept {
                         capacity: ring.capacity(),
@@ -338,6 +367,7 @@ impl Gateway {
                     .collect();
                 serde_json::Value::Array(list).to_string()
             })),
+            status_page: Some(Arc::new(move || crate::status_page::render(&page))),
         }
     }
 

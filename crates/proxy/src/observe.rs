@@ -129,6 +129,9 @@ pub fn record(account: &Account, ending: &Ending) {
     if config.logging.access_log {
         access_log(config, account, ending);
     }
+    if let (Decision::NotEvaluated, Some(r)) = (trace.decision, &trace.rejection) {
+        account.gw.record_refusal(r.reason);
+    }
     if trace.rejection.is_some() || trace.upstream_refused().is_some() {
         account.gw.keep_explained(explained_entry(
             config,

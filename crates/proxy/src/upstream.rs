@@ -45,6 +45,19 @@ struct TargetState {
     pool: TargetPool,
 }
 
+/// One upstream target's health, for the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetHealth {
+    /// `host:port`.
+    pub target: String,
+    /// Whether it is reached over TLS.
+    pub https: bool,
+    /// How much longer it is set aside (zero: in rotation).
+    pub set_aside_for: Duration,
+    /// Connect failures since its last success.
+    pub failures: u32,
+}
+
 /// How one exchange with a target failed.
 enum ExchangeError {
     /// No connection could be opened; nothing was sent.
@@ -131,6 +144,25 @@ impl UpstreamPool {
                     .is_some_and(|t| t.sidelined_until.load(Ordering::Relaxed) <= now)
             })
             .unwrap_or(start % n)
+    }
+
+    /// Each target's health now: its address, whether it is set aside after
+    /// repeated connect failures, and the failures counted since its last success.
+    pub fn target_health(&self) -> Vec<TargetHealth> {
+        let now = self.now_ms();
+        self.targets
+            .iter()
+            .map(|t| TargetHealth {
+                target: t.target.authority.to_string(),
+                https: t.target.https,
+                set_aside_for: Duration::from_millis(
+                    t.sidelined_until
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(now),
+                ),
+                failures: t.failures.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// The target at `index`.
