@@ -146,6 +146,19 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 
 pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option<GatewayConfig> {
     let listen = compile_listen(raw.listen.unwrap_or_default(), ctx);
+    let raw_tracing = raw.tracing.unwrap_or_default();
+    let tracing = TracingConfig {
+        enabled: raw_tracing.enabled.unwrap_or(false),
+        accept: choice(
+            ctx,
+            "tracing.accept_traceparent",
+            raw_tracing.accept_traceparent.as_deref(),
+            &[
+                ("any", TraceparentSource::Any),
+                ("trusted_proxies", TraceparentSource::TrustedProxies),
+            ],
+        ),
+    };
     let raw_admin = raw.admin.unwrap_or_default();
     let admin_settings = compile_admin_settings(&raw_admin, ctx);
     let admin = compile_admin(raw_admin, ctx);
@@ -227,6 +240,7 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
         listen: listen?,
         admin: admin?,
         admin_settings: admin_settings?,
+        tracing,
         workers: raw.workers,
         limits,
         logging,

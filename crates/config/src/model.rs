@@ -49,6 +49,8 @@ pub struct GatewayConfig {
     pub refusal_detail: RefusalDetail,
     /// The verified-token cache.
     pub token_cache: TokenCacheConfig,
+    /// W3C trace context.
+    pub tracing: TracingConfig,
     /// Issuers by name.
     pub issuers: BTreeMap<String, Arc<IssuerConfig>>,
     /// Upstreams by name.
@@ -61,6 +63,26 @@ pub struct GatewayConfig {
     /// certificate and key, static keys, CA bundles): watched like the
     /// configuration, so a rotated secret or a renewed certificate is picked up.
     pub files: Vec<PathBuf>,
+}
+
+/// W3C trace context (`traceparent`, `tracestate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TracingConfig {
+    /// Whether the gateway takes part in traces (`tracing.enabled`); off, the
+    /// client's trace headers pass through like any other header.
+    pub enabled: bool,
+    /// Whose `traceparent` continues a trace (`tracing.accept_traceparent`).
+    pub accept: TraceparentSource,
+}
+
+/// Whose `traceparent` the gateway continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TraceparentSource {
+    /// Any client's (default): a trace begun by a browser or a service goes on.
+    #[default]
+    Any,
+    /// Only a trusted proxy's (`network.trusted_proxies`); others start anew.
+    TrustedProxies,
 }
 
 /// The admin listener's access control and its explain ring.

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub paths: Option<RawPaths>,
     pub responses: Option<RawResponses>,
     pub token_cache: Option<RawTokenCache>,
+    pub tracing: Option<RawTracing>,
     #[serde(default)]
     pub issuers: BTreeMap<String, RawIssuer>,
     #[serde(default)]
@@ -142,6 +143,13 @@ impl<'de> Deserialize<'de> for RawTrustedProxy {
         }
         d.deserialize_any(Visit)
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub enabled: Option<bool>,
+    pub accept_traceparent: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

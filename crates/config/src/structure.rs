@@ -12,7 +12,7 @@ use crate::locate::Locator;
 use crate::raw::RawConfig;
 
 /// The top-level keys of gateway.yaml.
-const TOP_LEVEL: [&str; 12] = [
+const TOP_LEVEL: [&str; 13] = [
     "listen",
     "admin",
     "workers",
@@ -22,6 +22,7 @@ const TOP_LEVEL: [&str; 12] = [
     "paths",
     "responses",
     "token_cache",
+    "tracing",
     "issuers",
     "upstreams",
     "routes",
@@ -65,6 +66,7 @@ pub(crate) fn read(text: &str, locator: &Locator) -> Result<RawConfig, Vec<Probl
             "paths" => raw.paths = section.field(&key, value),
             "responses" => raw.responses = section.field(&key, value),
             "token_cache" => raw.token_cache = section.field(&key, value),
+            "tracing" => raw.tracing = section.field(&key, value),
             "issuers" => raw.issuers = section.entries(&key, value),
             "upstreams" => raw.upstreams = section.entries(&key, value),
             "routes" => raw.routes = section.items(&key, value),

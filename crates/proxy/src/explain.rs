@@ -53,8 +53,11 @@ pub struct Entry {
     /// The subject as the access log writes it (hashed by default), when the
     /// token was verified before the refusal.
     pub subject: Option<Box<str>>,
-    /// `deny` or `would_deny` (report-only) or `allow` (sampled).
+    /// `deny`, `would_deny` (report-only), `upstream_refused` (the upstream's
+    /// own 401/403) or `allow` (sampled).
     pub outcome: &'static str,
+    /// The W3C trace id, when the gateway takes part in traces.
+    pub trace_id: Option<Box<str>>,
     /// The steps' records (and notes when the trace was verbose).
     pub steps: DecisionTrace,
     /// The refusal, its detail cut to [`MAX_DETAIL_BYTES`].
@@ -105,6 +108,7 @@ impl Entry {
             "client_ip": self.client_ip.map(|ip| ip.to_string()),
             "subject": self.subject.as_deref(),
             "outcome": self.outcome,
+            "trace_id": self.trace_id.as_deref(),
             "reason": reason.map(Reason::as_str),
             "step": refusal.map(|(s, _)| s.name()),
             "fix": reason.map(Reason::fix),
@@ -125,10 +129,11 @@ impl Entry {
             rfc3339(self.at)
         );
         out.push_str(&format!(
-            "route {}; client {}; subject {}\n\n",
+            "route {}; client {}; subject {}; trace {}\n\n",
             self.route.as_deref().unwrap_or("-"),
             self.client_ip.map_or("-".to_owned(), |ip| ip.to_string()),
-            self.subject.as_deref().unwrap_or("-")
+            self.subject.as_deref().unwrap_or("-"),
+            self.trace_id.as_deref().unwrap_or("-")
         ));
         out.push_str(&steps_text(&self.explained()));
         if let Some(r) = &self.rejection {
@@ -381,6 +386,7 @@ mod tests {
             client_ip: None,
             subject: None,
             outcome: "deny",
+            trace_id: None,
             steps,
             rejection: Some(Rejection::new(Reason::TokenMissing, detail)),
         }

@@ -34,6 +34,8 @@ pub struct ForwardContext<'a> {
     pub upgrade: bool,
     /// The longest pause allowed in the request body.
     pub body_read_timeout: Duration,
+    /// The request's W3C trace, when the gateway takes part in traces.
+    pub trace: Option<&'a crate::tracecontext::TraceContext>,
 }
 
 /// What the forward step brings back.
@@ -79,6 +81,23 @@ pub async fn forward(
         original_host.as_ref(),
     );
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(trace) = ctx.trace {
+        // The upstream's parent is the gateway's span; a tracestate goes on
+        // only with the trace it belongs to.
+        parts
+            .headers
+            .insert(crate::tracecontext::TRACEPARENT, trace.traceparent());
+        match &trace.tracestate {
+            Some(state) => {
+                parts
+                    .headers
+                    .insert(crate::tracecontext::TRACESTATE, state.clone());
+            }
+            None => {
+                parts.headers.remove(crate::tracecontext::TRACESTATE);
+            }
+        }
+    }
     if let (Some(p), Some(claims)) = (route.protected(), ctx.claims) {
         for (claim, name) in &p.claim_headers {
             if let Some(v) = claim_header_value(claims, claim) {

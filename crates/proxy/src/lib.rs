@@ -26,6 +26,7 @@ pub mod server;
 pub mod status_page;
 pub mod tls;
 pub mod token_cache;
+pub mod tracecontext;
 pub mod upstream;
 
 pub use gateway::{ApplyReport, Gateway};

@@ -59,6 +59,8 @@ pub struct Trace {
     pub upstream_status: Option<u16>,
     /// The request body's record (bytes forwarded, a fault), when forwarded.
     pub request_body: Option<Arc<BodyFault>>,
+    /// The W3C trace the request belongs to (`tracing.enabled`).
+    pub trace_context: Option<crate::tracecontext::TraceContext>,
 }
 
 impl Trace {
@@ -77,6 +79,7 @@ impl Trace {
             steps: DecisionTrace::new(verbose),
             upstream_status: None,
             request_body: None,
+            trace_context: None,
         }
     }
 
@@ -167,6 +170,10 @@ pub fn explained_entry(
             (_, Some(_)) => "deny",
             (_, None) => "upstream_refused",
         },
+        trace_id: trace
+            .trace_context
+            .as_ref()
+            .map(|t| t.trace_id_hex().into()),
         steps: with_context_notes(trace, config),
         rejection: rejection.map(|r| Rejection {
             reason: r.reason,
@@ -303,6 +310,7 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
     let path = trace.path.as_ref().map_or("-", |p| p.path());
     let client_ip = describe_client(trace.client_ip);
     let upstream_status = trace.upstream_status.map_or(0, u16::from);
+    let trace_id = trace.trace_context.as_ref().map(|t| t.trace_id_hex());
     // Strings are written as string fields (quoted and escaped by the text
     // formatter, so a crafted path or `sub` cannot forge a field or a line);
     // numbers are rounded to the microsecond; an absent value is `-`.
@@ -328,6 +336,7 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
             bytes_in = ending.bytes_in,
             bytes_out = ending.bytes_out,
             stream = ending.outcome.as_str(),
+            trace_id = trace_id.as_deref().unwrap_or("-"),
         ),
         LogFormat::Json => tracing::info!(
             target: "portcullis::access",
@@ -350,6 +359,7 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
             bytes_in = ending.bytes_in,
             bytes_out = ending.bytes_out,
             stream = ending.outcome.as_str(),
+            trace_id = trace_id.as_deref(),
         ),
     }
 }

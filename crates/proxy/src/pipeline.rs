@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
-use portcullis_config::{AuthMode, RefusalDetail, RequestIdSource};
+use portcullis_config::{AuthMode, RefusalDetail, RequestIdSource, TraceparentSource};
 use portcullis_metrics::Metrics;
 use portcullis_policy::authority::{self, Framing};
 use portcullis_policy::path::PathRules;
@@ -56,6 +56,7 @@ use crate::reject;
 use crate::route_table::{Lookup, normalise_host};
 use crate::runtime::{CompiledRoute, Runtime};
 use crate::token_cache::TokenCache;
+use crate::tracecontext::TraceContext;
 
 /// The downstream connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -113,6 +114,15 @@ pub async fn handle(
     };
     // observe: what the access log and metrics need, read before the request moves.
     let mut trace = Trace::new(&req, false);
+    // W3C trace context: continued from an accepted traceparent, else new.
+    let tracing = runtime.config.tracing;
+    if tracing.enabled {
+        let accept = match tracing.accept {
+            TraceparentSource::Any => true,
+            TraceparentSource::TrustedProxies => network.trusted_proxies.contains(conn.peer.ip()),
+        };
+        trace.trace_context = Some(TraceContext::from_headers(req.headers(), accept));
+    }
     // limits (in-flight): shed load before doing any work.
     let admitted = gw.admit();
     let result = match &admitted {
@@ -213,6 +223,7 @@ async fn decide_and_forward(
         request_id,
         upgrade,
         body_read_timeout: runtime.config.limits.body_read_timeout,
+        trace: trace.trace_context.as_ref(),
     };
     match forward(req, ctx).await {
         Ok(forwarded) => {
