@@ -147,7 +147,22 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option<GatewayConfig> {
     let listen = compile_listen(raw.listen.unwrap_or_default(), ctx);
     let raw_tracing = raw.tracing.unwrap_or_default();
+    let sample_ratio = raw_tracing.sample_ratio.unwrap_or(DEFAULT_SAMPLE_RATIO);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        ctx.err(
+            "tracing.sample_ratio",
+            format!(
+                "{sample_ratio} is not between 0 and 1 (0.01 samples one new trace in a hundred)"
+            ),
+        );
+    }
+    let otlp = raw_tracing.otlp.and_then(|o| compile_otlp(o, ctx));
     let tracing = TracingConfig {
+        sample_ratio,
+        service_name: raw_tracing
+            .service_name
+            .unwrap_or_else(|| "portcullis".to_owned()),
+        otlp,
         enabled: raw_tracing.enabled.unwrap_or(false),
         accept: choice(
             ctx,
@@ -295,6 +310,47 @@ fn compile_admin(ra: RawAdmin, ctx: &mut Ctx<'_>) -> Option<Option<SocketAddr>> 
     }
     let addr = ra.address.as_deref().unwrap_or(DEFAULT_ADMIN);
     parse_addr(ctx, "admin.address", addr).map(Some)
+}
+
+fn compile_otlp(o: RawOtlp, ctx: &mut Ctx<'_>) -> Option<OtlpConfig> {
+    let Some(endpoint) = o.endpoint else {
+        ctx.err(
+            "tracing.otlp.endpoint",
+            "set the collector's traces URL, e.g. http://otel-collector:4318/v1/traces",
+        );
+        return None;
+    };
+    let endpoint = ctx.expand("tracing.otlp.endpoint", &endpoint)?;
+    let Ok(uri) = endpoint.parse::<http::Uri>() else {
+        ctx.err(
+            "tracing.otlp.endpoint",
+            format!("{endpoint:?} is not a URL"),
+        );
+        return None;
+    };
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        ctx.err(
+            "tracing.otlp.endpoint",
+            format!("{endpoint:?}: spans are exported over plain http:// to a collector on a trusted network (e.g. a sidecar or node agent)"),
+        );
+        return None;
+    }
+    let queue = o.queue.unwrap_or(DEFAULT_OTLP_QUEUE);
+    let batch = o.batch.unwrap_or(DEFAULT_OTLP_BATCH);
+    if queue == 0 || batch == 0 || batch > queue {
+        ctx.err(
+            "tracing.otlp",
+            format!("queue ({queue}) and batch ({batch}) must be above 0, batch at most queue"),
+        );
+        return None;
+    }
+    Some(OtlpConfig {
+        endpoint,
+        timeout: o.timeout.map_or(Duration::from_secs(5), |d| d.0),
+        queue,
+        batch,
+        interval: o.interval.map_or(Duration::from_secs(1), |d| d.0),
+    })
 }
 
 /// The shortest admin token accepted: a guessable one protects nothing.

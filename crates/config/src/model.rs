@@ -65,15 +65,44 @@ pub struct GatewayConfig {
     pub files: Vec<PathBuf>,
 }
 
-/// W3C trace context (`traceparent`, `tracestate`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// W3C trace context (`traceparent`, `tracestate`) and span export.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TracingConfig {
     /// Whether the gateway takes part in traces (`tracing.enabled`); off, the
     /// client's trace headers pass through like any other header.
     pub enabled: bool,
     /// Whose `traceparent` continues a trace (`tracing.accept_traceparent`).
     pub accept: TraceparentSource,
+    /// The share of new traces sampled (`tracing.sample_ratio`, 0 to 1); a
+    /// continued trace keeps its parent's decision.
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Where sampled spans are exported, when set.
+    pub otlp: Option<OtlpConfig>,
 }
+
+/// OTLP/HTTP (protobuf) span export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// The collector's traces URL (`http://host:4318/v1/traces`).
+    pub endpoint: String,
+    /// The longest one export may take.
+    pub timeout: Duration,
+    /// Spans that may wait for export; more are dropped and counted.
+    pub queue: usize,
+    /// Spans sent in one export.
+    pub batch: usize,
+    /// The longest a span waits before its batch is sent.
+    pub interval: Duration,
+}
+
+/// Spans waiting for export by default.
+pub const DEFAULT_OTLP_QUEUE: usize = 2048;
+/// Spans per export by default.
+pub const DEFAULT_OTLP_BATCH: usize = 512;
+/// The default share of new traces sampled.
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
 
 /// Whose `traceparent` the gateway continues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -150,6 +150,19 @@ impl<'de> Deserialize<'de> for RawTrustedProxy {
 pub struct RawTracing {
     pub enabled: Option<bool>,
     pub accept_traceparent: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    pub otlp: Option<RawOtlp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    pub endpoint: Option<String>,
+    pub timeout: Option<HumanDuration>,
+    pub queue: Option<usize>,
+    pub batch: Option<usize>,
+    pub interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -88,6 +88,8 @@ pub struct Families {
     pub response_body_bytes: IntCounterVec,
     /// `portcullis_upstream_refusals_total{route,status}`.
     pub upstream_refusals: IntCounterVec,
+    /// `portcullis_trace_spans_total{outcome}`.
+    pub trace_spans: IntCounterVec,
     /// The name of every registered family.
     pub names: Vec<String>,
 }
@@ -330,6 +332,12 @@ impl Families {
                 "portcullis_upstream_refusals_total",
                 "Responses in which the upstream itself refused the request (401, 403): its decision, not the gateway's.",
                 &["route", "status"],
+            )?,
+            trace_spans: counter(
+                &r,
+                "portcullis_trace_spans_total",
+                "Spans of sampled requests by outcome: exported to the collector, dropped (the export queue was full), failed (the collector was down, slow or refused them).",
+                &["outcome"],
             )?,
             build_info: int_gauge_vec(
                 &r,

@@ -14,6 +14,8 @@ const METHODS: [&str; 8] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other",
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The outcomes of `portcullis_trace_spans_total`, exported from the start at 0.
+const TRACE_SPAN_OUTCOMES: [&str; 3] = ["exported", "dropped", "failed"];
 /// Room for the reason catalogue plus `none`.
 const REASON_SLOTS: usize = 64;
 
@@ -154,10 +156,23 @@ impl Metrics {
             .set(1);
         let token_cache =
             ["hit", "miss", "eviction"].map(|r| families.token_cache.with_label_values(&[r]));
+        for outcome in TRACE_SPAN_OUTCOMES {
+            families.trace_spans.with_label_values(&[outcome]);
+        }
         Ok(Arc::new(Metrics {
             families,
             token_cache,
         }))
+    }
+
+    /// Spans of sampled requests: `exported`, `dropped` or `failed`.
+    pub fn trace_spans(&self, outcome: &'static str, n: u64) {
+        if TRACE_SPAN_OUTCOMES.contains(&outcome) {
+            self.families
+                .trace_spans
+                .with_label_values(&[outcome])
+                .inc_by(n);
+        }
     }
 
     /// The families, for exporters and scrape-time gauges.

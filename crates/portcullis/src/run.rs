@@ -193,16 +193,22 @@ pub async fn run(
         );
         tokio::time::sleep(shutdown_delay).await;
     };
+    let flushing = Arc::clone(&gateway);
     let served = if workers == 1 {
         serve_here(gateway, listeners, tls, shutdown).await
     } else {
         serve_on_workers(gateway, listeners, tls, shutdown).await
     };
+    // The spans still queued go out (off this thread: their export runs on it).
+    let _ = tokio::task::spawn_blocking(move || flushing.flush_spans(SPAN_FLUSH)).await;
     let _ = admin_stop_tx.send(());
     served?;
     tracing::info!("gateway stopped");
     Ok(())
 }
+
+/// The longest the exit waits for queued spans to be exported.
+const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One worker: traffic on this thread's runtime.
 async fn serve_here(

@@ -13,6 +13,7 @@ use portcullis_metrics::{AdminAccess, AdminHooks, Explanation, Metrics, Readines
 use portcullis_policy::{Reason, Rejection};
 
 use crate::explain::ExplainRing;
+use crate::otel::SpanSink;
 use crate::recent::RecentRefusals;
 use crate::runtime::Runtime;
 use crate::tls::CertStore;
@@ -86,6 +87,8 @@ pub struct Gateway {
     /// The decision traces of the last refused requests; replaced (emptied)
     /// when a reload changes its capacity.
     explain: ArcSwap<ExplainRing>,
+    /// Where sampled requests' spans go (`tracing.otlp`), fixed at start.
+    spans: Option<SpanSink>,
 }
 
 /// Holds an in-flight slot; released on drop.
@@ -109,6 +112,7 @@ impl Gateway {
         });
         let tc = config.token_cache;
         let explain = ExplainRing::new(config.admin_settings.explain_capacity);
+        let spans = SpanSink::new(&config.tracing, &metrics)?;
         let tls = config
             .listen
             .tls
@@ -130,7 +134,20 @@ impl Gateway {
             recent: RecentRefusals::default(),
             tls,
             explain: ArcSwap::from_pointee(explain),
+            spans,
         }))
+    }
+
+    /// The span sink, when spans are exported.
+    pub fn spans(&self) -> Option<&SpanSink> {
+        self.spans.as_ref()
+    }
+
+    /// Exports the spans still queued, waiting at most `timeout` (at shutdown).
+    pub fn flush_spans(&self, timeout: Duration) {
+        if let Some(spans) = &self.spans {
+            spans.shutdown(timeout);
+        }
     }
 
     /// The explain ring.
@@ -233,6 +250,16 @@ impl Gateway {
         }
         if config.admin != old.config.admin {
             not_applied.push("admin.address: restart to change".to_owned());
+        }
+        if config.tracing.otlp != old.config.tracing.otlp
+            || config.tracing.service_name != old.config.tracing.service_name
+            || (config.tracing.enabled
+                && !old.config.tracing.enabled
+                && config.tracing.otlp.is_some())
+        {
+            not_applied.push(
+                "tracing.otlp, tracing.service_name: restart to change the span export".to_owned(),
+            );
         }
         if config.workers != old.config.workers {
             not_applied.push("workers: restart to change".to_owned());

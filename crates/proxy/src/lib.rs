@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod headers;
 pub mod hygiene;
 pub mod observe;
+pub mod otel;
 pub mod pipeline;
 pub mod pool;
 pub mod recent;

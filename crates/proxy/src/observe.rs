@@ -61,6 +61,8 @@ pub struct Trace {
     pub request_body: Option<Arc<BodyFault>>,
     /// The W3C trace the request belongs to (`tracing.enabled`).
     pub trace_context: Option<crate::tracecontext::TraceContext>,
+    /// When its parts ran, for the spans of a sampled request.
+    pub timings: Option<crate::otel::Timings>,
 }
 
 impl Trace {
@@ -80,6 +82,7 @@ impl Trace {
             upstream_status: None,
             request_body: None,
             trace_context: None,
+            timings: None,
         }
     }
 
@@ -135,7 +138,11 @@ pub fn record(account: &Account, ending: &Ending) {
     if let (Decision::NotEvaluated, Some(r)) = (trace.decision, &trace.rejection) {
         account.gw.record_refusal(r.reason);
     }
-    if trace.rejection.is_some() || trace.upstream_refused().is_some() {
+    let sampled = trace.trace_context.as_ref().is_some_and(|t| t.sampled());
+    if sampled && let Some(spans) = account.gw.spans() {
+        spans.record(account, ending);
+    }
+    if trace.rejection.is_some() || trace.upstream_refused().is_some() || sampled {
         account.gw.keep_explained(explained_entry(
             config,
             trace,
@@ -168,7 +175,8 @@ pub fn explained_entry(
         outcome: match (trace.decision, rejection) {
             (Decision::WouldDeny(_), _) => "would_deny",
             (_, Some(_)) => "deny",
-            (_, None) => "upstream_refused",
+            (_, None) if trace.upstream_refused().is_some() => "upstream_refused",
+            (_, None) => "allow",
         },
         trace_id: trace
             .trace_context

@@ -112,16 +112,22 @@ pub async fn handle(
     } else {
         mint_request_id()
     };
-    // observe: what the access log and metrics need, read before the request moves.
-    let mut trace = Trace::new(&req, false);
     // W3C trace context: continued from an accepted traceparent, else new.
-    let tracing = runtime.config.tracing;
-    if tracing.enabled {
+    let tracing = &runtime.config.tracing;
+    let trace_context = tracing.enabled.then(|| {
         let accept = match tracing.accept {
             TraceparentSource::Any => true,
             TraceparentSource::TrustedProxies => network.trusted_proxies.contains(conn.peer.ip()),
         };
-        trace.trace_context = Some(TraceContext::from_headers(req.headers(), accept));
+        TraceContext::from_headers(req.headers(), accept, tracing.sample_ratio)
+    });
+    // observe: what the access log and metrics need, read before the request
+    // moves; a sampled request keeps every step's evidence and its timings.
+    let sampled = trace_context.as_ref().is_some_and(TraceContext::sampled);
+    let mut trace = Trace::new(&req, sampled);
+    trace.trace_context = trace_context;
+    if sampled {
+        trace.timings = Some(crate::otel::Timings::default());
     }
     // limits (in-flight): shed load before doing any work.
     let admitted = gw.admit();
@@ -225,7 +231,12 @@ async fn decide_and_forward(
         body_read_timeout: runtime.config.limits.body_read_timeout,
         trace: trace.trace_context.as_ref(),
     };
-    match forward(req, ctx).await {
+    let began = trace.timings.is_some().then(Instant::now);
+    let forwarded = forward(req, ctx).await;
+    if let (Some(t), Some(began)) = (trace.timings.as_mut(), began) {
+        t.upstream = Some((began, Instant::now()));
+    }
+    match forwarded {
         Ok(forwarded) => {
             let (response, latency) = (forwarded.response, forwarded.latency);
             let status = response.status().as_u16();
@@ -509,9 +520,13 @@ pub async fn decide<B>(
             None
         }
         Some(protected) => {
+            let began = trace.timings.is_some().then(Instant::now);
             let verdict =
                 authenticate_and_authorize(ctx, &route, req.headers(), req.uri().query(), trace)
                     .await;
+            if let (Some(t), Some(began)) = (trace.timings.as_mut(), began) {
+                t.auth = Some((began, Instant::now()));
+            }
             match (verdict, protected.mode) {
                 (Ok(claims), _) => {
                     trace.decision = Decision::Allowed;

@@ -22,8 +22,10 @@ pub struct TraceContext {
     pub trace_id: [u8; 16],
     /// The client's span that called the gateway, when the trace was continued.
     pub parent_id: Option<[u8; 8]>,
-    /// The gateway's span for this request: the upstream's parent.
+    /// The gateway's span for this request.
     pub span_id: [u8; 8],
+    /// The gateway's client span of the upstream exchange: the upstream's parent.
+    pub upstream_span_id: [u8; 8],
     /// The trace flags (bit 0: sampled), continued from the parent.
     pub flags: u8,
     /// The client's `tracestate`, passed on with a continued trace.
@@ -34,8 +36,9 @@ pub struct TraceContext {
 
 impl TraceContext {
     /// The trace of a request with `headers`; `accept` says whether the sender
-    /// may continue a trace.
-    pub fn from_headers(headers: &HeaderMap, accept: bool) -> TraceContext {
+    /// may continue a trace. A continued trace keeps its parent's sampling
+    /// decision; a new one is sampled with probability `sample_ratio`.
+    pub fn from_headers(headers: &HeaderMap, accept: bool, sample_ratio: f64) -> TraceContext {
         let mut values = headers.get_all(TRACEPARENT).iter();
         let (first, second) = (values.next(), values.next());
         let parsed = match (first, second) {
@@ -51,6 +54,7 @@ impl TraceContext {
                     trace_id,
                     parent_id: Some(parent_id),
                     span_id: new_span_id(),
+                    upstream_span_id: new_span_id(),
                     flags,
                     tracestate,
                     ignored: None,
@@ -60,20 +64,22 @@ impl TraceContext {
                 trace_id: new_trace_id(),
                 parent_id: None,
                 span_id: new_span_id(),
-                flags: 0,
+                upstream_span_id: new_span_id(),
+                flags: u8::from(sample_ratio > 0.0 && rand::random::<f64>() < sample_ratio),
                 tracestate: None,
                 ignored,
             },
         }
     }
 
-    /// `traceparent` for the upstream: this trace, the gateway's span as parent.
+    /// `traceparent` for the upstream: this trace, the gateway's upstream
+    /// (client) span as parent.
     pub fn traceparent(&self) -> HeaderValue {
         let mut buf = [0u8; 55];
         buf[..3].copy_from_slice(b"00-");
         crate::headers::hex_into(&self.trace_id, &mut buf[3..35]);
         buf[35] = b'-';
-        crate::headers::hex_into(&self.span_id, &mut buf[36..52]);
+        crate::headers::hex_into(&self.upstream_span_id, &mut buf[36..52]);
         buf[52] = b'-';
         crate::headers::hex_into(&[self.flags], &mut buf[53..55]);
         // Hex digits and dashes only: always a valid header value.
@@ -198,6 +204,7 @@ mod tests {
         let t = TraceContext::from_headers(
             &headers(&[(TRACEPARENT, GOOD), (TRACESTATE, "congo=t61rcWkgMzE")]),
             true,
+            0.0,
         );
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
@@ -252,6 +259,7 @@ mod tests {
             let t = TraceContext::from_headers(
                 &headers(&[(TRACEPARENT, bad), (TRACESTATE, "a=b")]),
                 true,
+                0.0,
             );
             assert_eq!(t.parent_id, None, "{bad}");
             assert_ne!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -262,23 +270,43 @@ mod tests {
             assert!(t.ignored.unwrap().contains(why), "{bad}: {:?}", t.ignored);
             assert!(!t.sampled());
         }
-        let twice =
-            TraceContext::from_headers(&headers(&[(TRACEPARENT, GOOD), (TRACEPARENT, GOOD)]), true);
+        let twice = TraceContext::from_headers(
+            &headers(&[(TRACEPARENT, GOOD), (TRACEPARENT, GOOD)]),
+            true,
+            0.0,
+        );
         assert_eq!(twice.parent_id, None);
-        let untrusted = TraceContext::from_headers(&headers(&[(TRACEPARENT, GOOD)]), false);
+        let untrusted = TraceContext::from_headers(&headers(&[(TRACEPARENT, GOOD)]), false, 0.0);
         assert_eq!(untrusted.parent_id, None);
         assert_eq!(untrusted.ignored, Some("not from a trusted proxy"));
         // A later version with more fields is read as version 00.
         let future = format!("01-{}-extra", &GOOD[3..]);
-        let t = TraceContext::from_headers(&headers(&[(TRACEPARENT, &future)]), true);
+        let t = TraceContext::from_headers(&headers(&[(TRACEPARENT, &future)]), true, 0.0);
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn new_traces_are_sampled_by_the_ratio_and_continued_ones_by_their_parent() {
+        let all = TraceContext::from_headers(&HeaderMap::new(), true, 1.0);
+        assert!(all.sampled());
+        let none = TraceContext::from_headers(&HeaderMap::new(), true, 0.0);
+        assert!(!none.sampled());
+        let unsampled_parent = GOOD.replace("-01", "-00");
+        let t =
+            TraceContext::from_headers(&headers(&[(TRACEPARENT, &unsampled_parent)]), true, 1.0);
+        assert!(!t.sampled(), "the parent decided");
+        let t = TraceContext::from_headers(&headers(&[(TRACEPARENT, GOOD)]), true, 0.0);
+        assert!(t.sampled(), "the parent decided");
     }
 
     #[test]
     fn an_oversized_tracestate_is_dropped_and_split_ones_are_joined() {
         let long = format!("a={}", "x".repeat(600));
-        let t =
-            TraceContext::from_headers(&headers(&[(TRACEPARENT, GOOD), (TRACESTATE, &long)]), true);
+        let t = TraceContext::from_headers(
+            &headers(&[(TRACEPARENT, GOOD), (TRACESTATE, &long)]),
+            true,
+            0.0,
+        );
         assert!(t.tracestate.is_none());
         let t = TraceContext::from_headers(
             &headers(&[
@@ -287,9 +315,10 @@ mod tests {
                 (TRACESTATE, "b=2"),
             ]),
             true,
+            0.0,
         );
         assert_eq!(t.tracestate.unwrap(), "a=1,b=2");
-        let fresh = TraceContext::from_headers(&HeaderMap::new(), true);
+        let fresh = TraceContext::from_headers(&HeaderMap::new(), true, 0.0);
         assert_eq!(fresh.ignored, None);
         assert_eq!(fresh.trace_id_hex().len(), 32);
     }
