@@ -188,9 +188,11 @@ routes:
                 Reason::TokenMissing,
                 "no Authorization header; send `Authorization: Bearer <token>`",
             );
+            let steps = std::mem::take(&mut trace.steps);
             ring.record(explained_entry(
                 &runtime.config,
                 &trace,
+                steps,
                 Some(&rejection),
                 &id,
                 401,

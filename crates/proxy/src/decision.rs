@@ -4,13 +4,12 @@
 //! structure, so a step added to the pipeline is explained everywhere by recording
 //! itself here; nothing else lists the steps.
 //!
-//! Cost: a record is three bytes kept inline (no allocation for the usual dozen);
+//! Cost: a record is three bytes in a fixed inline array (no allocation);
 //! evidence text is only built when the trace is verbose (`diagnose`, a sampled
 //! request), and a failing step's evidence is the rejection's own detail, which
 //! exists anyway.
 
 use portcullis_policy::{Reason, Rejection};
-use smallvec::SmallVec;
 
 /// A step of the pipeline, as it is named in `diagnose`, explain and traces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,20 +161,38 @@ pub struct Record {
     pub outcome: Outcome,
 }
 
-/// The records of one request, in the order the steps ran.
-#[derive(Debug, Clone, Default)]
+/// The most records one request makes: every step once, a few twice (the
+/// head and body checks of `request`, a key refetch); more are not kept.
+pub const MAX_RECORDS: usize = 32;
+
+/// The records of one request, in the order the steps ran: a fixed inline
+/// array (96 bytes), so recording is a bounds check and a store.
+#[derive(Debug, Clone)]
 pub struct DecisionTrace {
     verbose: bool,
-    records: SmallVec<[Record; 12]>,
+    len: u8,
+    records: [Record; MAX_RECORDS],
     notes: Vec<(Step, String)>,
 }
+
+impl Default for DecisionTrace {
+    fn default() -> Self {
+        DecisionTrace::new(false)
+    }
+}
+
+const EMPTY: Record = Record {
+    step: Step::Request,
+    outcome: Outcome::Skip,
+};
 
 impl DecisionTrace {
     /// An empty trace; `verbose` ones also keep each step's evidence text.
     pub fn new(verbose: bool) -> Self {
         DecisionTrace {
             verbose,
-            records: SmallVec::new(),
+            len: 0,
+            records: [EMPTY; MAX_RECORDS],
             notes: Vec::new(),
         }
     }
@@ -188,7 +205,10 @@ impl DecisionTrace {
 
     #[inline(always)]
     fn push(&mut self, step: Step, outcome: Outcome) {
-        self.records.push(Record { step, outcome });
+        if let Some(slot) = self.records.get_mut(usize::from(self.len)) {
+            *slot = Record { step, outcome };
+            self.len += 1;
+        }
     }
 
     /// Records a passing step.
@@ -269,7 +289,7 @@ impl DecisionTrace {
 
     /// The failing step and its reason, if any.
     pub fn failure(&self) -> Option<(Step, Reason)> {
-        self.records.iter().rev().find_map(|r| match r.outcome {
+        self.records().iter().rev().find_map(|r| match r.outcome {
             Outcome::Fail(reason) => Some((r.step, reason)),
             _ => None,
         })
@@ -278,8 +298,8 @@ impl DecisionTrace {
     /// Turns the failure into a warning: a report-only route lets the request
     /// through and says what enforcement would have refused.
     pub fn demote_failure(&mut self) {
-        if let Some(r) = self
-            .records
+        let len = usize::from(self.len);
+        if let Some(r) = self.records[..len]
             .iter_mut()
             .rev()
             .find(|r| matches!(r.outcome, Outcome::Fail(_)))
@@ -305,7 +325,7 @@ impl DecisionTrace {
 
     /// The records, in the order the steps ran.
     pub fn records(&self) -> &[Record] {
-        &self.records
+        &self.records[..usize::from(self.len)]
     }
 
     /// The evidence notes, in the order they were made.
@@ -323,7 +343,7 @@ impl DecisionTrace {
             .iter()
             .map(|&step| {
                 let outcome = self
-                    .records
+                    .records()
                     .iter()
                     .rev()
                     .find(|r| r.step == step)

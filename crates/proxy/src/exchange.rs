@@ -96,7 +96,7 @@ impl ExchangeBody {
         {
             route.upstream.metrics().error(UpstreamErrorKind::MidStream);
         }
-        crate::observe::record(&account, &ending);
+        crate::observe::record(account, &ending);
     }
 
     /// Why a body dropped before its end stopped.

@@ -86,16 +86,17 @@ pub async fn forward(
         // only with the trace it belongs to.
         parts
             .headers
-            .insert(crate::tracecontext::TRACEPARENT, trace.traceparent());
+            .insert(&crate::tracecontext::TRACEPARENT, trace.traceparent());
         match &trace.tracestate {
             Some(state) => {
                 parts
                     .headers
-                    .insert(crate::tracecontext::TRACESTATE, state.clone());
+                    .insert(&crate::tracecontext::TRACESTATE, state.clone());
             }
-            None => {
-                parts.headers.remove(crate::tracecontext::TRACESTATE);
+            None if trace.client_tracestate => {
+                parts.headers.remove(&crate::tracecontext::TRACESTATE);
             }
+            None => {}
         }
     }
     if let (Some(p), Some(claims)) = (route.protected(), ctx.claims) {

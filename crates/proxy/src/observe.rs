@@ -62,7 +62,7 @@ pub struct Trace {
     /// The W3C trace the request belongs to (`tracing.enabled`).
     pub trace_context: Option<crate::tracecontext::TraceContext>,
     /// When its parts ran, for the spans of a sampled request.
-    pub timings: Option<crate::otel::Timings>,
+    pub timings: Option<Box<crate::otel::Timings>>,
 }
 
 impl Trace {
@@ -105,7 +105,7 @@ fn reason_slot(r: Reason) -> usize {
 /// Closes an exchange's account: the request and exchange metrics, the
 /// access-log line and, for a refusal (the gateway's, a report-only route's
 /// would-be one, or the upstream's own 401/403), the explain ring.
-pub fn record(account: &Account, ending: &Ending) {
+pub fn record(mut account: Box<Account>, ending: &Ending) {
     let (trace, runtime, status) = (&account.trace, &account.runtime, account.status);
     let route_metrics = trace
         .route
@@ -133,19 +133,23 @@ pub fn record(account: &Account, ending: &Ending) {
     }
     let config = &runtime.config;
     if config.logging.access_log {
-        access_log(config, account, ending);
+        access_log(config, &account, ending);
     }
     if let (Decision::NotEvaluated, Some(r)) = (trace.decision, &trace.rejection) {
         account.gw.record_refusal(r.reason);
     }
     let sampled = trace.trace_context.as_ref().is_some_and(|t| t.sampled());
     if sampled && let Some(spans) = account.gw.spans() {
-        spans.record(account, ending);
+        spans.record(&account, ending);
     }
     if trace.rejection.is_some() || trace.upstream_refused().is_some() || sampled {
+        // The trace is done with: its records and notes move into the entry.
+        let steps = std::mem::take(&mut account.trace.steps);
+        let trace = &account.trace;
         account.gw.keep_explained(explained_entry(
-            config,
+            &runtime.config,
             trace,
+            steps,
             trace.rejection.as_ref(),
             &account.request_id,
             status,
@@ -158,6 +162,7 @@ pub fn record(account: &Account, ending: &Ending) {
 pub fn explained_entry(
     config: &GatewayConfig,
     trace: &Trace,
+    steps: DecisionTrace,
     rejection: Option<&Rejection>,
     request_id: &HeaderValue,
     status: u16,
@@ -182,7 +187,7 @@ pub fn explained_entry(
             .trace_context
             .as_ref()
             .map(|t| t.trace_id_hex().into()),
-        steps: with_context_notes(trace, config),
+        steps: with_context_notes(trace, steps, config),
         rejection: rejection.map(|r| Rejection {
             reason: r.reason,
             detail: crate::explain::cut(&r.detail, crate::explain::MAX_DETAIL_BYTES),
@@ -194,8 +199,11 @@ pub fn explained_entry(
 /// The trace with evidence for its passed steps, made now from what the trace
 /// holds (route, client, verified claims), for traces that were not verbose:
 /// a refusal is explained beyond its failing step at no cost to allowed requests.
-fn with_context_notes(trace: &Trace, config: &GatewayConfig) -> DecisionTrace {
-    let mut steps = trace.steps.clone();
+fn with_context_notes(
+    trace: &Trace,
+    mut steps: DecisionTrace,
+    config: &GatewayConfig,
+) -> DecisionTrace {
     if steps.is_verbose() {
         return steps;
     }

@@ -252,7 +252,7 @@ impl SpanSink {
             status,
             instrumentation_scope: self.scope.clone(),
         };
-        let timings = trace.timings.unwrap_or_default();
+        let timings = trace.timings.as_deref().copied().unwrap_or_default();
         if let Some(window) = timings.auth {
             let mut attrs = Vec::new();
             if let Some(claims) = &trace.claims {

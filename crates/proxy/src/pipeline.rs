@@ -48,8 +48,8 @@ use crate::exchange::{Account, ExchangeBody};
 use crate::forward::{ForwardContext, forward};
 use crate::gateway::Gateway;
 use crate::headers::{
-    X_REQUEST_ID, accept_or_mint_request_id, is_upgrade_request, mint_request_id, strip_spoofed,
-    upgrade_protocols,
+    X_FORWARDED_FOR, X_REQUEST_ID, accept_or_mint_request_id, is_upgrade_request, mint_request_id,
+    strip_spoofed, upgrade_protocols,
 };
 use crate::observe::{Decision, Trace};
 use crate::reject;
@@ -123,11 +123,11 @@ pub async fn handle(
     });
     // observe: what the access log and metrics need, read before the request
     // moves; a sampled request keeps every step's evidence and its timings.
-    let sampled = trace_context.as_ref().is_some_and(TraceContext::sampled);
+    let sampled = trace_context.as_ref().is_some_and(|t| t.sampled());
     let mut trace = Trace::new(&req, sampled);
     trace.trace_context = trace_context;
     if sampled {
-        trace.timings = Some(crate::otel::Timings::default());
+        trace.timings = Some(Box::default());
     }
     // limits (in-flight): shed load before doing any work.
     let admitted = gw.admit();
@@ -357,7 +357,7 @@ pub async fn decide<B>(
     let client = resolve_client_ip(
         peer,
         req.headers()
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .map(HeaderValue::as_bytes),
         req.headers()
@@ -373,7 +373,7 @@ pub async fn decide<B>(
     let forwarded_for = steps.is_verbose().then(|| {
         let list: Vec<&str> = req
             .headers()
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();

@@ -5,12 +5,12 @@
 //! `traceparent` is never an error: it is ignored and a new trace begins (spec
 //! §3.2.2.2: a vendor must not fail the request).
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// The `traceparent` header.
-pub const TRACEPARENT: &str = "traceparent";
+/// The `traceparent` header (a static name: looking a `&str` up parses it).
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The `tracestate` header.
-pub const TRACESTATE: &str = "tracestate";
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The longest `tracestate` passed on (the spec asks vendors to carry at least
 /// 512 characters); a longer one is dropped rather than cut mid-entry.
 pub const MAX_TRACESTATE_BYTES: usize = 512;
@@ -32,6 +32,8 @@ pub struct TraceContext {
     pub tracestate: Option<HeaderValue>,
     /// Why a `traceparent` that was sent was not continued, if it was not.
     pub ignored: Option<&'static str>,
+    /// Whether the client sent a `tracestate` (removed when not passed on).
+    pub client_tracestate: bool,
 }
 
 impl TraceContext {
@@ -39,7 +41,7 @@ impl TraceContext {
     /// may continue a trace. A continued trace keeps its parent's sampling
     /// decision; a new one is sampled with probability `sample_ratio`.
     pub fn from_headers(headers: &HeaderMap, accept: bool, sample_ratio: f64) -> TraceContext {
-        let mut values = headers.get_all(TRACEPARENT).iter();
+        let mut values = headers.get_all(&TRACEPARENT).iter();
         let (first, second) = (values.next(), values.next());
         let parsed = match (first, second) {
             (None, _) => Err(None),
@@ -47,28 +49,35 @@ impl TraceContext {
             (Some(_), Some(_)) => Err(Some("more than one traceparent header")),
             (Some(v), None) => parse_traceparent(v.as_bytes()).map_err(Some),
         };
+        let client_tracestate = headers.contains_key(&TRACESTATE);
         match parsed {
             Ok((trace_id, parent_id, flags)) => {
                 let tracestate = tracestate(headers);
+                let (span_id, upstream_span_id) = new_span_ids();
                 TraceContext {
                     trace_id,
                     parent_id: Some(parent_id),
-                    span_id: new_span_id(),
-                    upstream_span_id: new_span_id(),
+                    span_id,
+                    upstream_span_id,
                     flags,
                     tracestate,
                     ignored: None,
+                    client_tracestate,
                 }
             }
-            Err(ignored) => TraceContext {
-                trace_id: new_trace_id(),
-                parent_id: None,
-                span_id: new_span_id(),
-                upstream_span_id: new_span_id(),
-                flags: u8::from(sample_ratio > 0.0 && rand::random::<f64>() < sample_ratio),
-                tracestate: None,
-                ignored,
-            },
+            Err(ignored) => {
+                let (span_id, upstream_span_id) = new_span_ids();
+                TraceContext {
+                    trace_id: new_trace_id(),
+                    parent_id: None,
+                    span_id,
+                    upstream_span_id,
+                    flags: u8::from(sample_ratio > 0.0 && draw_f64() < sample_ratio),
+                    tracestate: None,
+                    ignored,
+                    client_tracestate,
+                }
+            }
         }
     }
 
@@ -145,7 +154,7 @@ fn hex_byte(two: &[u8]) -> Option<u8> {
 /// The client's `tracestate`, when one short enough was sent (several header
 /// lines are one list, RFC 9110 §5.3; joined they must fit the bound).
 fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
-    let mut values = headers.get_all(TRACESTATE).iter();
+    let mut values = headers.get_all(&TRACESTATE).iter();
     let first = values.next()?;
     match values.next() {
         None if first.len() <= MAX_TRACESTATE_BYTES => Some(first.clone()),
@@ -164,20 +173,38 @@ fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
+thread_local! {
+    /// Ids need to be unique and unguessable enough, not secret: a fast
+    /// generator per thread, seeded from the OS-seeded one (as the
+    /// OpenTelemetry SDK's own id generator does).
+    static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::from_rng(&mut rand::rng()));
+}
+
+fn draw_u128() -> u128 {
+    IDS.with(|r| rand::Rng::random(&mut *r.borrow_mut()))
+}
+
+fn draw_f64() -> f64 {
+    IDS.with(|r| rand::Rng::random(&mut *r.borrow_mut()))
+}
+
 fn new_trace_id() -> [u8; 16] {
     loop {
-        let id: [u8; 16] = rand::random();
-        if id != [0; 16] {
-            return id;
+        let id = draw_u128();
+        if id != 0 {
+            return id.to_be_bytes();
         }
     }
 }
 
-fn new_span_id() -> [u8; 8] {
+/// Two non-zero span ids from one draw of the thread's generator.
+fn new_span_ids() -> ([u8; 8], [u8; 8]) {
     loop {
-        let id: [u8; 8] = rand::random();
-        if id != [0; 8] {
-            return id;
+        let draw = draw_u128();
+        let (a, b) = ((draw >> 64) as u64, draw as u64);
+        if a != 0 && b != 0 {
+            return (a.to_be_bytes(), b.to_be_bytes());
         }
     }
 }
@@ -202,7 +229,10 @@ mod tests {
     #[test]
     fn a_valid_traceparent_is_continued_with_the_gateway_as_the_new_parent() {
         let t = TraceContext::from_headers(
-            &headers(&[(TRACEPARENT, GOOD), (TRACESTATE, "congo=t61rcWkgMzE")]),
+            &headers(&[
+                (TRACEPARENT.as_str(), GOOD),
+                (TRACESTATE.as_str(), "congo=t61rcWkgMzE"),
+            ]),
             true,
             0.0,
         );
@@ -257,7 +287,7 @@ mod tests {
             ),
         ] {
             let t = TraceContext::from_headers(
-                &headers(&[(TRACEPARENT, bad), (TRACESTATE, "a=b")]),
+                &headers(&[(TRACEPARENT.as_str(), bad), (TRACESTATE.as_str(), "a=b")]),
                 true,
                 0.0,
             );
@@ -271,17 +301,18 @@ mod tests {
             assert!(!t.sampled());
         }
         let twice = TraceContext::from_headers(
-            &headers(&[(TRACEPARENT, GOOD), (TRACEPARENT, GOOD)]),
+            &headers(&[(TRACEPARENT.as_str(), GOOD), (TRACEPARENT.as_str(), GOOD)]),
             true,
             0.0,
         );
         assert_eq!(twice.parent_id, None);
-        let untrusted = TraceContext::from_headers(&headers(&[(TRACEPARENT, GOOD)]), false, 0.0);
+        let untrusted =
+            TraceContext::from_headers(&headers(&[(TRACEPARENT.as_str(), GOOD)]), false, 0.0);
         assert_eq!(untrusted.parent_id, None);
         assert_eq!(untrusted.ignored, Some("not from a trusted proxy"));
         // A later version with more fields is read as version 00.
         let future = format!("01-{}-extra", &GOOD[3..]);
-        let t = TraceContext::from_headers(&headers(&[(TRACEPARENT, &future)]), true, 0.0);
+        let t = TraceContext::from_headers(&headers(&[(TRACEPARENT.as_str(), &future)]), true, 0.0);
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
@@ -292,10 +323,13 @@ mod tests {
         let none = TraceContext::from_headers(&HeaderMap::new(), true, 0.0);
         assert!(!none.sampled());
         let unsampled_parent = GOOD.replace("-01", "-00");
-        let t =
-            TraceContext::from_headers(&headers(&[(TRACEPARENT, &unsampled_parent)]), true, 1.0);
+        let t = TraceContext::from_headers(
+            &headers(&[(TRACEPARENT.as_str(), &unsampled_parent)]),
+            true,
+            1.0,
+        );
         assert!(!t.sampled(), "the parent decided");
-        let t = TraceContext::from_headers(&headers(&[(TRACEPARENT, GOOD)]), true, 0.0);
+        let t = TraceContext::from_headers(&headers(&[(TRACEPARENT.as_str(), GOOD)]), true, 0.0);
         assert!(t.sampled(), "the parent decided");
     }
 
@@ -303,16 +337,16 @@ mod tests {
     fn an_oversized_tracestate_is_dropped_and_split_ones_are_joined() {
         let long = format!("a={}", "x".repeat(600));
         let t = TraceContext::from_headers(
-            &headers(&[(TRACEPARENT, GOOD), (TRACESTATE, &long)]),
+            &headers(&[(TRACEPARENT.as_str(), GOOD), (TRACESTATE.as_str(), &long)]),
             true,
             0.0,
         );
         assert!(t.tracestate.is_none());
         let t = TraceContext::from_headers(
             &headers(&[
-                (TRACEPARENT, GOOD),
-                (TRACESTATE, "a=1"),
-                (TRACESTATE, "b=2"),
+                (TRACEPARENT.as_str(), GOOD),
+                (TRACESTATE.as_str(), "a=1"),
+                (TRACESTATE.as_str(), "b=2"),
             ]),
             true,
             0.0,
