@@ -334,3 +334,47 @@ async fn unsampled_requests_make_no_spans() {
         "its request and upstream spans, nothing else"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_fetch_the_request_waited_for_is_a_span_under_authentication() {
+    let receiver = Receiver::start(Answer::Ok).await;
+    let env = TestEnv::start(&config(&format!("http://{}/v1/traces", receiver.addr), "")).await;
+    // A token signed by a key the issuer does not publish: the gateway fetches
+    // the key set again for its kid, and still does not find it.
+    let claims = env.auth.claims("chat:write", json!({}));
+    let stranger = portcullis_tests::SigningKey::rsa("stranger")
+        .unwrap()
+        .sign(&claims)
+        .unwrap();
+    let auth = format!("Bearer {stranger}");
+    let reply = env.get("/v1/chat/echo", &[("authorization", &auth)]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.reason(), "key_unknown");
+    eventually("the refusal's spans", || {
+        receiver
+            .spans()
+            .iter()
+            .any(|s| s.name == "portcullis.key_fetch")
+    })
+    .await;
+    let spans = receiver.spans();
+    let fetch = spans
+        .iter()
+        .find(|s| s.name == "portcullis.key_fetch")
+        .unwrap();
+    let authn = spans
+        .iter()
+        .find(|s| s.name == "portcullis.authenticate")
+        .unwrap();
+    assert_eq!(fetch.parent_span_id, authn.span_id, "under authentication");
+    assert_eq!(
+        attr(fetch, "portcullis.key_found").as_deref(),
+        Some("false")
+    );
+    assert_eq!(
+        attr(authn, "portcullis.reason").as_deref(),
+        Some("key_unknown")
+    );
+    let root = spans.iter().find(|s| s.name == "GET chat").unwrap();
+    assert_eq!(authn.parent_span_id, root.span_id);
+}

@@ -12,7 +12,7 @@ use portcullis_metrics::{Metrics, TokenCacheEvent};
 use portcullis_policy::verify::{check_claims, check_header, printable, verify_signature};
 use portcullis_policy::{Reason, Rejection, UnverifiedToken, VerifiedClaims, bearer, jws};
 
-use crate::decision::{DecisionTrace, Step};
+use crate::decision::{DecisionTrace, KeyFetch, Step};
 use crate::evidence;
 use crate::runtime::{CompiledRoute, IssuerRuntime};
 use crate::token_cache::{TokenCache, token_key};
@@ -190,7 +190,7 @@ pub async fn verify_with_refresh(
     let state = match issuer.keys.usable_state() {
         Some(s) => s,
         None => {
-            issuer.keys.refresh_for_kid(kid).await;
+            timed_refresh(issuer, kid, trace).await;
             trace.note(Step::Keys, || {
                 "no usable keys were cached: fetched them for this request".to_owned()
             });
@@ -215,7 +215,7 @@ pub async fn verify_with_refresh(
     };
     let generation = match signature(&state.snapshot) {
         Ok(()) => state.generation,
-        Err(r) if r.reason == Reason::KeyUnknown => match issuer.keys.refresh_for_kid(kid).await {
+        Err(r) if r.reason == Reason::KeyUnknown => match timed_refresh(issuer, kid, trace).await {
             KidLookup::Found => {
                 trace.note(Step::Kid, || {
                     "the kid was unknown: the key set was fetched again and now has it".to_owned()
@@ -259,6 +259,26 @@ pub async fn verify_with_refresh(
         evidence::time(&claims, now, rules.leeway_secs)
     });
     Ok((claims, generation))
+}
+
+/// The key refetch of an unknown kid or a missing key set; a verbose trace
+/// (diagnose, a sampled request) records when it ran, for its span.
+async fn timed_refresh(
+    issuer: &IssuerRuntime,
+    kid: Option<&str>,
+    trace: &mut DecisionTrace,
+) -> KidLookup {
+    let began = trace.is_verbose().then(std::time::Instant::now);
+    let found = issuer.keys.refresh_for_kid(kid).await;
+    if let Some(began) = began {
+        trace.key_fetch = Some(KeyFetch {
+            began,
+            ended: std::time::Instant::now(),
+            issuer: Arc::clone(&issuer.config),
+            found: found == KidLookup::Found,
+        });
+    }
+    found
 }
 
 /// Where a signature check's failure belongs.

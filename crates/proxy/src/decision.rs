@@ -173,6 +173,22 @@ pub struct DecisionTrace {
     len: u8,
     records: [Record; MAX_RECORDS],
     notes: Vec<(Step, String)>,
+    /// A key fetch this request waited for (kept by verbose traces only).
+    pub key_fetch: Option<KeyFetch>,
+}
+
+/// A key-set fetch a request waited for: when, for which issuer, and whether
+/// the key it looked for was then found.
+#[derive(Debug, Clone)]
+pub struct KeyFetch {
+    /// When the fetch began.
+    pub began: std::time::Instant,
+    /// When it ended.
+    pub ended: std::time::Instant,
+    /// The issuer whose keys were fetched.
+    pub issuer: std::sync::Arc<portcullis_config::IssuerConfig>,
+    /// Whether the key was found afterwards.
+    pub found: bool,
 }
 
 impl Default for DecisionTrace {
@@ -193,6 +209,7 @@ impl DecisionTrace {
             verbose,
             len: 0,
             records: [EMPTY; MAX_RECORDS],
+            key_fetch: None,
             notes: Vec::new(),
         }
     }

@@ -234,12 +234,13 @@ impl SpanSink {
         };
         let child = |name: &'static str,
                      kind: SpanKind,
+                     parent: [u8; 8],
                      id: [u8; 8],
                      (s, e): (Instant, Instant),
                      attributes: Vec<KeyValue>,
                      status: Status| SpanData {
             span_context: context(id),
-            parent_span_id: SpanId::from_bytes(tc.span_id),
+            parent_span_id: SpanId::from_bytes(parent),
             parent_span_is_remote: false,
             span_kind: kind,
             name: Cow::Borrowed(name),
@@ -277,10 +278,32 @@ impl SpanSink {
                 }
                 _ => Status::Unset,
             };
+            let auth_span = new_span_id();
+            if let Some(fetch) = &trace.steps.key_fetch {
+                let attrs = vec![
+                    KeyValue::new("portcullis.issuer", fetch.issuer.rules.issuer.clone()),
+                    KeyValue::new("portcullis.key_found", fetch.found),
+                ];
+                let status = if fetch.found {
+                    Status::Unset
+                } else {
+                    Status::error("the key was not in the fetched key set")
+                };
+                self.offer(child(
+                    "portcullis.key_fetch",
+                    SpanKind::Client,
+                    auth_span,
+                    new_span_id(),
+                    (fetch.began, fetch.ended),
+                    attrs,
+                    status,
+                ));
+            }
             self.offer(child(
                 "portcullis.authenticate",
                 SpanKind::Internal,
-                new_span_id(),
+                tc.span_id,
+                auth_span,
                 window,
                 attrs,
                 auth_status,
@@ -308,6 +331,7 @@ impl SpanSink {
             self.offer(child(
                 "portcullis.upstream",
                 SpanKind::Client,
+                tc.span_id,
                 tc.upstream_span_id,
                 window,
                 attrs,
