@@ -119,6 +119,43 @@ async fn every_reason_names_its_step() {
     let future = token("chat:write", json!({"nbf": 4_000_000_000u64}));
     let cases: Vec<(&str, Vec<String>, &str, &str)> = vec![
         ("route_not_found", vec![format!("{g}/nowhere")], "route", ""),
+        // The pipeline's own checks, reached by diagnose because it runs them.
+        (
+            "host_invalid",
+            vec![
+                format!("{g}/v1/x"),
+                "-H".into(),
+                "Host: other.example".into(),
+            ],
+            "canonical",
+            "Host",
+        ),
+        (
+            "upgrade_not_allowed",
+            vec![
+                format!("{g}/v1/x"),
+                "-H".into(),
+                "Connection: upgrade".into(),
+                "-H".into(),
+                "Upgrade: websocket".into(),
+            ],
+            "upgrade",
+            "websocket",
+        ),
+        (
+            "cors_not_allowed",
+            vec![
+                format!("{g}/v1/x"),
+                "-X".into(),
+                "OPTIONS".into(),
+                "-H".into(),
+                "Origin: https://page.example".into(),
+                "-H".into(),
+                "Access-Control-Request-Method: GET".into(),
+            ],
+            "cors",
+            "",
+        ),
         (
             "path_invalid",
             vec![format!("{g}/v1/../admin")],
