@@ -90,6 +90,11 @@ pub struct DiagnoseArgs {
     /// Do not probe the upstream.
     #[arg(long)]
     pub no_upstream: bool,
+    /// Send the described request (without a body) to the upstream through the
+    /// gateway's own forward step (rewrite, credential, claim headers) and report
+    /// its answer, instead of probing the upstream.
+    #[arg(long, conflicts_with_all = ["no_upstream", "content_length"])]
+    pub send: bool,
     /// Print a stable JSON document instead of the checklist.
     #[arg(long)]
     pub json: bool,

@@ -461,3 +461,43 @@ fn token_inspect_marks_unverified_and_hides_the_signature() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_runs_the_forward_step_and_reports_the_upstreams_answer() {
+    let env = env().await;
+    let good = env.auth.mint("chat:write", json!({})).unwrap();
+    let (code, doc, stdout) = diagnose(
+        &env,
+        &[
+            "--url",
+            "http://gw.example/v1/x",
+            "--token",
+            &good,
+            "--send",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}");
+    let upstream = step(&doc, "upstream");
+    assert!(upstream.contains("upstream llm answered 200"), "{upstream}");
+    assert!(!stdout.contains(good.rsplit('.').next().unwrap()));
+    // The upstream's own refusal is a warning, not the gateway's decision.
+    let (code, doc, _) = diagnose(
+        &env,
+        &[
+            "--url",
+            "http://gw.example/v1/status/401",
+            "--token",
+            &good,
+            "--send",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(step(&doc, "upstream").contains("the upstream itself refused"));
+    // An upstream that cannot be reached fails the step with its reason.
+    let (code, doc, _) = diagnose(&env, &["--url", "http://gw.example/dead/x", "--send"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(doc["reason"], "upstream_unreachable");
+    assert_eq!(doc["step"], "upstream");
+}

@@ -48,9 +48,48 @@ pub struct Forwarded {
     pub request_body: Option<Arc<BodyFault>>,
 }
 
+/// A request body the forward step can stream upstream: a client's, or none
+/// (`portcullis diagnose --send` sends the described request without one).
+pub trait OutgoingBody: Sized {
+    /// Whether it is known to be empty.
+    fn is_empty_body(&self) -> bool;
+    /// The body as streamed to the upstream, with its limits and fault record.
+    fn into_forward_body(
+        self,
+        limit: u64,
+        fault: Option<Arc<BodyFault>>,
+        read_timeout: Duration,
+    ) -> ForwardBody;
+}
+
+impl OutgoingBody for Incoming {
+    fn is_empty_body(&self) -> bool {
+        http_body::Body::is_end_stream(self)
+    }
+
+    fn into_forward_body(
+        self,
+        limit: u64,
+        fault: Option<Arc<BodyFault>>,
+        read_timeout: Duration,
+    ) -> ForwardBody {
+        ForwardBody::new(self, limit, fault, read_timeout)
+    }
+}
+
+impl OutgoingBody for () {
+    fn is_empty_body(&self) -> bool {
+        true
+    }
+
+    fn into_forward_body(self, _: u64, _: Option<Arc<BodyFault>>, _: Duration) -> ForwardBody {
+        ForwardBody::empty()
+    }
+}
+
 /// Sends the request upstream; returns the response and the upstream latency.
-pub async fn forward(
-    mut req: Request<Incoming>,
+pub async fn forward<B: OutgoingBody>(
+    mut req: Request<B>,
     ctx: ForwardContext<'_>,
 ) -> Result<Forwarded, Rejection> {
     let route = ctx.route;
@@ -153,9 +192,8 @@ pub async fn forward(
     };
 
     // A body known to be empty cannot fail: no fault record to allocate.
-    let fault = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(BodyFault::default()));
-    let body = ForwardBody::new(
-        body,
+    let fault = (!body.is_empty_body()).then(|| Arc::new(BodyFault::default()));
+    let body = body.into_forward_body(
         route.config.max_body_bytes,
         fault.clone(),
         ctx.body_read_timeout,

@@ -21,6 +21,7 @@ use portcullis_jwks::{JwksObserver, NoopObserver};
 use portcullis_metrics::Metrics;
 use portcullis_policy::Rejection;
 use portcullis_proxy::decision::Step;
+use portcullis_proxy::forward::{ForwardContext, forward};
 use portcullis_proxy::observe::Trace;
 use portcullis_proxy::pipeline::{DecideContext, Decided, decide, unix_now};
 use portcullis_proxy::runtime::{CompiledRoute, Runtime};
@@ -129,6 +130,17 @@ async fn diagnose(
         Ok(Decided::Answered(_)) => trace.steps.skip(Step::Upstream, || {
             "the gateway answers this request itself (a CORS preflight)".to_owned()
         }),
+        Ok(Decided::Forward { route, claims, .. }) if args.send => {
+            send_step(
+                &runtime,
+                &route,
+                claims.as_deref(),
+                context.peer,
+                request,
+                &mut trace,
+            )
+            .await;
+        }
         Ok(Decided::Forward { route, .. }) => {
             upstream_step(args, &route, &mut trace).await;
         }
@@ -158,6 +170,63 @@ async fn upstream_step(args: &DiagnoseArgs, route: &CompiledRoute, trace: &mut T
             steps.fail(Step::Upstream, reason);
             // A report-only route's would-be refusal gives way to the real one.
             trace.rejection = Some(Rejection::new(reason, evidence));
+        }
+    }
+}
+
+/// `--send`: the described request goes through the gateway's own forward step
+/// (without a body); the upstream's answer is reported, never printed.
+async fn send_step(
+    runtime: &Runtime,
+    route: &CompiledRoute,
+    claims: Option<&portcullis_policy::VerifiedClaims>,
+    peer: IpAddr,
+    request: Request<()>,
+    trace: &mut Trace,
+) {
+    let peer = HeaderValue::from_str(&peer.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let request_id = portcullis_proxy::headers::mint_request_id();
+    let ctx = ForwardContext {
+        route,
+        claims,
+        peer: &peer,
+        https: false,
+        request_id: &request_id,
+        upgrade: false,
+        body_read_timeout: runtime.config.limits.body_read_timeout,
+        trace: None,
+    };
+    let started = std::time::Instant::now();
+    match forward(request, ctx).await {
+        Ok(forwarded) => {
+            let status = forwarded.response.status().as_u16();
+            let head = probe::ms(forwarded.latency);
+            // Read (bounded) so the whole exchange is timed; the body is not shown.
+            let body = http_body_util::Limited::new(forwarded.response.into_body(), 1 << 20);
+            let bytes = http_body_util::BodyExt::collect(body)
+                .await
+                .map_or(0, |b| b.to_bytes().len());
+            let evidence = format!(
+                "sent as request {}: upstream {} answered {status} (head in {head}, {bytes} body bytes in {})",
+                request_id.to_str().unwrap_or("-"),
+                route.config.upstream,
+                probe::ms(started.elapsed())
+            );
+            let steps = &mut trace.steps;
+            match status {
+                401 | 403 => steps.warn(Step::Upstream, None, || {
+                    format!("{evidence}: the upstream itself refused, not the gateway (its credential or its own rules)")
+                }),
+                500..=599 => steps.warn(Step::Upstream, None, || {
+                    format!("{evidence}: the upstream failed")
+                }),
+                _ => steps.pass_with(Step::Upstream, || evidence),
+            }
+        }
+        Err(rejection) => {
+            trace.steps.fail(Step::Upstream, rejection.reason);
+            trace.rejection = Some(rejection);
         }
     }
 }
