@@ -200,10 +200,12 @@ async fn spans_reach_a_real_otlp_receiver_with_parent_links_and_attributes() {
         Some("200")
     );
     assert_eq!(attr(root, "portcullis.stream").as_deref(), Some("complete"));
+    let steps = attr(root, "portcullis.steps").unwrap();
     assert!(
-        root.events.iter().any(|e| e.name == "signature"),
-        "steps as events"
+        steps.contains("route=pass") && steps.contains("signature=pass"),
+        "every step's outcome: {steps}"
     );
+    assert!(root.events.is_empty(), "no failing step, no event");
     let children: Vec<&Span> = spans
         .iter()
         .filter(|s| s.parent_span_id == root.span_id)

@@ -196,10 +196,22 @@ impl SpanSink {
             (None, s) if s >= 500 => Status::error(format!("HTTP {s}")),
             _ => Status::Unset,
         };
-        // The steps as events, in the order they ran, with their evidence.
+        // Every step's outcome in one attribute (`route=pass scopes=fail …`); a
+        // failing or warning step also as an event with its evidence. The full
+        // evidence of every step is in the explain ring, by request id.
+        let mut summary = String::with_capacity(256);
         let mut events = SpanEvents::default();
         for explained in trace.steps.explain(trace.rejection.as_ref()) {
             if explained.outcome == Outcome::Skip {
+                continue;
+            }
+            if !summary.is_empty() {
+                summary.push(' ');
+            }
+            summary.push_str(explained.step.name());
+            summary.push('=');
+            summary.push_str(explained.outcome.as_str());
+            if matches!(explained.outcome, Outcome::Pass) {
                 continue;
             }
             let mut attrs = vec![
@@ -216,6 +228,7 @@ impl SpanSink {
                 0,
             ));
         }
+        attributes.push(KeyValue::new("portcullis.steps", summary));
         let end = wall_start + ending.total;
         let root = SpanData {
             span_context: context(tc.span_id),
