@@ -175,11 +175,18 @@ async fn spans_reach_a_real_otlp_receiver_with_parent_links_and_attributes() {
         .unwrap()
         .to_owned();
     let request_id = ok.header("x-request-id").unwrap();
+    let again = env
+        .get(
+            "/v1/chat/echo",
+            &[("authorization", &auth), ("traceparent", &sent)],
+        )
+        .await;
+    let again_id = again.header("x-request-id").unwrap();
     let refused = env.get("/v1/chat/echo", &[("traceparent", &sent)]).await;
     assert_eq!(refused.status, 401);
     let refused_id = refused.header("x-request-id").unwrap();
 
-    eventually("five spans", || receiver.spans().len() >= 5).await;
+    eventually("eight spans", || receiver.spans().len() >= 8).await;
     let spans = receiver.spans();
     assert!(receiver.service_names().iter().all(|s| s == "portcullis"));
     let root = spans
@@ -215,6 +222,24 @@ async fn spans_reach_a_real_otlp_receiver_with_parent_links_and_attributes() {
         .find(|s| s.name == "portcullis.authenticate")
         .expect("an authentication span under the request");
     assert_eq!(hex(&auth_span.trace_id), TRACE);
+    assert_eq!(
+        attr(auth_span, "portcullis.token_cache_hit").as_deref(),
+        Some("false"),
+        "the first use of the token is verified"
+    );
+    let again_root = spans
+        .iter()
+        .find(|s| attr(s, "portcullis.request_id").as_deref() == Some(again_id.as_str()))
+        .expect("the second request's span");
+    let again_auth = spans
+        .iter()
+        .find(|s| s.parent_span_id == again_root.span_id && s.name == "portcullis.authenticate")
+        .expect("its authentication span");
+    assert_eq!(
+        attr(again_auth, "portcullis.token_cache_hit").as_deref(),
+        Some("true"),
+        "the second is served from the token cache"
+    );
     let upstream = children
         .iter()
         .find(|s| s.name == "portcullis.upstream")

@@ -102,6 +102,23 @@ const HTML_HEADERS: [(&str, &str); 5] = [
     ("referrer-policy", "no-referrer"),
 ];
 
+/// `text` with `& < > " '` escaped for HTML text and attribute values (the one
+/// escape of every admin page).
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn html(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -243,10 +260,7 @@ fn explain_response(
                 )
             };
             if wants_html {
-                let escaped = message
-                    .replace('&', "&amp;")
-                    .replace('<', "&lt;")
-                    .replace('>', "&gt;");
+                let escaped = escape_html(&message);
                 return html(
                     StatusCode::NOT_FOUND,
                     format!(

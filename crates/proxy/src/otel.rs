@@ -275,14 +275,15 @@ impl SpanSink {
                     claims.issuer.to_string(),
                 ));
             }
-            let cached =
-                trace.steps.records().iter().any(|r| {
-                    r.step == crate::decision::Step::TokenCache && r.outcome == Outcome::Pass
-                }) && trace
-                    .steps
-                    .notes()
+            // A cache hit passes `token_cache` and skips decoding: no
+            // `token_structure` record.
+            let records = trace.steps.records();
+            let cached = records
+                .iter()
+                .any(|r| r.step == crate::decision::Step::TokenCache && r.outcome == Outcome::Pass)
+                && !records
                     .iter()
-                    .any(|(s, n)| *s == crate::decision::Step::TokenCache && n.starts_with("hit"));
+                    .any(|r| r.step == crate::decision::Step::TokenStructure);
             attrs.push(KeyValue::new("portcullis.token_cache_hit", cached));
             let auth_status = match refusal {
                 Some((step, reason)) if step_is_auth(step) => {

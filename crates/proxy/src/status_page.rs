@@ -35,21 +35,7 @@ code,.mono{font-family:ui-monospace,monospace;font-size:.92em;word-break:break-a
 .ok{color:#0a6b2d}.bad{color:#a4141b}.warn{color:#8a5a00}.muted{color:#666}\
 @media (max-width:40rem){body{padding:.5rem}th,td{padding:.25rem .3rem}.wide{display:none}}";
 
-/// `text` with `& < > " '` escaped for HTML text and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use portcullis_metrics::admin::escape_html as escape;
 
 fn head(out: &mut String, title: &str, refresh: bool) {
     let _ = write!(
