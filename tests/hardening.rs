@@ -378,6 +378,16 @@ async fn upgrades_only_by_allow_list() {
         .unwrap()
         .unwrap();
     assert_eq!(&echoed, b"through the tunnel");
+    // Tunnel bytes that look exactly like hyper's bare refusal are the
+    // tunnel's own: they pass unchanged (nothing is rewritten after a 101).
+    let bare = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 00:04:43 GMT\r\n\r\n";
+    s.write_all(bare).await.unwrap();
+    let mut echoed = vec![0u8; bare.len()];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, bare.to_vec());
 }
 
 /// An upstream that reads one request head and answers with `response` as is.
@@ -488,7 +498,7 @@ routes:
         ),
     ] {
         let reply = raw(env.addr, request).await;
-        if reply.status == 400 && reply.reason().is_empty() {
+        if reply.reason() == "request_malformed" {
             // hyper's own parser refused it first: still a 400, still not forwarded.
             continue;
         }
@@ -1074,36 +1084,112 @@ async fn idle_http2_connections_are_closed_too() {
 }
 
 #[tokio::test]
-async fn requests_the_parser_refuses_are_counted() {
+async fn heads_the_parser_refuses_get_the_gateways_answer() {
     let config = format!("{HEAD}{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;
-    // More header fields than hyper's parser takes (100), and malformed framing.
     let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
-    let reply = raw(
-        env.addr,
-        &format!("GET /x HTTP/1.1\r\nHost: gw\r\n{many}\r\n"),
-    )
-    .await;
-    assert_eq!(reply.status, 431, "{}", reply.head);
-    let reply = raw(
-        env.addr,
-        "POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-    )
-    .await;
-    assert_eq!(reply.status, 400, "{}", reply.head);
+    let huge = "v".repeat(140 << 10);
+    let long_target = format!("/{}", "a".repeat(70_000));
+    // Each is refused by hyper's HTTP/1.1 parser before the pipeline sees it;
+    // each must still get problem+json with its reason and a request id.
+    let cases: [(String, u16, &str, &str); 5] = [
+        (
+            format!("GET /x HTTP/1.1\r\nHost: gw\r\n{many}\r\n"),
+            431,
+            "headers_too_large",
+            "150 header fields",
+        ),
+        (
+            format!("GET /x HTTP/1.1\r\nHost: gw\r\nx-big: {huge}\r\n\r\n"),
+            431,
+            "headers_too_large",
+            "a 140 KiB head",
+        ),
+        (
+            format!("GET {long_target} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+            414,
+            "uri_too_long",
+            "a 70,000-byte target",
+        ),
+        (
+            "POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"
+                .to_owned(),
+            400,
+            "request_malformed",
+            "two Content-Lengths",
+        ),
+        (
+            "GE(T /x HTTP/1.1\r\nHost: gw\r\n\r\n".to_owned(),
+            400,
+            "request_malformed",
+            "a bad method",
+        ),
+    ];
+    for (request, status, reason, what) in &cases {
+        let reply = raw(env.addr, request).await;
+        assert_refused(&reply, *status, reason, what);
+        let body = reply.json();
+        let id = body["request_id"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(id.len(), 32, "{what}: {}", reply.body);
+        assert!(
+            reply.head.contains(&format!("x-request-id: {id}")),
+            "{what}: the header and the body name one request id: {}",
+            reply.head
+        );
+        assert!(reply.head.contains("connection: close"), "{what}");
+        assert!(
+            reply
+                .head
+                .contains("content-type: application/problem+json"),
+            "{what}"
+        );
+        // Kept for `portcullis explain`, like any refusal.
+        let kept = env.gateway.explain().find(&id);
+        assert!(kept.is_some(), "{what}: not kept for explain");
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(
         &env,
         "portcullis_connections_closed_total{cause=\"malformed\"}",
-    ) < 2.0
+    ) < cases.len() as f64
     {
         assert!(
             Instant::now() < deadline,
-            "parser refusals were not counted"
+            "parser refusals were not counted as closed connections"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        metric(
+            &env,
+            "portcullis_requests_total{method=\"other\",route=\"unmatched\",status_class=\"4xx\"}"
+        ),
+        cases.len() as f64,
+        "each parser refusal is one refused request"
+    );
     assert_eq!(env.upstream.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_head_pipelined_behind_a_good_request_is_answered_after_it() {
+    let config = format!("{HEAD}{}", OPEN_ROUTE);
+    let env = TestEnv::start(&config).await;
+    // The upstream reflects the body: one that is byte for byte a bare hyper
+    // refusal must reach the client unchanged (it is a response body, not a
+    // refusal), and the malformed head behind it gets the gateway's answer.
+    let bare = "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 00:04:43 GMT\r\n\r\n";
+    let request = format!(
+        "POST /reflect HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{bare}\
+         GET /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        bare.len()
+    );
+    let text = raw_exchange(env.addr, request.as_bytes(), Duration::from_secs(10)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("\"reason\":\"request_malformed\""),
+        "the pipelined bad head was answered by the gateway: {text}"
+    );
+    assert_eq!(env.upstream.requests(), 1);
 }
 
 #[tokio::test]

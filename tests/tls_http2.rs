@@ -111,6 +111,33 @@ async fn tls_termination_negotiates_h2_and_http1() {
     }
 }
 
+/// Over TLS too, a head hyper's parser refuses (more than 100 header fields)
+/// gets the gateway's problem+json with its reason and request id.
+#[tokio::test]
+async fn a_head_the_parser_refuses_over_tls_gets_the_gateways_answer() {
+    let pki = pki();
+    let env = tls_gateway(&pki).await;
+    let mut config = portcullis_jwks::tls::client_config(Some(pki.ca_pem.as_bytes())).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    tls.write_all(format!("GET /x HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 431 "), "{reply}");
+    assert!(
+        reply.contains("\"reason\":\"headers_too_large\""),
+        "{reply}"
+    );
+    assert!(reply.contains("x-request-id: "), "{reply}");
+}
+
 #[tokio::test]
 async fn h2c_prior_knowledge() {
     let (auth, upstream) = servers().await;

@@ -1,7 +1,7 @@
 //! The demo upstream: an OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`
 //! with and without `stream: true`) plus test endpoints (matched on the last path
 //! segment, so any prefix reaches them) that echo what arrived,
-//! stream slowly, stall, abort mid-body, count uploads and upgrade connections.
+//! stream slowly, stall, abort mid-body, count uploads, reflect a body and upgrade connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +83,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr) -> hyper::Response<DevB
             sse(events, Duration::from_millis(interval), true)
         }
         (_, p) if p.ends_with("/upload") => upload(req).await,
+        (_, p) if p.ends_with("/reflect") => reflect(req).await,
         (_, p) if p.ends_with("/abort") => abort_mid_body(),
         (_, p) if p.ends_with("/upgrade") => upgrade(req),
         (_, p) if p.ends_with("/slow") => {
@@ -145,6 +146,17 @@ async fn upload(req: Request<Incoming>) -> hyper::Response<DevBody> {
         200,
         &json!({"received_bytes": total, "largest_chunk": largest}),
     )
+}
+
+/// Answers with the request body itself (at most 1 MiB), as bytes.
+async fn reflect(req: Request<Incoming>) -> hyper::Response<DevBody> {
+    match http_body_util::Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+    {
+        Ok(b) => hyper::Response::new(full(b.to_bytes())),
+        Err(_) => json_response(413, &json!({"error": {"message": "body too large"}})),
+    }
 }
 
 async fn chat(req: Request<Incoming>) -> hyper::Response<DevBody> {

@@ -75,6 +75,9 @@ pub enum Reason {
     /// A CORS preflight the route's `cors` policy does not allow (origin, method
     /// or request header), or a preflight to a route without one.
     CorsNotAllowed,
+    /// The request target (path and query) is longer than the HTTP/1.1 parser
+    /// accepts (65,534 bytes), refused before routing.
+    UriTooLong,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -94,7 +97,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 29] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -123,6 +126,7 @@ impl Reason {
         Reason::UpgradeNotAllowed,
         Reason::BodyTimeout,
         Reason::CorsNotAllowed,
+        Reason::UriTooLong,
     ];
 
     /// The stable snake_case code.
@@ -156,6 +160,7 @@ impl Reason {
             Reason::UpgradeNotAllowed => "upgrade_not_allowed",
             Reason::BodyTimeout => "body_timeout",
             Reason::CorsNotAllowed => "cors_not_allowed",
+            Reason::UriTooLong => "uri_too_long",
         }
     }
 
@@ -184,6 +189,7 @@ impl Reason {
             Reason::MethodNotAllowed => 405,
             Reason::BodyTooLarge => 413,
             Reason::HeadersTooLarge => 431,
+            Reason::UriTooLong => 414,
             Reason::UpstreamUnreachable | Reason::UpstreamProtocolError => 502,
             Reason::UpstreamTimeout => 504,
         }
@@ -218,7 +224,8 @@ impl Reason {
             | Reason::HostInvalid
             | Reason::UpgradeNotAllowed
             | Reason::BodyTimeout
-            | Reason::CorsNotAllowed => Challenge::None,
+            | Reason::CorsNotAllowed
+            | Reason::UriTooLong => Challenge::None,
         }
     }
 
@@ -253,6 +260,7 @@ impl Reason {
             Reason::UpgradeNotAllowed => "Protocol upgrade not allowed",
             Reason::BodyTimeout => "Request body too slow",
             Reason::CorsNotAllowed => "Cross-origin request not allowed",
+            Reason::UriTooLong => "Request target too long",
         }
     }
 
@@ -297,7 +305,10 @@ impl Reason {
                 "add the client's network to the allow list, remove it from the deny list, or list the proxy in network.trusted_proxies"
             }
             Reason::HeadersTooLarge => {
-                "send fewer or smaller headers, or raise limits.max_header_bytes"
+                "send fewer or smaller headers (at most 100 header fields over HTTP/1.1), or raise limits.max_header_bytes"
+            }
+            Reason::UriTooLong => {
+                "shorten the URL (at most 65,534 bytes of path and query): move large parameters into the request body"
             }
             Reason::BodyTooLarge => "send a smaller body, or raise the route's max_body",
             Reason::Overloaded => {

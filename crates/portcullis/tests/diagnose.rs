@@ -179,6 +179,21 @@ async fn every_reason_names_its_step() {
             "request",
             "",
         ),
+        // What hyper's HTTP/1.1 parser refuses before the pipeline runs.
+        (
+            "headers_too_large",
+            std::iter::once(format!("{g}/guarded/x"))
+                .chain((0..120).flat_map(|i| ["-H".to_owned(), format!("X-H{i}: v")]))
+                .collect(),
+            "request",
+            "121 header fields",
+        ),
+        (
+            "uri_too_long",
+            vec![format!("{g}/guarded/{}", "a".repeat(70_000))],
+            "request",
+            "65,534",
+        ),
         (
             "body_too_large",
             vec![

@@ -28,6 +28,14 @@ pub struct Activity {
     /// Milliseconds after `started` of the last request's end.
     last_event_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// A response was started and not yet seen fully flushed to the client
+    /// (set when a request starts, cleared by [`Activity::note_flushed`]).
+    response_unflushed: AtomicBool,
+    /// The connection became a tunnel (a `101` was answered).
+    upgraded: AtomicBool,
+    /// hyper's parser refused a request head and the gateway answered it
+    /// (`parser_refusal.rs`).
+    parser_refusal_answered: AtomicBool,
 }
 
 /// Why the watchdog closed a connection (the `cause` label of
@@ -58,6 +66,9 @@ impl Activity {
             first_byte: AtomicBool::new(false),
             last_event_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            response_unflushed: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            parser_refusal_answered: AtomicBool::new(false),
         })
     }
 
@@ -69,9 +80,44 @@ impl Activity {
     /// is timed: while it runs, the watchdog sees it in flight.
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.response_unflushed.store(true, Ordering::Release);
         RequestGuard {
             activity: Arc::clone(self),
         }
+    }
+}
+
+impl Activity {
+    /// The connection's IO was flushed: with no request in flight, every byte of
+    /// every response so far has been handed to the socket (hyper writes a
+    /// response's last bytes before it flushes, and drops its body before that).
+    pub fn note_flushed(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            self.response_unflushed.store(false, Ordering::Release);
+        }
+    }
+
+    /// The connection switched protocols (`101`): what follows is a tunnel.
+    pub fn note_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+
+    /// Whether a write now can only come from hyper itself, not from a
+    /// response: nothing in flight, every response flushed, no tunnel.
+    pub fn between_responses(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && !self.response_unflushed.load(Ordering::Acquire)
+            && !self.upgraded.load(Ordering::Acquire)
+    }
+
+    /// Notes that the gateway answered a head hyper's parser refused.
+    pub fn note_parser_refusal_answered(&self) {
+        self.parser_refusal_answered.store(true, Ordering::Release);
+    }
+
+    /// Whether the gateway answered (and logged) a head hyper's parser refused.
+    pub fn parser_refusal_answered(&self) -> bool {
+        self.parser_refusal_answered.load(Ordering::Acquire)
     }
 }
 

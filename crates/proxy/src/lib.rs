@@ -16,6 +16,7 @@ pub mod headers;
 pub mod hygiene;
 pub mod observe;
 pub mod otel;
+pub mod parser_refusal;
 pub mod pipeline;
 pub mod pool;
 pub mod recent;

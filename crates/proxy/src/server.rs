@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
 use crate::hygiene::{Activity, PerIpConnections, Tracked, Watched, watchdog};
+use crate::parser_refusal::{ParserRefusals, Refuser};
 use crate::pipeline::{ConnInfo, handle};
 
 /// HTTP/2 streams one connection may have open at once.
@@ -34,7 +35,7 @@ pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 /// on purpose. A larger value makes hyper allocate that many slots on the heap for
 /// every request (measured: +5 µs CPU per request at 1,000), and no real client
 /// sends more; hyper's bare 431 beyond it is counted and logged as `malformed`.
-pub const H1_MAX_HEADERS: usize = 100;
+pub const H1_MAX_HEADERS: usize = crate::parser_refusal::H1_MAX_HEADER_FIELDS;
 
 /// Listening sockets for `workers` workers on one address. Several get
 /// `SO_REUSEPORT`, so the kernel spreads connections over them; a single one does
@@ -73,11 +74,16 @@ fn bind_listener(address: SocketAddr, share: bool) -> std::io::Result<std::net::
     Ok(socket.into())
 }
 
+/// hyper's HTTP/1.1 head buffer (and HTTP/2 header list) size: larger than our
+/// limit, so an oversized head reaches the pipeline and its 431 names the limit;
+/// beyond it, hyper's own refusal is answered by `parser_refusal.rs`.
+fn head_buffer_bytes(limits: &Limits) -> usize {
+    (limits.max_header_bytes * 2).max(16 << 10)
+}
+
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own head buffer is larger than our limit, so an oversized head
-    // reaches the pipeline and gets a problem+json 431 rather than a bare close.
-    let buf = (limits.max_header_bytes * 2).max(16 << 10);
+    let buf = head_buffer_bytes(limits);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -243,12 +249,23 @@ async fn serve_connection(
 ) {
     let activity = Activity::new();
     let stream = Watched::new(stream, Arc::clone(&activity));
+    // Above TLS: what hyper writes in plain text.
+    fn refusals<S>(
+        gw: &Arc<Gateway>,
+        peer: SocketAddr,
+        limits: &Limits,
+        activity: &Arc<Activity>,
+        io: S,
+    ) -> TokioIo<ParserRefusals<S>> {
+        let refuser = Refuser::new(Arc::clone(gw), peer, head_buffer_bytes(limits));
+        TokioIo::new(ParserRefusals::new(io, Arc::clone(activity), refuser))
+    }
     match tls {
         None => {
             drive(
                 gw,
                 builder,
-                TokioIo::new(stream),
+                refusals(gw, peer, limits, &activity, stream),
                 ConnInfo::new(peer, false),
                 stop,
                 activity,
@@ -262,7 +279,7 @@ async fn serve_connection(
                     drive(
                         gw,
                         builder,
-                        TokioIo::new(tls_stream),
+                        refusals(gw, peer, limits, &activity, tls_stream),
                         ConnInfo::new(peer, true),
                         stop,
                         activity,
@@ -296,11 +313,15 @@ async fn drive<I>(
     let svc = service_fn(move |req| {
         let gw = Arc::clone(&gateway);
         let info = info.clone();
+        let activity = Arc::clone(&requests);
         let guard = requests.request_started();
         // Boxed: hyper moves the service future into its dispatcher, and moving a
         // pointer is cheaper than moving the whole request state machine.
         Box::pin(async move {
             let response = handle(&gw, info, req).await;
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                activity.note_upgraded();
+            }
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         })
     });
@@ -309,7 +330,7 @@ async fn drive<I>(
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
-                note_connection_error(gw, peer, e.as_ref());
+                note_connection_error(gw, peer, e.as_ref(), activity.parser_refusal_answered());
             }
         }
         cause = watchdog(&activity, limits.first_byte_timeout, limits.idle_timeout) => {
@@ -330,14 +351,31 @@ async fn drive<I>(
 
 /// A connection that hyper ended with an error: a request head or framing it
 /// refused before the pipeline saw it (over its limits, malformed) is counted and
-/// logged, so probing leaves a trace; a client that went away is not news.
-fn note_connection_error(gw: &Gateway, peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
-    let parse = e
-        .downcast_ref::<hyper::Error>()
-        .is_some_and(|h| h.is_parse() || h.is_parse_too_large() || h.is_parse_status());
+/// logged, so probing leaves a trace; a client that went away is not news. A
+/// refusal the gateway answered itself (`answered`) already has its access-log
+/// line, request id and metrics.
+fn note_connection_error(
+    gw: &Gateway,
+    peer: SocketAddr,
+    e: &(dyn std::error::Error + 'static),
+    answered: bool,
+) {
+    let hyper_error = e.downcast_ref::<hyper::Error>();
+    let parse =
+        hyper_error.is_some_and(|h| h.is_parse() || h.is_parse_too_large() || h.is_parse_status());
     if parse {
         closed(gw, "malformed");
-        tracing::info!(%peer, reason = "request_malformed", error = e.to_string().as_str(), "request refused by the HTTP parser");
+        let reason = match hyper_error {
+            Some(h) if h.is_parse_too_large() => "headers_too_large",
+            _ if e.to_string().contains("URI too long") => "uri_too_long",
+            _ => "request_malformed",
+        };
+        let error = e.to_string();
+        if answered {
+            tracing::debug!(%peer, reason, error = error.as_str(), "request refused by the HTTP parser");
+        } else {
+            tracing::info!(%peer, reason, error = error.as_str(), "request refused by the HTTP parser");
+        }
     } else {
         tracing::debug!(%peer, error = e.to_string().as_str(), "connection ended with an error");
     }

@@ -23,6 +23,7 @@ use portcullis_policy::Rejection;
 use portcullis_proxy::decision::Step;
 use portcullis_proxy::forward::{ForwardContext, forward};
 use portcullis_proxy::observe::Trace;
+use portcullis_proxy::parser_refusal::http1_parser_check;
 use portcullis_proxy::pipeline::{DecideContext, Decided, decide, unix_now};
 use portcullis_proxy::runtime::{CompiledRoute, Runtime};
 use portcullis_proxy::token_cache::TokenCache;
@@ -73,7 +74,11 @@ fn unchecked(args: &DiagnoseArgs, why: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn prepare(args: &DiagnoseArgs) -> Result<(GatewayConfig, Option<String>, http::Uri), String> {
+/// The configuration, the token, and the URL (or, for a target longer than the
+/// HTTP/1.1 parser accepts, that refusal).
+type Prepared = (GatewayConfig, Option<String>, Result<http::Uri, Rejection>);
+
+fn prepare(args: &DiagnoseArgs) -> Result<Prepared, String> {
     let config = portcullis_config::load(&args.config)
         .map_err(|e| format!("the configuration is invalid:\n{e}"))?;
     let token = match (&args.token, &args.token_file, &args.token_env) {
@@ -84,6 +89,11 @@ fn prepare(args: &DiagnoseArgs) -> Result<(GatewayConfig, Option<String>, http::
         }
         _ => None,
     };
+    let token = token.map(|t| t.trim().to_owned());
+    let target_bytes = described_target_bytes(&args.url);
+    if let Err(refused) = http1_parser_check(0, target_bytes) {
+        return Ok((config, token, Err(refused)));
+    }
     let uri: http::Uri = args
         .url
         .parse()
@@ -91,7 +101,18 @@ fn prepare(args: &DiagnoseArgs) -> Result<(GatewayConfig, Option<String>, http::
     if uri.host().is_none() && uri.path().is_empty() {
         return Err(format!("{:?} has no path", args.url));
     }
-    Ok((config, token.map(|t| t.trim().to_owned()), uri))
+    Ok((config, token, Ok(uri)))
+}
+
+/// The length of the request target (path and query) a described URL sends.
+fn described_target_bytes(url: &str) -> usize {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let target = if url.contains("://") {
+        after_scheme.find('/').map_or("", |i| &after_scheme[i..])
+    } else {
+        after_scheme
+    };
+    target.split('#').next().unwrap_or("").len()
 }
 
 fn read_token_file(path: &PathBuf) -> Result<String, String> {
@@ -102,13 +123,17 @@ async fn diagnose(
     args: &DiagnoseArgs,
     config: GatewayConfig,
     token: Option<String>,
-    uri: http::Uri,
+    uri: Result<http::Uri, Rejection>,
 ) -> Result<Report, String> {
     let method: Method = args
         .method
         .to_ascii_uppercase()
         .parse()
         .map_err(|_| format!("{:?} is not a method", args.method))?;
+    let uri = match uri {
+        Ok(uri) => uri,
+        Err(refused) => return Ok(parser_refusal_report(&method, args, refused)),
+    };
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let observer: Arc<dyn JwksObserver> = Arc::new(NoopObserver);
     // Keys are fetched by the pipeline itself, the way a gateway with an empty
@@ -125,6 +150,10 @@ async fn diagnose(
         now: unix_now(),
     };
     let mut trace = Trace::new(&request, true);
+    // What hyper's HTTP/1.1 parser refuses never reaches the pipeline.
+    if let Err(refused) = http1_parser_check(request.headers().len(), 0) {
+        return Ok(parser_refusal_report(&method, args, refused));
+    }
     match decide(&context, &mut request, &mut trace).await {
         Err(rejection) => trace.rejection = Some(rejection),
         Ok(Decided::Answered(_)) => trace.steps.skip(Step::Upstream, || {
@@ -151,6 +180,26 @@ async fn diagnose(
         &trace.steps,
         trace.rejection.as_ref(),
     ))
+}
+
+/// The report of a request the HTTP/1.1 parser refuses before any step runs.
+fn parser_refusal_report(method: &Method, args: &DiagnoseArgs, refused: Rejection) -> Report {
+    let mut steps = portcullis_proxy::decision::DecisionTrace::new(true);
+    steps.fail(Step::Request, refused.reason);
+    Report::new(
+        method.to_string(),
+        described_url(&args.url),
+        &steps,
+        Some(&refused),
+    )
+}
+
+/// The URL as the report shows it: a very long one is cut.
+fn described_url(url: &str) -> String {
+    match url.char_indices().nth(200) {
+        Some((i, _)) => format!("{}… ({} bytes)", &url[..i], url.len()),
+        None => url.to_owned(),
+    }
 }
 
 /// The upstream: probed (connect, TLS, health path) unless `--no-upstream`;
