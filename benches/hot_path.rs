@@ -1,6 +1,7 @@
 //! Criterion benches of the hot path: bearer extraction, a cached-key lookup,
 //! verification with a pre-parsed key, CIDR rules and route matching at scale,
-//! and what a refused request's decision trace costs (kept in the explain ring).
+//! what a refused request's decision trace costs (kept in the explain ring),
+//! and one local rate-limit check with a million keys tracked.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // bench set-up panics on failure
 
@@ -201,8 +202,47 @@ routes:
     });
 }
 
+/// One local rate-limit check (key hashing and the GCRA update) of one of a
+/// million tracked client addresses.
+fn bench_rate_limit(c: &mut Criterion) {
+    use portcullis_config::{LimitMode, RateKeyPart, RateLimitPolicy};
+    use portcullis_proxy::rate_limit::{LimitInput, PolicyLimiter};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+    let policy = Arc::new(RateLimitPolicy {
+        name: "per_ip".into(),
+        count: 1_000_000,
+        window: std::time::Duration::from_secs(1),
+        burst: 1_000_000,
+        key: vec![RateKeyPart::ClientIp],
+        mode: LimitMode::Enforce,
+    });
+    let limiter = Arc::new(PolicyLimiter::new(policy, 2_000_000));
+    let headers = http::HeaderMap::new();
+    let key_of = |n: u32| {
+        limiter.key(&LimitInput {
+            client_ip: Some(IpAddr::V4(Ipv4Addr::from(n))),
+            route: "chat",
+            claims: None,
+            headers: &headers,
+        })
+    };
+    for n in 0..1_000_000u32 {
+        limiter.check(key_of(n));
+    }
+    assert_eq!(limiter.keys(), 1_000_000);
+    let mut n = 0u32;
+    c.bench_function("rate_limit_check_1M_keys", |b| {
+        b.iter(|| {
+            n = (n + 7919) % 1_000_000;
+            black_box(limiter.check(key_of(black_box(n))))
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    bench_rate_limit,
     bench_refusal_trace,
     bench_bearer,
     bench_verify,

@@ -8,7 +8,7 @@ use http::Method;
 use portcullis_tests::{BASE_CONFIG, TestEnv};
 use serde_json::{Value, json};
 
-const ROUTE_NAMES: [&str; 20] = [
+const ROUTE_NAMES: [&str; 22] = [
     "request",
     "canonical",
     "strip_spoofed",
@@ -16,6 +16,7 @@ const ROUTE_NAMES: [&str; 20] = [
     "upgrade",
     "client_ip",
     "cors",
+    "ip_rate_limit",
     "authorization_header",
     "token_cache",
     "token_structure",
@@ -28,6 +29,7 @@ const ROUTE_NAMES: [&str; 20] = [
     "audience",
     "scopes",
     "claims",
+    "rate_limit",
     "upstream",
 ];
 

@@ -10,24 +10,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{TestEnv, raw_exchange};
+use portcullis_tests::{ISSUER_AND_UPSTREAM, TestEnv, raw_exchange};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The issuer and upstream every configuration here uses.
-const HEAD: &str = r#"
-listen: { address: "127.0.0.1:0" }
-admin: { enabled: false }
-logging: { access_log: false }
-issuers:
-  dev:
-    issuer: "{ISSUER}"
-    jwks_uri: "{ISSUER}jwks"
-    jwks: { min_refetch_interval: 0s, retries: 0, timeout: 2s }
-upstreams:
-  llm: { targets: ["{UPSTREAM}"], response_header_timeout: 10s }
-"#;
+const HEAD: &str = ISSUER_AND_UPSTREAM;
 
 /// One public catch-all route to the upstream.
 const OPEN_ROUTE: &str =
@@ -94,11 +83,7 @@ fn assert_refused(reply: &RawReply, status: u16, reason: &str, what: &str) {
 }
 
 fn metric(env: &TestEnv, line_start: &str) -> f64 {
-    env.metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    env.metric(line_start)
 }
 
 /// What an upstream that normalises as much as any real server does would serve

@@ -52,6 +52,21 @@ routes:
     public: true
 "#;
 
+/// The head of a test configuration: listeners, the dev issuer `dev` and the
+/// upstream `llm` (placeholders filled by [`render`]); tests add their routes.
+pub const ISSUER_AND_UPSTREAM: &str = r#"
+listen: { address: "127.0.0.1:0" }
+admin: { enabled: false }
+logging: { access_log: false }
+issuers:
+  dev:
+    issuer: "{ISSUER}"
+    jwks_uri: "{ISSUER}jwks"
+    jwks: { min_refetch_interval: 0s, retries: 0, timeout: 2s }
+upstreams:
+  llm: { targets: ["{UPSTREAM}"], response_header_timeout: 10s }
+"#;
+
 /// A gateway with its own authorization server and upstream.
 pub struct TestEnv {
     /// The development authorization server.
@@ -276,6 +291,24 @@ impl TestEnv {
     /// GET with headers.
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.send(Method::GET, path, headers, Bytes::new()).await
+    }
+
+    /// The value of the first metric sample whose line starts with
+    /// `line_start` (name and labels, labels in sorted order), 0 when absent.
+    pub fn metric(&self, line_start: &str) -> f64 {
+        self.metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Loads `template` (placeholders filled) and applies it as a reload does.
+    pub fn apply_yaml(&self, template: &str) -> Result<portcullis_proxy::ApplyReport, String> {
+        let yaml = render(template, &self.auth, &self.upstream);
+        let config = portcullis_config::load_str(&yaml, "gateway.yaml", Path::new("."), &|_| None)
+            .map_err(|e| e.to_string())?;
+        self.gateway.apply(config)
     }
 
     /// GET with a bearer token.

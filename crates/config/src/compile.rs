@@ -53,7 +53,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.problems.push((path.into(), msg.into()));
     }
 
@@ -199,6 +199,8 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
             .map_or(64 << 20, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
         max_ttl: tc.max_ttl.map_or(Duration::from_secs(300), |d| d.0),
     };
+    let rate_limits =
+        crate::rate_limits::compile_rate_limits(raw.rate_limits.unwrap_or_default(), ctx);
     if raw.workers == Some(0) {
         ctx.err(
             "workers",
@@ -243,7 +245,14 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
                 format!("duplicate route name {:?}", rr.name),
             );
         }
-        if let Some(rc) = compile_route(&path, rr, &issuers, &upstreams, &limits, &paths, ctx) {
+        let context = RouteContext {
+            issuers: &issuers,
+            upstreams: &upstreams,
+            limits: &limits,
+            paths: &paths,
+            rate_limits: &rate_limits,
+        };
+        if let Some(rc) = compile_route(&path, rr, &context, ctx) {
             routes.push(Arc::new(rc));
         }
     }
@@ -263,6 +272,7 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
         paths,
         refusal_detail,
         token_cache,
+        rate_limits,
         issuers,
         upstreams,
         routes,
@@ -892,15 +902,28 @@ fn compile_credential(path: &str, rc: RawCredential, ctx: &mut Ctx<'_>) -> Optio
     }
 }
 
+/// What a route may refer to.
+struct RouteContext<'a> {
+    issuers: &'a BTreeMap<String, Arc<IssuerConfig>>,
+    upstreams: &'a BTreeMap<String, Arc<UpstreamConfig>>,
+    limits: &'a Limits,
+    paths: &'a PathRules,
+    rate_limits: &'a RateLimits,
+}
+
 fn compile_route(
     path: &str,
     rr: RawRoute,
-    issuers: &BTreeMap<String, Arc<IssuerConfig>>,
-    upstreams: &BTreeMap<String, Arc<UpstreamConfig>>,
-    limits: &Limits,
-    paths: &PathRules,
+    context: &RouteContext<'_>,
     ctx: &mut Ctx<'_>,
 ) -> Option<RouteConfig> {
+    let RouteContext {
+        issuers,
+        upstreams,
+        limits,
+        paths,
+        rate_limits,
+    } = *context;
     if rr.name.is_empty()
         || !rr
             .name
@@ -978,6 +1001,13 @@ fn compile_route(
             return None;
         }
     };
+    let rate_limits = crate::rate_limits::route_policies(
+        &format!("{path}.rate_limits"),
+        rr.rate_limits,
+        &auth,
+        rate_limits,
+        ctx,
+    );
     Some(RouteConfig {
         name: rr.name,
         matcher: matcher?,
@@ -990,6 +1020,7 @@ fn compile_route(
         auth,
         upgrades,
         cors,
+        rate_limits,
     })
 }
 

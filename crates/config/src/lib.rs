@@ -11,6 +11,7 @@ pub mod interpolate;
 pub mod lint;
 pub mod locate;
 pub mod model;
+pub mod rate_limits;
 mod raw;
 mod structure;
 pub mod units;

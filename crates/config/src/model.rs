@@ -51,6 +51,8 @@ pub struct GatewayConfig {
     pub token_cache: TokenCacheConfig,
     /// W3C trace context.
     pub tracing: TracingConfig,
+    /// Request-rate policies (`rate_limits`).
+    pub rate_limits: RateLimits,
     /// Issuers by name.
     pub issuers: BTreeMap<String, Arc<IssuerConfig>>,
     /// Upstreams by name.
@@ -402,6 +404,99 @@ pub struct RouteConfig {
     pub upgrades: Vec<String>,
     /// Cross-origin requests from browsers, when allowed.
     pub cors: Option<Cors>,
+    /// The rate-limit policies that apply to the route (its own
+    /// `rate_limits`, else `rate_limits.default`), all of which must pass.
+    pub rate_limits: Vec<Arc<RateLimitPolicy>>,
+}
+
+/// `rate_limits`: named request-rate policies and how they are kept.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RateLimits {
+    /// Keys one policy tracks at most (`max_keys`); past it, after idle keys
+    /// are forgotten, a new key is refused (`rate_limited`, fail closed).
+    pub max_keys: usize,
+    /// Whether allowed responses carry `RateLimit-Policy` / `RateLimit` too
+    /// (`response_headers`); refusals always do.
+    pub response_headers: bool,
+    /// The policies of routes that name none (`default`).
+    pub default: Vec<Arc<RateLimitPolicy>>,
+    /// Every policy by name.
+    pub policies: BTreeMap<String, Arc<RateLimitPolicy>>,
+}
+
+/// One rate-limit policy: `count` requests per `window`, at most `burst` at
+/// once, per key (GCRA: one request every `window / count` in the long run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitPolicy {
+    /// Its name (a metric label, and the `RateLimit-Policy` item).
+    pub name: String,
+    /// Requests allowed per window.
+    pub count: u32,
+    /// The window.
+    pub window: Duration,
+    /// Requests that may come back to back (defaults to `count`).
+    pub burst: u32,
+    /// What the limit is kept per: the parts of the key, in order.
+    pub key: Vec<RateKeyPart>,
+    /// Enforce, or only count what would be limited.
+    pub mode: LimitMode,
+}
+
+impl RateLimitPolicy {
+    /// Whether the key includes the verified client (checked after
+    /// authentication); otherwise the policy is checked before it.
+    pub fn needs_client(&self) -> bool {
+        self.key
+            .iter()
+            .any(|p| matches!(p, RateKeyPart::Client { .. }))
+    }
+
+    /// The key kinds as the detail and `diagnose` name them (`ip+route`).
+    pub fn key_kinds(&self) -> String {
+        let kinds: Vec<&str> = self.key.iter().map(RateKeyPart::kind).collect();
+        kinds.join("+")
+    }
+}
+
+/// One part of a rate-limit key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKeyPart {
+    /// The resolved client address (trusted proxies applied), as the IP rules
+    /// see it.
+    ClientIp,
+    /// The route.
+    Route,
+    /// The token's client: the first of `claims` the token carries, with its
+    /// issuer (`client`, or `client:<claim>`).
+    Client {
+        /// Claims looked at, in order (`client_id`, `azp`, `sub` by default).
+        claims: Vec<String>,
+    },
+    /// A request header's value (`header:<name>`); absent, all such requests
+    /// share one key.
+    Header(HeaderName),
+}
+
+impl RateKeyPart {
+    /// `ip`, `route`, `client` or `header`.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            RateKeyPart::ClientIp => "ip",
+            RateKeyPart::Route => "route",
+            RateKeyPart::Client { .. } => "client",
+            RateKeyPart::Header(_) => "header",
+        }
+    }
+}
+
+/// Whether a policy refuses, or only counts what it would refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitMode {
+    /// Over the limit: 429 `rate_limited`.
+    #[default]
+    Enforce,
+    /// Over the limit: counted (`would_limit`) and forwarded.
+    Report,
 }
 
 /// A route's CORS policy (the Fetch standard's CORS protocol): preflights are

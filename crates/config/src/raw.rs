@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub responses: Option<RawResponses>,
     pub token_cache: Option<RawTokenCache>,
     pub tracing: Option<RawTracing>,
+    pub rate_limits: Option<RawRateLimits>,
     #[serde(default)]
     pub issuers: BTreeMap<String, RawIssuer>,
     #[serde(default)]
@@ -278,6 +279,28 @@ pub struct RawRoute {
     pub ip: Option<RawIp>,
     pub upgrades: Option<Vec<String>>,
     pub cors: Option<RawCors>,
+    pub rate_limits: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    pub store: Option<String>,
+    pub max_keys: Option<usize>,
+    pub response_headers: Option<bool>,
+    pub default: Option<Vec<String>>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, RawRatePolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRatePolicy {
+    pub rate: String,
+    pub burst: Option<i64>,
+    #[serde(default)]
+    pub key: Vec<String>,
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,7 +12,7 @@ use crate::locate::Locator;
 use crate::raw::RawConfig;
 
 /// The top-level keys of gateway.yaml.
-const TOP_LEVEL: [&str; 13] = [
+const TOP_LEVEL: [&str; 14] = [
     "listen",
     "admin",
     "workers",
@@ -23,6 +23,7 @@ const TOP_LEVEL: [&str; 13] = [
     "responses",
     "token_cache",
     "tracing",
+    "rate_limits",
     "issuers",
     "upstreams",
     "routes",
@@ -67,6 +68,7 @@ pub(crate) fn read(text: &str, locator: &Locator) -> Result<RawConfig, Vec<Probl
             "responses" => raw.responses = section.field(&key, value),
             "token_cache" => raw.token_cache = section.field(&key, value),
             "tracing" => raw.tracing = section.field(&key, value),
+            "rate_limits" => raw.rate_limits = section.field(&key, value),
             "issuers" => raw.issuers = section.entries(&key, value),
             "upstreams" => raw.upstreams = section.entries(&key, value),
             "routes" => raw.routes = section.items(&key, value),

@@ -393,3 +393,94 @@ fn an_admin_listener_beyond_loopback_without_a_token_is_warned_about() {
     let c = load(GOOD).unwrap();
     assert!(!c.warnings.iter().any(|w| w.contains("admin.token_file")));
 }
+
+/// `GOOD` with a `rate_limits` block and per-route references.
+fn with_limits(limits: &str, chat: &str, health: &str) -> String {
+    let mut text = format!("{limits}\n{GOOD}");
+    text = text.replace(
+        "      claim_headers: { sub: X-Portcullis-Subject }\n",
+        &format!("      claim_headers: {{ sub: X-Portcullis-Subject }}\n    rate_limits: {chat}\n"),
+    );
+    text.replace(
+        "    public: true\n",
+        &format!("    public: true\n    rate_limits: {health}\n"),
+    )
+}
+
+#[test]
+fn rate_limit_policies_compile_with_their_defaults() {
+    let text = with_limits(
+        "rate_limits:\n  default: [per_ip]\n  policies:\n    per_ip: { rate: 100/s, key: [ip] }\n    per_client: { rate: 600/min, burst: 50, key: [client, route] }\n    per_key: { rate: 5/10s, key: [\"header:X-Api-Key\"], mode: report }",
+        "[per_client, per_ip]",
+        "[per_key]",
+    );
+    let c = load(&text).unwrap();
+    let rl = &c.rate_limits;
+    assert_eq!(rl.max_keys, 1_000_000);
+    assert!(!rl.response_headers);
+    assert_eq!(rl.default.len(), 1);
+    let per_ip = &rl.policies["per_ip"];
+    assert_eq!(
+        (per_ip.count, per_ip.burst),
+        (100, 100),
+        "burst defaults to the count"
+    );
+    assert_eq!(per_ip.window, std::time::Duration::from_secs(1));
+    let per_client = &rl.policies["per_client"];
+    assert_eq!(per_client.burst, 50);
+    assert!(per_client.needs_client());
+    assert_eq!(per_client.key_kinds(), "client+route");
+    assert_eq!(rl.policies["per_key"].mode, LimitMode::Report);
+    let names = |i: usize| -> Vec<String> {
+        c.routes[i]
+            .rate_limits
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    assert_eq!(names(0), ["per_client", "per_ip"]);
+    assert_eq!(names(1), ["per_key"]);
+    // Without its own list a route takes the defaults; [] opts out.
+    let text = with_limits(
+        "rate_limits:\n  default: [per_ip, per_client]\n  policies:\n    per_ip: { rate: 100/s, key: [ip] }\n    per_client: { rate: 600/min, key: [client] }",
+        "[]",
+        "[per_ip]",
+    )
+    .replace("    rate_limits: [per_ip]\n", "");
+    let c = load(&text).unwrap();
+    assert!(c.routes[0].rate_limits.is_empty(), "[] opts out");
+    let public: Vec<&str> = c.routes[1]
+        .rate_limits
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(
+        public,
+        ["per_ip"],
+        "a public route leaves out per-client defaults"
+    );
+}
+
+#[test]
+fn bad_rate_limits_are_errors_at_their_paths() {
+    let text = with_limits(
+        "rate_limits:\n  store: redis://127.0.0.1:6379\n  max_keys: 0\n  default: [nope]\n  policies:\n    zero: { rate: 0/s, key: [ip] }\n    negative: { rate: 10/s, burst: -1, key: [ip] }\n    kinds: { rate: 10/s, key: [user] }\n    nokey: { rate: 10/s }\n    per_client: { rate: 10/s, key: [client] }",
+        "[per_clint]",
+        "[per_client]",
+    );
+    let err = load(&text).unwrap_err().to_string();
+    for expected in [
+        "rate_limits.store",
+        "rate_limits.max_keys",
+        "rate_limits.default[0]: unknown rate-limit policy \"nope\"",
+        "rate_limits.policies.zero.rate",
+        "rate_limits.policies.negative.burst",
+        "rate_limits.policies.kinds.key[0]: unknown key kind \"user\"",
+        "rate_limits.policies.nokey.key",
+        "routes[0].rate_limits[0]: unknown rate-limit policy \"per_clint\"",
+        "did you mean \"per_client\"",
+        "routes[1].rate_limits[0]: policy \"per_client\" is kept per client",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}

@@ -22,6 +22,10 @@ pub const CLOCK_OFFSET_BUCKETS: &[f64] = &[
     -300.0, -60.0, -30.0, -10.0, -5.0, -1.0, 0.0, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
+/// The outcomes of `portcullis_rate_limit_decisions_total`, in the order of
+/// the per-route handles.
+pub const RATE_LIMIT_OUTCOMES: [&str; 4] = ["allow", "limit", "would_limit", "table_full"];
+
 /// Every family, by name.
 pub struct Families {
     /// The registry (not the global one).
@@ -90,6 +94,11 @@ pub struct Families {
     pub upstream_refusals: IntCounterVec,
     /// `portcullis_trace_spans_total{outcome}`.
     pub trace_spans: IntCounterVec,
+    /// `portcullis_rate_limit_decisions_total{route,policy,outcome}` (see
+    /// [`RATE_LIMIT_OUTCOMES`]).
+    pub rate_limit_decisions: IntCounterVec,
+    /// `portcullis_rate_limit_keys{policy}`: keys tracked, refreshed at scrape time.
+    pub rate_limit_keys: IntGaugeVec,
     /// The name of every registered family.
     pub names: Vec<String>,
 }
@@ -339,6 +348,18 @@ impl Families {
                 "Spans of sampled requests by outcome: exported to the collector, dropped (the export queue was full), failed (the collector was down, slow or refused them).",
                 &["outcome"],
             )?,
+            rate_limit_decisions: counter(
+                &r,
+                "portcullis_rate_limit_decisions_total",
+                "Rate-limit decisions by route, policy and outcome: allow, limit (refused, 429), would_limit (a report-only policy let it through), table_full (a new key refused because the policy tracks rate_limits.max_keys keys).",
+                &["route", "policy", "outcome"],
+            )?,
+            rate_limit_keys: int_gauge_vec(
+                &r,
+                "portcullis_rate_limit_keys",
+                "Keys a rate-limit policy tracks in this process.",
+                &["policy"],
+            )?,
             build_info: int_gauge_vec(
                 &r,
                 "portcullis_build_info",
@@ -380,6 +401,8 @@ impl Families {
             &fams.build_info,
             &fams.rejected_connections,
             &fams.connections_closed,
+            &fams.rate_limit_decisions,
+            &fams.rate_limit_keys,
         ] {
             names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
         }

@@ -78,6 +78,9 @@ pub enum Reason {
     /// The request target (path and query) is longer than the HTTP/1.1 parser
     /// accepts (65,534 bytes), refused before routing.
     UriTooLong,
+    /// A rate-limit policy of the route refused the request: its key (client,
+    /// address, route or header) is over the policy's rate.
+    RateLimited,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -97,7 +100,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 30] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -127,6 +130,7 @@ impl Reason {
         Reason::BodyTimeout,
         Reason::CorsNotAllowed,
         Reason::UriTooLong,
+        Reason::RateLimited,
     ];
 
     /// The stable snake_case code.
@@ -161,6 +165,7 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::CorsNotAllowed => "cors_not_allowed",
             Reason::UriTooLong => "uri_too_long",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -190,6 +195,7 @@ impl Reason {
             Reason::BodyTooLarge => 413,
             Reason::HeadersTooLarge => 431,
             Reason::UriTooLong => 414,
+            Reason::RateLimited => 429,
             Reason::UpstreamUnreachable | Reason::UpstreamProtocolError => 502,
             Reason::UpstreamTimeout => 504,
         }
@@ -225,7 +231,8 @@ impl Reason {
             | Reason::UpgradeNotAllowed
             | Reason::BodyTimeout
             | Reason::CorsNotAllowed
-            | Reason::UriTooLong => Challenge::None,
+            | Reason::UriTooLong
+            | Reason::RateLimited => Challenge::None,
         }
     }
 
@@ -261,6 +268,7 @@ impl Reason {
             Reason::BodyTimeout => "Request body too slow",
             Reason::CorsNotAllowed => "Cross-origin request not allowed",
             Reason::UriTooLong => "Request target too long",
+            Reason::RateLimited => "Too many requests",
         }
     }
 
@@ -306,6 +314,9 @@ impl Reason {
             }
             Reason::HeadersTooLarge => {
                 "send fewer or smaller headers (at most 100 header fields over HTTP/1.1), or raise limits.max_header_bytes"
+            }
+            Reason::RateLimited => {
+                "slow down: retry after the Retry-After seconds; the detail names the policy (rate_limits.policies.<name>) and what it is kept per"
             }
             Reason::UriTooLong => {
                 "shorten the URL (at most 65,534 bytes of path and query): move large parameters into the request body"

@@ -30,6 +30,10 @@ pub enum Step {
     ClientIp,
     /// A CORS preflight answered, or refused, before any token is looked for.
     Cors,
+    /// Rate-limit policies kept per client address (without the client):
+    /// before any token is looked at, so a flood of forged tokens costs no
+    /// signature check.
+    IpRateLimit,
     /// Exactly one bearer token, within the size limit.
     AuthorizationHeader,
     /// The verified-token cache: a hit skips decoding and the signature.
@@ -54,6 +58,8 @@ pub enum Step {
     Scopes,
     /// The route's claim rules hold.
     Claims,
+    /// The route's other rate-limit policies (per client, route or header).
+    RateLimit,
     /// The upstream exchange.
     Upstream,
 }
@@ -62,7 +68,7 @@ impl Step {
     /// Every step, in the order the pipeline takes them (the head-size part of
     /// `request` is checked before `canonical`, its body part after `upgrade`;
     /// it is listed once, first).
-    pub const ALL: [Step; 20] = [
+    pub const ALL: [Step; 22] = [
         Step::Request,
         Step::Canonical,
         Step::StripSpoofed,
@@ -70,6 +76,7 @@ impl Step {
         Step::Upgrade,
         Step::ClientIp,
         Step::Cors,
+        Step::IpRateLimit,
         Step::AuthorizationHeader,
         Step::TokenCache,
         Step::TokenStructure,
@@ -82,6 +89,7 @@ impl Step {
         Step::Audience,
         Step::Scopes,
         Step::Claims,
+        Step::RateLimit,
         Step::Upstream,
     ];
 
@@ -95,6 +103,7 @@ impl Step {
             Step::Upgrade => "upgrade",
             Step::ClientIp => "client_ip",
             Step::Cors => "cors",
+            Step::IpRateLimit => "ip_rate_limit",
             Step::AuthorizationHeader => "authorization_header",
             Step::TokenCache => "token_cache",
             Step::TokenStructure => "token_structure",
@@ -107,6 +116,7 @@ impl Step {
             Step::Audience => "audience",
             Step::Scopes => "scopes",
             Step::Claims => "claims",
+            Step::RateLimit => "rate_limit",
             Step::Upstream => "upstream",
         }
     }

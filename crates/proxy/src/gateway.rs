@@ -407,6 +407,14 @@ impl Gateway {
             .set(i64::try_from(self.token_cache.len()).unwrap_or(i64::MAX));
         f.token_cache_bytes
             .set(i64::try_from(self.token_cache.bytes()).unwrap_or(i64::MAX));
+        // Only the policies of the configuration in force: a removed one's
+        // series goes with its limiter.
+        f.rate_limit_keys.reset();
+        for (name, limiter) in &rt.limiters {
+            f.rate_limit_keys
+                .with_label_values(&[name])
+                .set(i64::try_from(limiter.keys()).unwrap_or(i64::MAX));
+        }
         let now = Instant::now();
         for issuer in rt.issuers.values() {
             let label = issuer.config.rules.issuer.as_str();

@@ -19,6 +19,7 @@ pub mod otel;
 pub mod parser_refusal;
 pub mod pipeline;
 pub mod pool;
+pub mod rate_limit;
 pub mod recent;
 pub mod reject;
 pub mod reload;

@@ -63,6 +63,8 @@ pub struct Trace {
     pub trace_context: Option<crate::tracecontext::TraceContext>,
     /// When its parts ran, for the spans of a sampled request.
     pub timings: Option<Box<crate::otel::Timings>>,
+    /// What the rate-limit steps leave for the response and the log.
+    pub rate_limit: Option<Box<crate::rate_limit::LimitNote>>,
 }
 
 impl Trace {
@@ -83,7 +85,18 @@ impl Trace {
             request_body: None,
             trace_context: None,
             timings: None,
+            rate_limit: None,
         }
+    }
+
+    /// Whether a step after authorization (a rate limit) refused a request
+    /// whose token passed: the gateway refused it all the same.
+    pub fn refused_after_authorization(&self) -> bool {
+        matches!(self.decision, Decision::Allowed | Decision::Public)
+            && self
+                .rejection
+                .as_ref()
+                .is_some_and(|r| r.reason == Reason::RateLimited)
     }
 
     /// The upstream's own refusal (401 or 403) of a request the gateway let
@@ -137,6 +150,8 @@ pub fn record(mut account: Box<Account>, ending: &Ending) {
     }
     if let (Decision::NotEvaluated, Some(r)) = (trace.decision, &trace.rejection) {
         account.gw.record_refusal(r.reason);
+    } else if trace.refused_after_authorization() {
+        account.gw.record_refusal(Reason::RateLimited);
     }
     let sampled = trace.trace_context.as_ref().is_some_and(|t| t.sampled());
     if sampled && let Some(spans) = account.gw.spans() {
@@ -302,6 +317,7 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
         .filter(|_| trace.upstream_latency.is_some())
         .map_or("-", |r| r.config.upstream.as_str());
     let outcome = match (trace.decision, &trace.rejection) {
+        _ if trace.refused_after_authorization() => "deny",
         (Decision::Allowed, _) => "allow",
         (Decision::Public, _) => "public",
         (Decision::WouldDeny(_), _) => "would_deny",
@@ -327,6 +343,11 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
     let client_ip = describe_client(trace.client_ip);
     let upstream_status = trace.upstream_status.map_or(0, u16::from);
     let trace_id = trace.trace_context.as_ref().map(|t| t.trace_id_hex());
+    let rate_limit = trace
+        .rate_limit
+        .as_ref()
+        .and_then(|n| n.policy.as_ref())
+        .map_or("-", |p| p.name.as_str());
     // Strings are written as string fields (quoted and escaped by the text
     // formatter, so a crafted path or `sub` cannot forge a field or a line);
     // numbers are rounded to the microsecond; an absent value is `-`.
@@ -342,6 +363,7 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
             reason,
             refused_by,
             detail,
+            rate_limit,
             client_ip = client_ip.as_str(),
             subject = subject.as_str(),
             upstream,
@@ -365,6 +387,7 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
             reason,
             refused_by,
             detail,
+            rate_limit = (rate_limit != "-").then_some(rate_limit),
             client_ip = client_ip.as_str(),
             subject = subject.as_str(),
             upstream,

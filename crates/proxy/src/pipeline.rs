@@ -37,6 +37,7 @@ use hyper::body::Incoming;
 use portcullis_config::{AuthMode, RefusalDetail, RequestIdSource, TraceparentSource};
 use portcullis_metrics::Metrics;
 use portcullis_policy::authority::{self, Framing};
+use portcullis_policy::ip::IpSource;
 use portcullis_policy::path::PathRules;
 use portcullis_policy::{Reason, Rejection, VerifiedClaims, resolve_client_ip};
 
@@ -156,6 +157,9 @@ pub async fn handle(
             r
         }
     };
+    if let Some(note) = &trace.rate_limit {
+        note.apply(response.headers_mut());
+    }
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, request_id.clone());
@@ -510,6 +514,22 @@ pub async fn decide<B>(
         return Ok(Decided::Answered(answer));
     }
 
+    // ip_rate_limit: policies kept per address, before any token is looked
+    // at, so a flood of forged tokens buys no signature check.
+    let client_ip = match client.source {
+        IpSource::Unparsable { .. } => None,
+        _ => Some(client.ip),
+    };
+    rate_limits(
+        Step::IpRateLimit,
+        &route,
+        client_ip,
+        None,
+        req.headers(),
+        config.rate_limits.response_headers,
+        trace,
+    )?;
+
     // authenticate + authorize
     let claims = match route.protected() {
         None => {
@@ -549,11 +569,56 @@ pub async fn decide<B>(
             }
         }
     };
+    // rate_limit: the other policies, now that the client is known.
+    rate_limits(
+        Step::RateLimit,
+        &route,
+        client_ip,
+        claims.as_deref(),
+        req.headers(),
+        config.rate_limits.response_headers,
+        trace,
+    )?;
     Ok(Decided::Forward {
         route,
         claims,
         upgrade,
     })
+}
+
+/// The route's rate-limit policies of one step (nothing at all for a route
+/// without any, so it pays nothing).
+fn rate_limits(
+    step: Step,
+    route: &CompiledRoute,
+    client_ip: Option<std::net::IpAddr>,
+    claims: Option<&VerifiedClaims>,
+    headers: &http::HeaderMap,
+    headers_always: bool,
+    trace: &mut Trace,
+) -> Result<(), Rejection> {
+    if route.rate_limits.is_empty() {
+        if trace.steps.is_verbose() {
+            trace
+                .steps
+                .skip(step, || "the route has no rate-limit policy".to_owned());
+        }
+        return Ok(());
+    }
+    let input = crate::rate_limit::LimitInput {
+        client_ip,
+        route: &route.config.name,
+        claims,
+        headers,
+    };
+    crate::rate_limit::check(
+        step,
+        &route.rate_limits,
+        &input,
+        headers_always,
+        &mut trace.steps,
+        &mut trace.rate_limit,
+    )
 }
 
 /// authenticate (bearer, cache, verification) then authorize (audience, scopes,

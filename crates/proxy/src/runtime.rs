@@ -13,6 +13,7 @@ use portcullis_config::{GatewayConfig, IssuerConfig, ProtectedRoute, RouteAuth, 
 use portcullis_jwks::{JwksObserver, KeyCache};
 use portcullis_metrics::{IssuerMetrics, Metrics, RouteMetrics};
 
+use crate::rate_limit::{PolicyLimiter, RouteLimit};
 use crate::route_table::RouteTable;
 use crate::upstream::UpstreamPool;
 
@@ -38,6 +39,8 @@ pub struct CompiledRoute {
     pub issuers: HashMap<String, Arc<IssuerRuntime>>,
     /// The largest token any accepted issuer takes.
     pub max_token_bytes: usize,
+    /// Its rate-limit policies, with their metric handles.
+    pub rate_limits: Vec<RouteLimit>,
 }
 
 impl CompiledRoute {
@@ -66,6 +69,8 @@ pub struct Runtime {
     /// a client's copy is stripped on every route, so no route, public ones
     /// included, can carry a forged one to an upstream that another route feeds.
     pub owned_headers: Vec<HeaderName>,
+    /// A limiter per rate-limit policy, by name.
+    pub limiters: BTreeMap<String, Arc<PolicyLimiter>>,
 }
 
 impl Runtime {
@@ -134,6 +139,23 @@ impl Runtime {
             };
             upstreams.insert(name.clone(), pool);
         }
+        // A policy whose settings did not change keeps its limiter, and so
+        // every key's budget; a changed or new one starts afresh.
+        let max_keys = config.rate_limits.max_keys;
+        let limiters: BTreeMap<String, Arc<PolicyLimiter>> = config
+            .rate_limits
+            .policies
+            .iter()
+            .map(|(name, policy)| {
+                let reused = previous
+                    .and_then(|p| p.limiters.get(name))
+                    .filter(|old| *old.policy == **policy && old.max_keys == max_keys)
+                    .cloned();
+                let limiter = reused
+                    .unwrap_or_else(|| Arc::new(PolicyLimiter::new(Arc::clone(policy), max_keys)));
+                (name.clone(), limiter)
+            })
+            .collect();
         let mut compiled = Vec::with_capacity(config.routes.len());
         let mut owned_headers: Vec<HeaderName> = Vec::new();
         for rc in &config.routes {
@@ -166,12 +188,19 @@ impl Runtime {
                     (map, max)
                 }
             };
+            let rate_limits = rc
+                .rate_limits
+                .iter()
+                .filter_map(|p| limiters.get(&p.name))
+                .map(|l| RouteLimit::new(Arc::clone(l), &rc.name, metrics))
+                .collect();
             let route = CompiledRoute {
                 config: Arc::clone(rc),
                 metrics: metrics.route(&rc.name),
                 upstream,
                 issuers: route_issuers,
                 max_token_bytes,
+                rate_limits,
             };
             compiled.push((rc.matcher.clone(), Arc::new(route)));
         }
@@ -179,6 +208,7 @@ impl Runtime {
             table: RouteTable::new(compiled),
             unmatched: metrics.route("unmatched"),
             owned_headers,
+            limiters,
             config: Arc::new(config),
             issuers,
             upstreams,

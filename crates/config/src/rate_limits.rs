@@ -1,0 +1,294 @@
+//! `rate_limits`: named request-rate policies, compiled and checked; and the
+//! routes' references to them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::compile::{Ctx, did_you_mean};
+use crate::model::{LimitMode, RateKeyPart, RateLimitPolicy, RateLimits, RouteAuth};
+use crate::raw::{RawRateLimits, RawRatePolicy};
+use crate::units::parse_duration;
+
+/// Keys one policy tracks by default.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+/// The client claims a `client` key looks at, in order, by default.
+pub const DEFAULT_CLIENT_CLAIMS: [&str; 3] = ["client_id", "azp", "sub"];
+
+/// Compiles the `rate_limits` block; problems are reported at their paths.
+pub(crate) fn compile_rate_limits(raw: RawRateLimits, ctx: &mut Ctx<'_>) -> RateLimits {
+    if let Some(store) = raw.store.as_deref()
+        && store != "local"
+    {
+        ctx.err(
+            "rate_limits.store",
+            format!(
+                "{store:?} is not supported yet: only \"local\" (per-process limits) is built; a shared Redis store is planned"
+            ),
+        );
+    }
+    let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+    if max_keys == 0 {
+        ctx.err(
+            "rate_limits.max_keys",
+            "must be at least 1 (it bounds the memory each policy may take)",
+        );
+    }
+    let mut policies = BTreeMap::new();
+    for (name, rp) in raw.policies {
+        let path = format!("rate_limits.policies.{name}");
+        if let Some(p) = compile_policy(&path, &name, rp, ctx) {
+            policies.insert(name, Arc::new(p));
+        }
+    }
+    let default = raw
+        .default
+        .map(|names| resolve("rate_limits.default", &names, &policies, ctx))
+        .unwrap_or_default();
+    RateLimits {
+        max_keys,
+        response_headers: raw.response_headers.unwrap_or(false),
+        default,
+        policies,
+    }
+}
+
+fn compile_policy(
+    path: &str,
+    name: &str,
+    rp: RawRatePolicy,
+    ctx: &mut Ctx<'_>,
+) -> Option<RateLimitPolicy> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        ctx.err(
+            path,
+            "a policy name must be letters, digits, '-' or '_' (it is a metric label and a header token)",
+        );
+    }
+    let rate = parse_rate(&rp.rate).map_err(|e| ctx.err(format!("{path}.rate"), e));
+    let burst = match rp.burst {
+        None => None,
+        Some(b) if b >= 1 && b <= i64::from(u32::MAX) => u32::try_from(b).ok(),
+        Some(b) => {
+            ctx.err(
+                format!("{path}.burst"),
+                format!("{b} is not a positive number of requests"),
+            );
+            None
+        }
+    };
+    if rp.key.is_empty() {
+        ctx.err(
+            format!("{path}.key"),
+            "name what the limit is kept per: a list of ip, route, client, client:<claim> or header:<name>",
+        );
+    }
+    let mut key = Vec::new();
+    for (i, part) in rp.key.iter().enumerate() {
+        match parse_key_part(part) {
+            Ok(p) if key.contains(&p) => ctx.err(
+                format!("{path}.key[{i}]"),
+                format!("{part:?} is listed twice"),
+            ),
+            Ok(p) => key.push(p),
+            Err(e) => ctx.err(format!("{path}.key[{i}]"), e),
+        }
+    }
+    let mode = match rp.mode.as_deref() {
+        None | Some("enforce") => LimitMode::Enforce,
+        Some("report") => LimitMode::Report,
+        Some(other) => {
+            ctx.err(
+                format!("{path}.mode"),
+                format!("{other:?} is not enforce or report"),
+            );
+            LimitMode::Enforce
+        }
+    };
+    let (count, window) = rate.ok()?;
+    Some(RateLimitPolicy {
+        name: name.to_owned(),
+        count,
+        window,
+        burst: burst.unwrap_or(count),
+        key,
+        mode,
+    })
+}
+
+/// `100/s`, `600/min`, `10000/h`, `5/10s`, `1000/day`: requests per window.
+pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+    let usage = "write it as requests/window: 100/s, 600/min, 10000/h, 5/10s";
+    let (count, window) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not a rate; {usage}"))?;
+    let count: i64 = count.trim().parse().map_err(|_| {
+        format!(
+            "{text:?}: {:?} is not a whole number; {usage}",
+            count.trim()
+        )
+    })?;
+    if count < 1 {
+        return Err(format!(
+            "{text:?}: the rate must allow at least 1 request (to refuse every request, use ip rules or remove the route)"
+        ));
+    }
+    let count = u32::try_from(count).map_err(|_| format!("{text:?}: {count} is too large"))?;
+    let window = match window.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        "d" | "day" => Duration::from_secs(86_400),
+        other => parse_duration(other).map_err(|e| format!("{text:?}: {e}"))?,
+    };
+    if window.is_zero() {
+        return Err(format!("{text:?}: the window must be longer than zero"));
+    }
+    if window / count < Duration::from_nanos(1) {
+        return Err(format!("{text:?} is faster than one request a nanosecond"));
+    }
+    Ok((count, window))
+}
+
+fn parse_key_part(text: &str) -> Result<RateKeyPart, String> {
+    let kinds = "use ip, route, client, client:<claim> or header:<name>";
+    match text.split_once(':') {
+        None => match text {
+            "ip" => Ok(RateKeyPart::ClientIp),
+            "route" => Ok(RateKeyPart::Route),
+            "client" => Ok(RateKeyPart::Client {
+                claims: DEFAULT_CLIENT_CLAIMS.map(str::to_owned).to_vec(),
+            }),
+            other => Err(format!("unknown key kind {other:?}; {kinds}")),
+        },
+        Some(("client", claim)) if !claim.is_empty() => Ok(RateKeyPart::Client {
+            claims: vec![claim.to_owned()],
+        }),
+        Some(("header", name)) => HeaderName::from_bytes(name.trim().as_bytes())
+            .map(RateKeyPart::Header)
+            .map_err(|_| format!("{name:?} is not a header name")),
+        Some(_) => Err(format!("unknown key kind {text:?}; {kinds}")),
+    }
+}
+
+/// Resolves a list of policy names written at `path`.
+pub(crate) fn resolve(
+    path: &str,
+    names: &[String],
+    policies: &BTreeMap<String, Arc<RateLimitPolicy>>,
+    ctx: &mut Ctx<'_>,
+) -> Vec<Arc<RateLimitPolicy>> {
+    let mut out: Vec<Arc<RateLimitPolicy>> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match policies.get(name) {
+            Some(p) if out.iter().any(|q| q.name == p.name) => {
+                ctx.err(format!("{path}[{i}]"), format!("{name:?} is listed twice"))
+            }
+            Some(p) => out.push(Arc::clone(p)),
+            None => {
+                let hint = did_you_mean(name, policies.keys().map(String::as_str));
+                ctx.err(
+                    format!("{path}[{i}]"),
+                    format!("unknown rate-limit policy {name:?}{hint}"),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The policies of a route: its own list, or the defaults. A public route has
+/// no verified client: a policy keyed by the client is an error when the route
+/// names it, and is left out when it comes from the defaults.
+pub(crate) fn route_policies(
+    path: &str,
+    own: Option<Vec<String>>,
+    auth: &RouteAuth,
+    limits: &RateLimits,
+    ctx: &mut Ctx<'_>,
+) -> Vec<Arc<RateLimitPolicy>> {
+    let public = matches!(auth, RouteAuth::Public);
+    match own {
+        Some(names) => {
+            let list = resolve(path, &names, &limits.policies, ctx);
+            for (i, p) in list.iter().enumerate() {
+                if public && p.needs_client() {
+                    ctx.err(
+                        format!("{path}[{i}]"),
+                        format!(
+                            "policy {:?} is kept per client, and a public route has no verified client; key it by ip or header instead",
+                            p.name
+                        ),
+                    );
+                }
+            }
+            list
+        }
+        None => limits
+            .default
+            .iter()
+            .filter(|p| !(public && p.needs_client()))
+            .cloned()
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100/s").unwrap(), (100, Duration::from_secs(1)));
+        assert_eq!(
+            parse_rate("600/min").unwrap(),
+            (600, Duration::from_secs(60))
+        );
+        assert_eq!(parse_rate("5/10s").unwrap(), (5, Duration::from_secs(10)));
+        assert_eq!(
+            parse_rate(" 7 / hour").unwrap(),
+            (7, Duration::from_secs(3600))
+        );
+        assert_eq!(
+            parse_rate("1/day").unwrap(),
+            (1, Duration::from_secs(86_400))
+        );
+        for bad in [
+            "0/s",
+            "-5/s",
+            "100",
+            "x/s",
+            "10/fortnight",
+            "10/0s",
+            "1.5/s",
+            "",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_parts() {
+        assert_eq!(parse_key_part("ip").unwrap(), RateKeyPart::ClientIp);
+        assert_eq!(parse_key_part("route").unwrap(), RateKeyPart::Route);
+        assert_eq!(
+            parse_key_part("client:tenant").unwrap(),
+            RateKeyPart::Client {
+                claims: vec!["tenant".into()]
+            }
+        );
+        assert_eq!(
+            parse_key_part("header:X-Api-Key").unwrap(),
+            RateKeyPart::Header(HeaderName::from_static("x-api-key"))
+        );
+        for bad in ["user", "header:", "header:bad name", "client:", "cookie:x"] {
+            assert!(parse_key_part(bad).is_err(), "{bad:?}");
+        }
+    }
+}

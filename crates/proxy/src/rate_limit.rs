@@ -1,0 +1,576 @@
+//! The rate-limit steps: each policy a route names is kept per key (client
+//! address, route, verified client, a header, or a combination) by GCRA, the
+//! generic cell rate algorithm (`governor`), in a per-process table bounded in
+//! keys.
+//!
+//! A policy of `count` requests per `window` with a `burst` lets one request
+//! through every `window / count` in the long run and at most `burst` back to
+//! back. Policies kept per address (and not per client) run at
+//! [`Step::IpRateLimit`], before any token is looked at; the others at
+//! [`Step::RateLimit`], once the client is verified. Every policy must pass.
+//!
+//! The table of a policy holds at most `rate_limits.max_keys` keys (about 40
+//! bytes each). Keys whose state is back to fresh are forgotten by a sweep
+//! (at most once a minute on a new key, once a second when the table is full,
+//! off the request path when a runtime is there); a new key that finds the
+//! table full of live keys is refused (`table_full`, fail closed).
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue};
+use portcullis_config::{LimitMode, RateKeyPart, RateLimitPolicy};
+use portcullis_metrics::Metrics;
+use portcullis_metrics::families::RATE_LIMIT_OUTCOMES;
+use portcullis_policy::{Reason, Rejection, VerifiedClaims};
+use prometheus::IntCounter;
+
+use crate::decision::{DecisionTrace, Step};
+
+/// How often idle keys are swept at most, while the table has room.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often idle keys are swept at most, while the table is full.
+const SWEEP_WHEN_FULL_EVERY: Duration = Duration::from_secs(1);
+
+/// One policy's keys and their GCRA state (theoretical arrival times).
+#[derive(Default)]
+pub struct KeyTable {
+    map: DashMap<u64, Nanos, foldhash::fast::RandomState>,
+    len: AtomicUsize,
+}
+
+/// The table as `governor` sees it (shared with the limiter that owns it).
+struct SharedTable(Arc<KeyTable>);
+
+impl StateStore for SharedTable {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        match self.0.map.entry(*key) {
+            Entry::Occupied(mut e) => {
+                let (t, tat) = f(Some(*e.get()))?;
+                *e.get_mut() = tat;
+                Ok(t)
+            }
+            Entry::Vacant(v) => {
+                let (t, tat) = f(None)?;
+                v.insert(tat);
+                self.0.len.fetch_add(1, Ordering::Relaxed);
+                Ok(t)
+            }
+        }
+    }
+}
+
+impl ShrinkableKeyedStateStore<u64> for SharedTable {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.map.retain(|_, tat| *tat >= drop_below);
+        self.0.len.store(self.0.map.len(), Ordering::Relaxed);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len.load(Ordering::Relaxed)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One policy's limiter: kept across reloads while the policy and the table
+/// bound are unchanged, so a reload does not reset anyone's budget.
+pub struct PolicyLimiter {
+    /// The policy.
+    pub policy: Arc<RateLimitPolicy>,
+    /// Keys it may track.
+    pub max_keys: usize,
+    table: Arc<KeyTable>,
+    limiter: RateLimiter<u64, SharedTable, MonotonicClock, StateInformationMiddleware>,
+    clock: MonotonicClock,
+    hasher: foldhash::fast::RandomState,
+    started: Instant,
+    last_sweep_ms: AtomicU64,
+}
+
+/// What a policy decided for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Under the limit; `remaining` more may come at once.
+    Allow {
+        /// Requests the key may still send back to back.
+        remaining: u32,
+    },
+    /// Over the limit; the next request is allowed after `retry_after`.
+    Limit {
+        /// How long until one more request is allowed.
+        retry_after: Duration,
+    },
+    /// A new key, and the table is full of live keys.
+    TableFull,
+}
+
+impl PolicyLimiter {
+    /// A limiter for `policy`, tracking at most `max_keys` keys.
+    pub fn new(policy: Arc<RateLimitPolicy>, max_keys: usize) -> Self {
+        let table = Arc::new(KeyTable::default());
+        let emission = policy.window / policy.count.max(1);
+        let burst = NonZeroU32::new(policy.burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(emission.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        let clock = MonotonicClock;
+        let limiter: RateLimiter<u64, SharedTable, MonotonicClock, NoOpMiddleware<Instant>> =
+            RateLimiter::new(quota, SharedTable(Arc::clone(&table)), MonotonicClock);
+        let limiter = limiter.with_middleware::<StateInformationMiddleware>();
+        PolicyLimiter {
+            policy,
+            max_keys,
+            table,
+            limiter,
+            clock,
+            hasher: foldhash::fast::RandomState::default(),
+            started: Instant::now(),
+            last_sweep_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Keys tracked now.
+    pub fn keys(&self) -> usize {
+        self.table.len.load(Ordering::Relaxed)
+    }
+
+    /// Decides one request of `key`.
+    pub fn check(self: &Arc<Self>, key: u64) -> Verdict {
+        if self.keys() >= self.max_keys && !self.table.map.contains_key(&key) {
+            self.sweep_if_due(SWEEP_WHEN_FULL_EVERY);
+            return Verdict::TableFull;
+        }
+        let verdict = match self.limiter.check_key(&key) {
+            Ok(snapshot) => Verdict::Allow {
+                remaining: snapshot.remaining_burst_capacity(),
+            },
+            Err(not_until) => Verdict::Limit {
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            },
+        };
+        self.sweep_if_due(SWEEP_EVERY);
+        verdict
+    }
+
+    /// Forgets keys whose state is back to fresh, if the last sweep is older
+    /// than `every`: on a blocking thread when a runtime is there, since a
+    /// sweep walks the whole table.
+    fn sweep_if_due(self: &Arc<Self>, every: Duration) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) < every_ms
+            || self
+                .last_sweep_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let me = Arc::clone(self);
+                drop(handle.spawn_blocking(move || me.sweep()));
+            }
+            Err(_) => self.sweep(),
+        }
+    }
+
+    /// Forgets every key whose state is back to fresh, now.
+    pub fn sweep(&self) {
+        self.limiter.retain_recent();
+        if self.keys() < self.table.map.capacity() / 4 {
+            self.limiter.shrink_to_fit();
+        }
+    }
+
+    /// The key of a request under this policy: a hash of its parts (never
+    /// kept in clear, so a table holds no client id or header value).
+    pub fn key(&self, input: &LimitInput<'_>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for part in &self.policy.key {
+            match part {
+                RateKeyPart::ClientIp => {
+                    h.write_u8(1);
+                    match input.client_ip {
+                        Some(IpAddr::V4(v4)) => h.write(&v4.octets()),
+                        Some(IpAddr::V6(v6)) => h.write(&v6.octets()),
+                        None => h.write_u8(0),
+                    }
+                }
+                RateKeyPart::Route => {
+                    h.write_u8(2);
+                    h.write(input.route.as_bytes());
+                    h.write_u8(0xff);
+                }
+                RateKeyPart::Client { claims } => {
+                    h.write_u8(3);
+                    if let Some(c) = input.claims {
+                        h.write(c.issuer.as_bytes());
+                        h.write_u8(0xff);
+                        match client_value(c, claims) {
+                            Some(v) => h.write(v.as_bytes()),
+                            None => h.write_u8(0),
+                        }
+                    }
+                    h.write_u8(0xff);
+                }
+                RateKeyPart::Header(name) => {
+                    h.write_u8(4);
+                    // Every value of the header, in order: a second copy
+                    // cannot pick another key's budget.
+                    for v in input.headers.get_all(name) {
+                        h.write(v.as_bytes());
+                        h.write_u8(0xff);
+                    }
+                    h.write_u8(0xfe);
+                }
+            }
+        }
+        h.finish()
+    }
+}
+
+/// The client named by the first of `claims` the token carries (a string, or
+/// a number written out).
+fn client_value(claims: &VerifiedClaims, names: &[String]) -> Option<String> {
+    names.iter().find_map(|n| match claims.claims.get(n)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(x) => Some(x.to_string()),
+        _ => None,
+    })
+}
+
+/// What keys are made of.
+pub struct LimitInput<'a> {
+    /// The resolved client address (`None`: unknown, one shared key).
+    pub client_ip: Option<IpAddr>,
+    /// The route's name.
+    pub route: &'a str,
+    /// The verified claims (after authentication, protected routes).
+    pub claims: Option<&'a VerifiedClaims>,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// A route's policy with its metric handles, resolved when a configuration
+/// is compiled.
+pub struct RouteLimit {
+    /// The limiter (shared by every route that names the policy).
+    pub limiter: Arc<PolicyLimiter>,
+    /// `portcullis_rate_limit_decisions_total{route,policy,outcome}` in the
+    /// order of `RATE_LIMIT_OUTCOMES`.
+    outcomes: [IntCounter; 4],
+}
+
+impl RouteLimit {
+    /// Resolves the handles of `limiter` on `route`.
+    pub fn new(limiter: Arc<PolicyLimiter>, route: &str, metrics: &Metrics) -> Self {
+        let policy = limiter.policy.name.clone();
+        let family = &metrics.families().rate_limit_decisions;
+        let outcomes = RATE_LIMIT_OUTCOMES.map(|o| family.with_label_values(&[route, &policy, o]));
+        RouteLimit { limiter, outcomes }
+    }
+}
+
+/// What the rate-limit steps leave for the response: the header fields (when
+/// a policy refused, or `rate_limits.response_headers` is on) and the policy
+/// that refused or, report-only, would have.
+#[derive(Debug, Default)]
+pub struct LimitNote {
+    /// The policy that refused (or would have): the access log's `rate_limit`.
+    pub policy: Option<Arc<RateLimitPolicy>>,
+    /// `RateLimit-Policy` items (draft-ietf-httpapi-ratelimit-headers).
+    pub policy_items: Vec<String>,
+    /// `RateLimit` items.
+    pub state_items: Vec<String>,
+    /// `Retry-After`, in whole seconds, for a refusal.
+    pub retry_after: Option<u64>,
+}
+
+impl LimitNote {
+    /// Writes the header fields into a response's headers.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if !self.policy_items.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&self.policy_items.join(", "))
+        {
+            headers.insert("ratelimit-policy", v);
+        }
+        if !self.state_items.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&self.state_items.join(", "))
+        {
+            headers.insert("ratelimit", v);
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+    }
+}
+
+/// Runs the policies of `limits` that belong to `step` (per address before
+/// authentication, the rest after it), recording each in `steps`. A refusal
+/// of an enforced policy is returned; report-only policies only count and
+/// warn. `note` gets the header fields when `headers_always` is on or a
+/// policy refused.
+pub fn check(
+    step: Step,
+    limits: &[RouteLimit],
+    input: &LimitInput<'_>,
+    headers_always: bool,
+    steps: &mut DecisionTrace,
+    note: &mut Option<Box<LimitNote>>,
+) -> Result<(), Rejection> {
+    let mut checked = false;
+    for limit in limits {
+        let policy = &limit.limiter.policy;
+        let early = !policy.needs_client();
+        if early != (step == Step::IpRateLimit) {
+            continue;
+        }
+        checked = true;
+        let verdict = limit.limiter.check(limit.limiter.key(input));
+        let over = !matches!(verdict, Verdict::Allow { .. });
+        let report = policy.mode == LimitMode::Report;
+        let outcome = match (verdict, report) {
+            (Verdict::Allow { .. }, _) => 0,
+            (_, true) => 2,
+            (Verdict::Limit { .. }, false) => 1,
+            (Verdict::TableFull, false) => 3,
+        };
+        limit.outcomes[outcome].inc();
+        if headers_always || (over && !report) {
+            let n = note.get_or_insert_with(Box::default);
+            n.policy_items.push(policy_item(policy));
+            n.state_items.push(state_item(policy, verdict));
+        }
+        if !over {
+            steps.pass_with(step, || {
+                format!(
+                    "{}: under the limit ({})",
+                    describe(policy),
+                    state_item(policy, verdict)
+                )
+            });
+            continue;
+        }
+        let detail = refusal_detail(policy, verdict);
+        let n = note.get_or_insert_with(Box::default);
+        n.policy = Some(Arc::clone(policy));
+        if report {
+            steps.warn(step, Some(Reason::RateLimited), || {
+                format!("report-only: would refuse: {detail}")
+            });
+            continue;
+        }
+        n.retry_after = Some(match verdict {
+            Verdict::Limit { retry_after } => retry_after.as_secs() + 1,
+            _ => 1,
+        });
+        steps.fail(step, Reason::RateLimited);
+        return Err(Rejection::new(Reason::RateLimited, detail));
+    }
+    if !checked {
+        steps.skip(step, || {
+            "no rate-limit policy of the route applies here".to_owned()
+        });
+    }
+    Ok(())
+}
+
+/// `per_client (600 per 60s, burst 600, kept per client)`.
+pub fn describe(policy: &RateLimitPolicy) -> String {
+    format!(
+        "policy {} ({} per {}, burst {}, kept per {})",
+        policy.name,
+        policy.count,
+        seconds(policy.window),
+        policy.burst,
+        policy.key_kinds()
+    )
+}
+
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s}s")
+    } else {
+        format!("{:.3}s", s)
+    }
+}
+
+fn refusal_detail(policy: &RateLimitPolicy, verdict: Verdict) -> String {
+    match verdict {
+        Verdict::Limit { retry_after } => format!(
+            "{} is exhausted for this {}; retry in {}",
+            describe(policy),
+            policy.key_kinds(),
+            seconds(Duration::from_millis(
+                u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)
+            ))
+        ),
+        _ => format!(
+            "{}: the gateway tracks as many keys as it may (rate_limits.max_keys) and none is idle; new keys are refused until some are",
+            describe(policy)
+        ),
+    }
+}
+
+/// `"per_client";q=600;w=60` (RateLimit-Policy).
+fn policy_item(policy: &RateLimitPolicy) -> String {
+    format!(
+        "\"{}\";q={};w={}",
+        policy.name,
+        policy.burst,
+        policy.window.as_secs().max(1)
+    )
+}
+
+/// `"per_client";r=12;t=3` (RateLimit: remaining, seconds to full).
+fn state_item(policy: &RateLimitPolicy, verdict: Verdict) -> String {
+    let emission = policy.window.as_secs_f64() / f64::from(policy.count.max(1));
+    let (remaining, reset) = match verdict {
+        Verdict::Allow { remaining } => (
+            remaining,
+            (f64::from(policy.burst.saturating_sub(remaining)) * emission).ceil() as u64,
+        ),
+        Verdict::Limit { retry_after } => (0, retry_after.as_secs() + 1),
+        Verdict::TableFull => (0, 1),
+    };
+    format!("\"{}\";r={remaining};t={reset}", policy.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rate: &str, burst: u32, key: Vec<RateKeyPart>) -> Arc<RateLimitPolicy> {
+        let (count, window) = portcullis_config::rate_limits::parse_rate(rate).unwrap();
+        Arc::new(RateLimitPolicy {
+            name: "p".into(),
+            count,
+            window,
+            burst,
+            key,
+            mode: LimitMode::Enforce,
+        })
+    }
+
+    fn input<'a>(ip: &str, headers: &'a HeaderMap) -> LimitInput<'a> {
+        LimitInput {
+            client_ip: Some(ip.parse().unwrap()),
+            route: "r",
+            claims: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn a_burst_then_refusals_with_a_retry_time() {
+        let limiter = Arc::new(PolicyLimiter::new(
+            policy("10/min", 3, vec![RateKeyPart::ClientIp]),
+            100,
+        ));
+        let headers = HeaderMap::new();
+        let key = limiter.key(&input("192.0.2.1", &headers));
+        for left in [2, 1, 0] {
+            assert_eq!(limiter.check(key), Verdict::Allow { remaining: left });
+        }
+        match limiter.check(key) {
+            Verdict::Limit { retry_after } => {
+                assert!(retry_after <= Duration::from_secs(6), "{retry_after:?}");
+                assert!(retry_after > Duration::from_secs(5), "{retry_after:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another address has its own budget.
+        let other = limiter.key(&input("192.0.2.2", &headers));
+        assert_ne!(key, other);
+        assert_eq!(limiter.check(other), Verdict::Allow { remaining: 2 });
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_keys_and_forgets_idle_ones() {
+        // 1000 a second: a key is fresh again a millisecond after its request.
+        let limiter = Arc::new(PolicyLimiter::new(
+            policy("1000/s", 1, vec![RateKeyPart::ClientIp]),
+            2,
+        ));
+        let headers = HeaderMap::new();
+        let keys: Vec<u64> = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+            .iter()
+            .map(|ip| limiter.key(&input(ip, &headers)))
+            .collect();
+        assert!(matches!(limiter.check(keys[0]), Verdict::Allow { .. }));
+        assert!(matches!(limiter.check(keys[1]), Verdict::Allow { .. }));
+        assert_eq!(limiter.check(keys[2]), Verdict::TableFull);
+        assert_eq!(limiter.keys(), 2);
+        std::thread::sleep(Duration::from_millis(5));
+        limiter.sweep();
+        assert_eq!(limiter.keys(), 0, "idle keys are forgotten");
+        assert!(matches!(limiter.check(keys[2]), Verdict::Allow { .. }));
+    }
+
+    #[test]
+    fn header_keys_take_every_value_and_absent_ones_share() {
+        let limiter = PolicyLimiter::new(
+            policy(
+                "1/s",
+                1,
+                vec![RateKeyPart::Header("x-api-key".parse().unwrap())],
+            ),
+            10,
+        );
+        let mut one = HeaderMap::new();
+        one.append("x-api-key", HeaderValue::from_static("a"));
+        let mut two = one.clone();
+        two.append("x-api-key", HeaderValue::from_static("b"));
+        let (none_a, none_b) = (HeaderMap::new(), HeaderMap::new());
+        let k = |h: &HeaderMap| limiter.key(&input("192.0.2.1", h));
+        assert_ne!(k(&one), k(&two));
+        assert_eq!(k(&none_a), k(&none_b));
+        assert_ne!(k(&one), k(&none_a));
+    }
+
+    #[test]
+    fn header_items() {
+        let p = policy("600/min", 600, vec![RateKeyPart::Route]);
+        assert_eq!(policy_item(&p), "\"p\";q=600;w=60");
+        assert_eq!(
+            state_item(&p, Verdict::Allow { remaining: 598 }),
+            "\"p\";r=598;t=1"
+        );
+        assert_eq!(
+            state_item(
+                &p,
+                Verdict::Limit {
+                    retry_after: Duration::from_millis(2500)
+                }
+            ),
+            "\"p\";r=0;t=3"
+        );
+    }
+}
