@@ -9,8 +9,8 @@
 //! [`Step::IpRateLimit`], before any token is looked at; the others at
 //! [`Step::RateLimit`], once the client is verified. Every policy must pass.
 //!
-//! The table of a policy holds at most `rate_limits.max_keys` keys (about 40
-//! bytes each). Keys whose state is back to fresh are forgotten by a sweep
+//! The table of a policy holds at most `rate_limits.max_keys` keys (a 16-byte
+//! entry each, 18 to 37 bytes with the hash table's slack). Keys whose state is back to fresh are forgotten by a sweep
 //! (at most once a minute on a new key, once a second when the table is full,
 //! off the request path when a runtime is there); a new key that finds the
 //! table full of live keys is refused (`table_full`, fail closed).
