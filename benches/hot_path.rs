@@ -231,10 +231,19 @@ fn bench_rate_limit(c: &mut Criterion) {
         limiter.check(key_of(n));
     }
     assert_eq!(limiter.keys(), 1_000_000);
+    // Keys visited scattered over the million: each check is a cold lookup.
     let mut n = 0u32;
     c.bench_function("rate_limit_check_1M_keys", |b| {
         b.iter(|| {
             n = (n + 7919) % 1_000_000;
+            black_box(limiter.check(key_of(black_box(n))))
+        })
+    });
+    // The same table, with a thousand active clients among the million.
+    let mut n = 0u32;
+    c.bench_function("rate_limit_check_1M_keys_1k_active", |b| {
+        b.iter(|| {
+            n = (n + 7) % 1000;
             black_box(limiter.check(key_of(black_box(n))))
         })
     });

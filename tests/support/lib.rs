@@ -22,8 +22,10 @@ use portcullis_proxy::Gateway;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-/// A configuration template; `{ISSUER}` and `{UPSTREAM}` are filled in.
-pub const BASE_CONFIG: &str = r#"
+/// The listeners and the dev issuer every test configuration starts with.
+macro_rules! listeners_and_issuer {
+    () => {
+        r#"
 listen: { address: "127.0.0.1:0" }
 admin: { enabled: false }
 logging: { access_log: false }
@@ -32,7 +34,14 @@ issuers:
     issuer: "{ISSUER}"
     jwks_uri: "{ISSUER}jwks"
     jwks: { min_refetch_interval: 0s, retries: 0, timeout: 2s }
-upstreams:
+"#
+    };
+}
+
+/// A configuration template; `{ISSUER}` and `{UPSTREAM}` are filled in.
+pub const BASE_CONFIG: &str = concat!(
+    listeners_and_issuer!(),
+    r#"upstreams:
   llm:
     targets: ["{UPSTREAM}"]
     response_header_timeout: 5s
@@ -50,22 +59,17 @@ routes:
     match: { path_prefix: /public/ }
     upstream: llm
     public: true
-"#;
+"#
+);
 
 /// The head of a test configuration: listeners, the dev issuer `dev` and the
 /// upstream `llm` (placeholders filled by [`render`]); tests add their routes.
-pub const ISSUER_AND_UPSTREAM: &str = r#"
-listen: { address: "127.0.0.1:0" }
-admin: { enabled: false }
-logging: { access_log: false }
-issuers:
-  dev:
-    issuer: "{ISSUER}"
-    jwks_uri: "{ISSUER}jwks"
-    jwks: { min_refetch_interval: 0s, retries: 0, timeout: 2s }
-upstreams:
+pub const ISSUER_AND_UPSTREAM: &str = concat!(
+    listeners_and_issuer!(),
+    r#"upstreams:
   llm: { targets: ["{UPSTREAM}"], response_header_timeout: 10s }
-"#;
+"#
+);
 
 /// A gateway with its own authorization server and upstream.
 pub struct TestEnv {

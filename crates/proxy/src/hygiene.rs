@@ -97,11 +97,6 @@ impl Activity {
         }
     }
 
-    /// The connection switched protocols (`101`): what follows is a tunnel.
-    pub fn note_upgraded(&self) {
-        self.upgraded.store(true, Ordering::Release);
-    }
-
     /// Whether a write now can only come from hyper itself, not from a
     /// response: nothing in flight, every response flushed, no tunnel.
     pub fn between_responses(&self) -> bool {
@@ -124,6 +119,14 @@ impl Activity {
 /// Marks a request as in flight until dropped (with its response body).
 pub struct RequestGuard {
     activity: Arc<Activity>,
+}
+
+impl RequestGuard {
+    /// The request was answered `101`: what follows on the connection is a
+    /// tunnel.
+    pub fn note_upgraded(&self) {
+        self.activity.upgraded.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for RequestGuard {

@@ -11,7 +11,7 @@
 //!
 //! The table of a policy holds at most `rate_limits.max_keys` keys (a 16-byte
 //! entry each, 18 to 37 bytes with the hash table's slack). Keys whose state is back to fresh are forgotten by a sweep
-//! (at most once a minute on a new key, once a second when the table is full,
+//! (at most once a minute when a new key arrives, once a second when the table is full,
 //! off the request path when a runtime is there); a new key that finds the
 //! table full of live keys is refused (`table_full`, fail closed).
 
@@ -160,7 +160,8 @@ impl PolicyLimiter {
 
     /// Decides one request of `key`.
     pub fn check(self: &Arc<Self>, key: u64) -> Verdict {
-        if self.keys() >= self.max_keys && !self.table.map.contains_key(&key) {
+        let keys = self.keys();
+        if keys >= self.max_keys && !self.table.map.contains_key(&key) {
             self.sweep_if_due(SWEEP_WHEN_FULL_EVERY);
             return Verdict::TableFull;
         }
@@ -172,7 +173,11 @@ impl PolicyLimiter {
                 retry_after: not_until.wait_time_from(self.clock.now()),
             },
         };
-        self.sweep_if_due(SWEEP_EVERY);
+        // Only a new key can make a sweep worth it: a known key's check reads
+        // no clock but the GCRA's own.
+        if self.keys() > keys {
+            self.sweep_if_due(SWEEP_EVERY);
+        }
         verdict
     }
 
@@ -387,7 +392,7 @@ pub fn check(
             continue;
         }
         n.retry_after = Some(match verdict {
-            Verdict::Limit { retry_after } => retry_after.as_secs() + 1,
+            Verdict::Limit { retry_after } => ceil_secs(retry_after),
             _ => 1,
         });
         steps.fail(step, Reason::RateLimited);
@@ -439,6 +444,11 @@ fn refusal_detail(policy: &RateLimitPolicy, verdict: Verdict) -> String {
     }
 }
 
+/// Whole seconds, rounded up, at least 1 (`Retry-After`, `t=`).
+fn ceil_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
 /// `"per_client";q=600;w=60` (RateLimit-Policy).
 fn policy_item(policy: &RateLimitPolicy) -> String {
     format!(
@@ -457,7 +467,7 @@ fn state_item(policy: &RateLimitPolicy, verdict: Verdict) -> String {
             remaining,
             (f64::from(policy.burst.saturating_sub(remaining)) * emission).ceil() as u64,
         ),
-        Verdict::Limit { retry_after } => (0, retry_after.as_secs() + 1),
+        Verdict::Limit { retry_after } => (0, ceil_secs(retry_after)),
         Verdict::TableFull => (0, 1),
     };
     format!("\"{}\";r={remaining};t={reset}", policy.name)
@@ -553,6 +563,14 @@ mod tests {
         assert_ne!(k(&one), k(&two));
         assert_eq!(k(&none_a), k(&none_b));
         assert_ne!(k(&one), k(&none_a));
+    }
+
+    #[test]
+    fn retry_times_round_up_to_whole_seconds() {
+        assert_eq!(ceil_secs(Duration::from_secs(6)), 6);
+        assert_eq!(ceil_secs(Duration::from_millis(5001)), 6);
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::ZERO), 1);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 /// Header fields hyper accepts in one HTTP/1.1 request head: its default, kept
 /// on purpose. A larger value makes hyper allocate that many slots on the heap for
 /// every request (measured: +5 µs CPU per request at 1,000), and no real client
-/// sends more; hyper's bare 431 beyond it is counted and logged as `malformed`.
+/// sends more; beyond it, hyper's refusal is answered by `parser_refusal.rs`.
 pub const H1_MAX_HEADERS: usize = crate::parser_refusal::H1_MAX_HEADER_FIELDS;
 
 /// Listening sockets for `workers` workers on one address. Several get
@@ -313,14 +313,13 @@ async fn drive<I>(
     let svc = service_fn(move |req| {
         let gw = Arc::clone(&gateway);
         let info = info.clone();
-        let activity = Arc::clone(&requests);
         let guard = requests.request_started();
         // Boxed: hyper moves the service future into its dispatcher, and moving a
         // pointer is cheaper than moving the whole request state machine.
         Box::pin(async move {
             let response = handle(&gw, info, req).await;
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                activity.note_upgraded();
+                guard.note_upgraded();
             }
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         })
@@ -365,12 +364,13 @@ fn note_connection_error(
         hyper_error.is_some_and(|h| h.is_parse() || h.is_parse_too_large() || h.is_parse_status());
     if parse {
         closed(gw, "malformed");
+        let error = e.to_string();
+        // hyper names no "URI too long" kind publicly; its message does.
         let reason = match hyper_error {
             Some(h) if h.is_parse_too_large() => "headers_too_large",
-            _ if e.to_string().contains("URI too long") => "uri_too_long",
+            _ if error.contains("URI too long") => "uri_too_long",
             _ => "request_malformed",
         };
-        let error = e.to_string();
         if answered {
             tracing::debug!(%peer, reason, error = error.as_str(), "request refused by the HTTP parser");
         } else {
