@@ -3,7 +3,8 @@
 # (Node.js and the third-party authorization server oauth2-mock-server for
 # tests/third_party_idp.rs; kubernetes-validate for tests/deploy_manifests.rs;
 # promtool, from Debian's prometheus package, for the alert-rule tests;
-# Debian's chromium and playwright-core for tests/status_page.rs),
+# Debian's chromium and playwright-core for tests/status_page.rs;
+# redis-server for tests/rate_limits_redis.rs),
 # then unit tests of every crate and the end-to-end
 # tests in tests/ (real gateways, authorization servers and upstreams on
 # 127.0.0.1), then prints one total line ("tests: N passed, N failed").
@@ -34,6 +35,17 @@ if ! command -v promtool >/dev/null 2>&1; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created_policy=1
   fi
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server (Debian package) for tests/rate_limits_redis.rs"
+  # Only the binary is wanted: each test starts its own server on a free port.
+  created_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created_policy=1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
   [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 

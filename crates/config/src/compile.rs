@@ -57,7 +57,7 @@ impl Ctx<'_> {
         self.problems.push((path.into(), msg.into()));
     }
 
-    fn expand(&mut self, path: &str, text: &str) -> Option<String> {
+    pub(crate) fn expand(&mut self, path: &str, text: &str) -> Option<String> {
         match expand(text, self.env) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -68,7 +68,7 @@ impl Ctx<'_> {
     }
 
     /// Reads a secret file (`*_file`), noting it among the files watched.
-    fn read_secret(&mut self, path: &str, file: &str) -> Option<String> {
+    pub(crate) fn read_secret(&mut self, path: &str, file: &str) -> Option<String> {
         let file = self.expand(path, file)?;
         let full = resolve_path(&self.base, &file);
         self.files.push(full.clone());

@@ -412,6 +412,8 @@ pub struct RouteConfig {
 /// `rate_limits`: named request-rate policies and how they are kept.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RateLimits {
+    /// Where the counters live (`store`).
+    pub store: RateStore,
     /// Keys one policy tracks at most (`max_keys`); past it, after idle keys
     /// are forgotten, a new key is refused (`rate_limited`, fail closed).
     pub max_keys: usize,
@@ -422,6 +424,60 @@ pub struct RateLimits {
     pub default: Vec<Arc<RateLimitPolicy>>,
     /// Every policy by name.
     pub policies: BTreeMap<String, Arc<RateLimitPolicy>>,
+}
+
+/// Where rate-limit counters live.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum RateStore {
+    /// In each process: every replica enforces each limit alone.
+    #[default]
+    Local,
+    /// In one Redis shared by every replica.
+    Redis(RedisStore),
+}
+
+/// A shared Redis store for rate limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisStore {
+    /// `redis://` or `rediss://` (TLS) URL, with any password in it.
+    pub url: Secret<String>,
+    /// The URL without its userinfo, for logs and `/readyz`.
+    pub shown: String,
+    /// The password (`store_password` / `store_password_file`), if not in the URL.
+    pub password: Option<Secret<String>>,
+    /// The longest one call may take (`store_timeout`).
+    pub timeout: Duration,
+    /// What a check does when Redis fails or is slow (`on_store_error`).
+    pub on_error: OnStoreError,
+    /// Prefix of every key the gateway writes (`key_prefix`).
+    pub key_prefix: String,
+    /// Where each check is decided (`consistency`).
+    pub consistency: Consistency,
+}
+
+/// How a shared store takes part in each check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Every check is decided in the store: one round trip.
+    Exact,
+    /// Each replica decides locally and reconciles the keys it saw with the
+    /// store every `sync_interval`.
+    Approximate {
+        /// How often the counts go to the store and its state comes back.
+        sync_interval: Duration,
+    },
+}
+
+/// What a rate-limit check does when the shared store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStoreError {
+    /// Each replica enforces the limit alone, with its local counters.
+    #[default]
+    Local,
+    /// The request passes (counted `store_error`).
+    Allow,
+    /// The request is refused: 503 `rate_limit_unavailable`.
+    Deny,
 }
 
 /// One rate-limit policy: `count` requests per `window`, at most `burst` at
@@ -443,8 +499,16 @@ pub struct RateLimitPolicy {
 }
 
 impl RateLimitPolicy {
-    /// Whether the key includes the verified client (checked after
-    /// authentication); otherwise the policy is checked before it.
+    /// Whether the policy is checked before authentication: its key has the
+    /// client address and not the verified client, so a flood of forged
+    /// tokens from one address is refused before any of them is verified.
+    /// Every other policy is checked after authorization, so requests refused
+    /// for their token spend no per-route, per-header or per-client budget.
+    pub fn before_authentication(&self) -> bool {
+        self.key.contains(&RateKeyPart::ClientIp) && !self.needs_client()
+    }
+
+    /// Whether the key includes the verified client.
     pub fn needs_client(&self) -> bool {
         self.key
             .iter()

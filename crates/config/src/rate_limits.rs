@@ -8,7 +8,10 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::compile::{Ctx, did_you_mean};
-use crate::model::{LimitMode, RateKeyPart, RateLimitPolicy, RateLimits, RouteAuth};
+use crate::model::{
+    Consistency, LimitMode, OnStoreError, RateKeyPart, RateLimitPolicy, RateLimits, RateStore,
+    RedisStore, RouteAuth, Secret,
+};
 use crate::raw::{RawRateLimits, RawRatePolicy};
 use crate::units::parse_duration;
 
@@ -19,16 +22,7 @@ pub const DEFAULT_CLIENT_CLAIMS: [&str; 3] = ["client_id", "azp", "sub"];
 
 /// Compiles the `rate_limits` block; problems are reported at their paths.
 pub(crate) fn compile_rate_limits(raw: RawRateLimits, ctx: &mut Ctx<'_>) -> RateLimits {
-    if let Some(store) = raw.store.as_deref()
-        && store != "local"
-    {
-        ctx.err(
-            "rate_limits.store",
-            format!(
-                "{store:?} is not supported yet: only \"local\" (per-process limits) is built; a shared Redis store is planned"
-            ),
-        );
-    }
+    let store = compile_store(&raw, ctx);
     let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
     if max_keys == 0 {
         ctx.err(
@@ -48,11 +42,138 @@ pub(crate) fn compile_rate_limits(raw: RawRateLimits, ctx: &mut Ctx<'_>) -> Rate
         .map(|names| resolve("rate_limits.default", &names, &policies, ctx))
         .unwrap_or_default();
     RateLimits {
+        store,
         max_keys,
         response_headers: raw.response_headers.unwrap_or(false),
         default,
         policies,
     }
+}
+
+/// How often an approximate store reconciles by default.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest one call to the shared store may take by default.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+
+fn compile_store(raw: &RawRateLimits, ctx: &mut Ctx<'_>) -> RateStore {
+    let url = match raw.store.as_deref() {
+        None | Some("local") => {
+            for (set, key) in [
+                (raw.store_password.is_some(), "store_password"),
+                (raw.store_password_file.is_some(), "store_password_file"),
+                (raw.store_timeout.is_some(), "store_timeout"),
+                (raw.on_store_error.is_some(), "on_store_error"),
+                (raw.consistency.is_some(), "consistency"),
+                (raw.sync_interval.is_some(), "sync_interval"),
+                (raw.key_prefix.is_some(), "key_prefix"),
+            ] {
+                if set {
+                    ctx.err(
+                        format!("rate_limits.{key}"),
+                        "only means something with a shared store (store: redis://…)",
+                    );
+                }
+            }
+            return RateStore::Local;
+        }
+        Some(text) => match ctx.expand("rate_limits.store", text) {
+            Some(url) => url,
+            None => return RateStore::Local,
+        },
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        ctx.err(
+            "rate_limits.store",
+            "is local or a redis:// / rediss:// URL (redis://host:6379/0)",
+        );
+        return RateStore::Local;
+    };
+    if scheme != "redis" && scheme != "rediss" {
+        ctx.err(
+            "rate_limits.store",
+            format!("{scheme:?} is not a store: use local, redis:// or rediss:// (TLS)"),
+        );
+    }
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let shown = format!("{scheme}://{host}");
+    let password = match (&raw.store_password, &raw.store_password_file) {
+        (Some(_), Some(_)) => {
+            ctx.err(
+                "rate_limits.store_password",
+                "set store_password or store_password_file, not both",
+            );
+            None
+        }
+        (Some(p), None) => ctx.expand("rate_limits.store_password", p),
+        (None, Some(f)) => ctx.read_secret("rate_limits.store_password_file", f),
+        (None, None) => None,
+    };
+    let timeout = raw.store_timeout.map_or(DEFAULT_STORE_TIMEOUT, |d| d.0);
+    if timeout.is_zero() {
+        ctx.err(
+            "rate_limits.store_timeout",
+            "must be longer than zero (every call to the store is bounded)",
+        );
+    }
+    let on_error = match raw.on_store_error.as_deref() {
+        None | Some("local") => OnStoreError::Local,
+        Some("allow") => OnStoreError::Allow,
+        Some("deny") => OnStoreError::Deny,
+        Some(other) => {
+            ctx.err(
+                "rate_limits.on_store_error",
+                format!("{other:?} is not local, allow or deny"),
+            );
+            OnStoreError::Local
+        }
+    };
+    let sync_interval = raw.sync_interval.map_or(DEFAULT_SYNC_INTERVAL, |d| d.0);
+    let consistency = match raw.consistency.as_deref() {
+        None | Some("exact") => {
+            if raw.sync_interval.is_some() {
+                ctx.err(
+                    "rate_limits.sync_interval",
+                    "only means something with consistency: approximate",
+                );
+            }
+            Consistency::Exact
+        }
+        Some("approximate") => {
+            if sync_interval < Duration::from_millis(10) {
+                ctx.err(
+                    "rate_limits.sync_interval",
+                    "must be at least 10ms (each sync is a round trip per key seen)",
+                );
+            }
+            if on_error != OnStoreError::Local {
+                ctx.err(
+                    "rate_limits.on_store_error",
+                    "with consistency: approximate no request waits on the store, so a failing store always means local limits: leave on_store_error out or set it to local",
+                );
+            }
+            Consistency::Approximate { sync_interval }
+        }
+        Some(other) => {
+            ctx.err(
+                "rate_limits.consistency",
+                format!("{other:?} is not exact or approximate"),
+            );
+            Consistency::Exact
+        }
+    };
+    RateStore::Redis(RedisStore {
+        url: Secret(url.clone()),
+        shown,
+        password: password.map(Secret),
+        timeout,
+        on_error,
+        key_prefix: raw
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| "portcullis:rl:".to_owned()),
+        consistency,
+    })
 }
 
 fn compile_policy(

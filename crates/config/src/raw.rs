@@ -286,6 +286,13 @@ pub struct RawRoute {
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimits {
     pub store: Option<String>,
+    pub store_password: Option<String>,
+    pub store_password_file: Option<String>,
+    pub store_timeout: Option<HumanDuration>,
+    pub on_store_error: Option<String>,
+    pub consistency: Option<String>,
+    pub sync_interval: Option<HumanDuration>,
+    pub key_prefix: Option<String>,
     pub max_keys: Option<usize>,
     pub response_headers: Option<bool>,
     pub default: Option<Vec<String>>,

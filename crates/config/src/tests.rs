@@ -429,6 +429,12 @@ fn rate_limit_policies_compile_with_their_defaults() {
     let per_client = &rl.policies["per_client"];
     assert_eq!(per_client.burst, 50);
     assert!(per_client.needs_client());
+    assert!(per_ip.before_authentication());
+    assert!(!per_client.before_authentication());
+    assert!(
+        !rl.policies["per_key"].before_authentication(),
+        "a header key is checked after authorization: refused tokens spend none of it"
+    );
     assert_eq!(per_client.key_kinds(), "client+route");
     assert_eq!(rl.policies["per_key"].mode, LimitMode::Report);
     let names = |i: usize| -> Vec<String> {
@@ -464,13 +470,13 @@ fn rate_limit_policies_compile_with_their_defaults() {
 #[test]
 fn bad_rate_limits_are_errors_at_their_paths() {
     let text = with_limits(
-        "rate_limits:\n  store: redis://127.0.0.1:6379\n  max_keys: 0\n  default: [nope]\n  policies:\n    zero: { rate: 0/s, key: [ip] }\n    negative: { rate: 10/s, burst: -1, key: [ip] }\n    kinds: { rate: 10/s, key: [user] }\n    nokey: { rate: 10/s }\n    per_client: { rate: 10/s, key: [client] }",
+        "rate_limits:\n  store: mongodb://127.0.0.1:6379\n  max_keys: 0\n  default: [nope]\n  policies:\n    zero: { rate: 0/s, key: [ip] }\n    negative: { rate: 10/s, burst: -1, key: [ip] }\n    kinds: { rate: 10/s, key: [user] }\n    nokey: { rate: 10/s }\n    per_client: { rate: 10/s, key: [client] }",
         "[per_clint]",
         "[per_client]",
     );
     let err = load(&text).unwrap_err().to_string();
     for expected in [
-        "rate_limits.store",
+        "rate_limits.store: \"mongodb\" is not a store",
         "rate_limits.max_keys",
         "rate_limits.default[0]: unknown rate-limit policy \"nope\"",
         "rate_limits.policies.zero.rate",
@@ -483,4 +489,91 @@ fn bad_rate_limits_are_errors_at_their_paths() {
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
+}
+
+#[test]
+fn a_redis_store_compiles_without_showing_its_secret() {
+    let dir = tempfile_dir();
+    let pass = dir.join("redis-pass");
+    std::fs::write(&pass, "from-a-file\n").unwrap();
+    let text = with_limits(
+        &format!(
+            "rate_limits:\n  store: redis://:in-url-secret@127.0.0.1:6379/2\n  store_password_file: {}\n  store_timeout: 20ms\n  on_store_error: deny\n  key_prefix: \"gw:\"\n  policies:\n    per_ip: {{ rate: 100/s, key: [ip] }}",
+            pass.display()
+        ),
+        "[per_ip]",
+        "[per_ip]",
+    );
+    let c = load(&text).unwrap();
+    let RateStore::Redis(store) = &c.rate_limits.store else {
+        panic!("a redis store")
+    };
+    assert_eq!(store.shown, "redis://127.0.0.1:6379/2");
+    assert_eq!(store.password.as_ref().unwrap().0, "from-a-file");
+    assert_eq!(store.timeout, std::time::Duration::from_millis(20));
+    assert_eq!(store.on_error, OnStoreError::Deny);
+    assert_eq!(store.key_prefix, "gw:");
+    assert_eq!(store.consistency, Consistency::Exact);
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("in-url-secret") && !debug.contains("from-a-file"),
+        "{debug}"
+    );
+    assert!(c.files.contains(&pass), "the password file is watched");
+    // Store settings without a store, and a consistency not built yet.
+    let text = with_limits(
+        "rate_limits:\n  on_store_error: allow\n  policies:\n    per_ip: { rate: 100/s, key: [ip] }",
+        "[per_ip]",
+        "[per_ip]",
+    );
+    let err = load(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("rate_limits.on_store_error: only means something with a shared store"),
+        "{err}"
+    );
+    let text = with_limits(
+        "rate_limits:\n  store: redis://127.0.0.1:6379\n  consistency: approximate\n  store_timeout: 0s\n  policies:\n    per_ip: { rate: 100/s, key: [ip] }",
+        "[per_ip]",
+        "[per_ip]",
+    );
+    let err = load(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("rate_limits.store_timeout: must be longer than zero"),
+        "{err}"
+    );
+    let text = with_limits(
+        "rate_limits:\n  store: redis://127.0.0.1:6379\n  consistency: approximate\n  sync_interval: 1ms\n  on_store_error: deny\n  policies:\n    per_ip: { rate: 100/s, key: [ip] }",
+        "[per_ip]",
+        "[per_ip]",
+    );
+    let err = load(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("rate_limits.sync_interval: must be at least 10ms"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rate_limits.on_store_error: with consistency: approximate"),
+        "{err}"
+    );
+    let text = with_limits(
+        "rate_limits:\n  store: redis://127.0.0.1:6379\n  consistency: approximate\n  sync_interval: 250ms\n  policies:\n    per_ip: { rate: 100/s, key: [ip] }",
+        "[per_ip]",
+        "[per_ip]",
+    );
+    let c = load(&text).unwrap();
+    let RateStore::Redis(store) = &c.rate_limits.store else {
+        panic!("a redis store")
+    };
+    assert_eq!(
+        store.consistency,
+        Consistency::Approximate {
+            sync_interval: std::time::Duration::from_millis(250)
+        }
+    );
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

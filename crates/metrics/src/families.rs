@@ -1,8 +1,8 @@
 //! The metric families Portcullis exports, registered in a registry of its own.
 
 use prometheus::{
-    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Latency buckets for a proxy, 100 µs to 60 s.
@@ -24,7 +24,8 @@ pub const CLOCK_OFFSET_BUCKETS: &[f64] = &[
 
 /// The outcomes of `portcullis_rate_limit_decisions_total`, in the order of
 /// the per-route handles.
-pub const RATE_LIMIT_OUTCOMES: [&str; 4] = ["allow", "limit", "would_limit", "table_full"];
+pub const RATE_LIMIT_OUTCOMES: [&str; 5] =
+    ["allow", "limit", "would_limit", "table_full", "store_error"];
 
 /// Every family, by name.
 pub struct Families {
@@ -99,6 +100,12 @@ pub struct Families {
     pub rate_limit_decisions: IntCounterVec,
     /// `portcullis_rate_limit_keys{policy}`: keys tracked, refreshed at scrape time.
     pub rate_limit_keys: IntGaugeVec,
+    /// `portcullis_rate_limit_store_duration_seconds`: one call to the shared store.
+    pub rate_limit_store_duration: Histogram,
+    /// `portcullis_rate_limit_store_up`: 1 while the shared store answers.
+    pub rate_limit_store_up: IntGauge,
+    /// `portcullis_rate_limit_syncs_total{outcome}` (approximate consistency).
+    pub rate_limit_syncs: IntCounterVec,
     /// The name of every registered family.
     pub names: Vec<String>,
 }
@@ -177,6 +184,20 @@ impl Families {
         let in_flight =
             IntGauge::new("portcullis_in_flight_requests", "Requests being processed.")?;
         r.register(Box::new(in_flight.clone()))?;
+        let rate_limit_store_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_rate_limit_store_duration_seconds",
+                "One rate-limit check in the shared store (Redis), timeouts and errors included.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(rate_limit_store_duration.clone()))?;
+        let rate_limit_store_up = IntGauge::new(
+            "portcullis_rate_limit_store_up",
+            "1 while the shared rate-limit store answers (or has not failed yet), 0 while its calls fail.",
+        )?;
+        rate_limit_store_up.set(1);
+        r.register(Box::new(rate_limit_store_up.clone()))?;
         let token_cache_entries = IntGauge::new(
             "portcullis_token_cache_entries",
             "Verified tokens held by the token cache (read at scrape time).",
@@ -351,8 +372,14 @@ impl Families {
             rate_limit_decisions: counter(
                 &r,
                 "portcullis_rate_limit_decisions_total",
-                "Rate-limit decisions by route, policy and outcome: allow, limit (refused, 429), would_limit (a report-only policy let it through), table_full (a new key refused because the policy tracks rate_limits.max_keys keys).",
+                "Rate-limit decisions by route, policy and outcome: allow, limit (refused, 429), would_limit (a report-only policy let it through), table_full (a new key refused because the policy tracks rate_limits.max_keys keys); store_error counts checks the shared store could not answer (also counted by the outcome on_store_error gave them).",
                 &["route", "policy", "outcome"],
+            )?,
+            rate_limit_syncs: counter(
+                &r,
+                "portcullis_rate_limit_syncs_total",
+                "Reconciliations of local rate-limit counts with the shared store (consistency: approximate), by outcome: ok, error.",
+                &["outcome"],
             )?,
             rate_limit_keys: int_gauge_vec(
                 &r,
@@ -366,6 +393,8 @@ impl Families {
                 "Always 1; the version label says which build runs.",
                 &["version"],
             )?,
+            rate_limit_store_duration,
+            rate_limit_store_up,
             config_last_success,
             config_last_reload_ok,
             token_cache_entries,

@@ -81,6 +81,9 @@ pub enum Reason {
     /// A rate-limit policy of the route refused the request: its key (client,
     /// address, route or header) is over the policy's rate.
     RateLimited,
+    /// The shared rate-limit store (Redis) cannot answer and
+    /// `rate_limits.on_store_error` is `deny`.
+    RateLimitUnavailable,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -100,7 +103,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 31] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -131,6 +134,7 @@ impl Reason {
         Reason::CorsNotAllowed,
         Reason::UriTooLong,
         Reason::RateLimited,
+        Reason::RateLimitUnavailable,
     ];
 
     /// The stable snake_case code.
@@ -166,6 +170,7 @@ impl Reason {
             Reason::CorsNotAllowed => "cors_not_allowed",
             Reason::UriTooLong => "uri_too_long",
             Reason::RateLimited => "rate_limited",
+            Reason::RateLimitUnavailable => "rate_limit_unavailable",
         }
     }
 
@@ -189,7 +194,7 @@ impl Reason {
             | Reason::UpgradeNotAllowed
             | Reason::CorsNotAllowed => 403,
             Reason::BodyTimeout => 408,
-            Reason::IdpUnavailable | Reason::Overloaded => 503,
+            Reason::IdpUnavailable | Reason::Overloaded | Reason::RateLimitUnavailable => 503,
             Reason::RouteNotFound => 404,
             Reason::MethodNotAllowed => 405,
             Reason::BodyTooLarge => 413,
@@ -232,7 +237,8 @@ impl Reason {
             | Reason::BodyTimeout
             | Reason::CorsNotAllowed
             | Reason::UriTooLong
-            | Reason::RateLimited => Challenge::None,
+            | Reason::RateLimited
+            | Reason::RateLimitUnavailable => Challenge::None,
         }
     }
 
@@ -269,6 +275,7 @@ impl Reason {
             Reason::CorsNotAllowed => "Cross-origin request not allowed",
             Reason::UriTooLong => "Request target too long",
             Reason::RateLimited => "Too many requests",
+            Reason::RateLimitUnavailable => "Rate-limit store unavailable",
         }
     }
 
@@ -314,6 +321,9 @@ impl Reason {
             }
             Reason::HeadersTooLarge => {
                 "send fewer or smaller headers (at most 100 header fields over HTTP/1.1), or raise limits.max_header_bytes"
+            }
+            Reason::RateLimitUnavailable => {
+                "the shared rate-limit store (Redis) failed or was slow: check it (/readyz names it), or set rate_limits.on_store_error to local"
             }
             Reason::RateLimited => {
                 "slow down: retry after the Retry-After seconds; the detail names the policy (rate_limits.policies.<name>) and what it is kept per"

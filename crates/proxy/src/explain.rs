@@ -402,7 +402,10 @@ mod tests {
         assert!(ring.find("id-1").is_none());
         assert!(ring.find("id-4").is_some());
         let recent: Vec<_> = ring.recent(10).into_iter().map(|s| s.request_id).collect();
-        assert_eq!(recent, vec!["id-4".into(), "id-3".into(), "id-2".into()]);
+        assert_eq!(
+            recent,
+            ["id-4", "id-3", "id-2"].map(Box::<str>::from).to_vec()
+        );
         assert_eq!(ring.recorded(), 5);
     }
 

@@ -349,6 +349,11 @@ impl Gateway {
                 state.snapshot.len()
             ));
         }
+        // The shared rate-limit store never makes a replica unready: while it
+        // fails, every check follows on_store_error.
+        if let Some(store) = &rt.rate_store {
+            checks.push(store.describe());
+        }
         if ready {
             self.ready_once.store(true, Ordering::Release);
         }

@@ -20,6 +20,7 @@ pub mod parser_refusal;
 pub mod pipeline;
 pub mod pool;
 pub mod rate_limit;
+pub mod rate_store;
 pub mod recent;
 pub mod reject;
 pub mod reload;

@@ -215,6 +215,7 @@ async fn decide_and_forward(
         metrics: gw.metrics(),
         peer: conn.peer.ip(),
         now: unix_now(),
+        dry_run: false,
     };
     let (route, claims, upgrade) = match decide(&context, &mut req, trace).await? {
         Decided::Answered(response) => return Ok(response),
@@ -299,6 +300,9 @@ pub struct DecideContext<'a> {
     pub peer: IpAddr,
     /// Now, in Unix seconds.
     pub now: i64,
+    /// A dry run (`diagnose`): rate limits kept in a shared store are only
+    /// read, never spent.
+    pub dry_run: bool,
 }
 
 /// What the decision steps concluded for a request they did not refuse.
@@ -521,14 +525,15 @@ pub async fn decide<B>(
         _ => Some(client.ip),
     };
     rate_limits(
+        ctx,
         Step::IpRateLimit,
         &route,
         client_ip,
         None,
         req.headers(),
-        config.rate_limits.response_headers,
         trace,
-    )?;
+    )
+    .await?;
 
     // authenticate + authorize
     let claims = match route.protected() {
@@ -571,14 +576,15 @@ pub async fn decide<B>(
     };
     // rate_limit: the other policies, now that the client is known.
     rate_limits(
+        ctx,
         Step::RateLimit,
         &route,
         client_ip,
         claims.as_deref(),
         req.headers(),
-        config.rate_limits.response_headers,
         trace,
-    )?;
+    )
+    .await?;
     Ok(Decided::Forward {
         route,
         claims,
@@ -588,13 +594,13 @@ pub async fn decide<B>(
 
 /// The route's rate-limit policies of one step (nothing at all for a route
 /// without any, so it pays nothing).
-fn rate_limits(
+async fn rate_limits(
+    ctx: &DecideContext<'_>,
     step: Step,
     route: &CompiledRoute,
     client_ip: Option<std::net::IpAddr>,
     claims: Option<&VerifiedClaims>,
     headers: &http::HeaderMap,
-    headers_always: bool,
     trace: &mut Trace,
 ) -> Result<(), Rejection> {
     if route.rate_limits.is_empty() {
@@ -615,10 +621,12 @@ fn rate_limits(
         step,
         &route.rate_limits,
         &input,
-        headers_always,
+        ctx.runtime.config.rate_limits.response_headers,
+        ctx.dry_run,
         &mut trace.steps,
         &mut trace.rate_limit,
     )
+    .await
 }
 
 /// authenticate (bearer, cache, verification) then authorize (audience, scopes,

@@ -7,7 +7,8 @@
 //! through every `window / count` in the long run and at most `burst` back to
 //! back. Policies kept per address (and not per client) run at
 //! [`Step::IpRateLimit`], before any token is looked at; the others at
-//! [`Step::RateLimit`], once the client is verified. Every policy must pass.
+//! [`Step::RateLimit`], after authorization
+//! ([`RateLimitPolicy::before_authentication`]). Every policy must pass.
 //!
 //! The table of a policy holds at most `rate_limits.max_keys` keys (a 16-byte
 //! entry each, 18 to 37 bytes with the hash table's slack). Keys whose state is back to fresh are forgotten by a sweep
@@ -31,13 +32,14 @@ use governor::state::StateStore;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue};
-use portcullis_config::{LimitMode, RateKeyPart, RateLimitPolicy};
+use portcullis_config::{Consistency, LimitMode, OnStoreError, RateKeyPart, RateLimitPolicy};
 use portcullis_metrics::Metrics;
 use portcullis_metrics::families::RATE_LIMIT_OUTCOMES;
 use portcullis_policy::{Reason, Rejection, VerifiedClaims};
 use prometheus::IntCounter;
 
 use crate::decision::{DecisionTrace, Step};
+use crate::rate_store::SharedStore;
 
 /// How often idle keys are swept at most, while the table has room.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -109,6 +111,10 @@ pub struct PolicyLimiter {
     hasher: foldhash::fast::RandomState,
     started: Instant,
     last_sweep_ms: AtomicU64,
+    fingerprint: String,
+    /// With an approximate shared store: the keys checked since the last
+    /// sync, with their key in the store and the requests admitted.
+    pending: DashMap<u64, (String, u32), foldhash::fast::RandomState>,
 }
 
 /// What a policy decided for one key.
@@ -142,7 +148,6 @@ impl PolicyLimiter {
             RateLimiter::new(quota, SharedTable(Arc::clone(&table)), MonotonicClock);
         let limiter = limiter.with_middleware::<StateInformationMiddleware>();
         PolicyLimiter {
-            policy,
             max_keys,
             table,
             limiter,
@@ -150,6 +155,9 @@ impl PolicyLimiter {
             hasher: foldhash::fast::RandomState::default(),
             started: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
+            fingerprint: fingerprint(&policy),
+            pending: DashMap::default(),
+            policy,
         }
     }
 
@@ -205,6 +213,46 @@ impl PolicyLimiter {
         }
     }
 
+    /// Notes a key checked locally, for the next sync with an approximate
+    /// store: `admitted` requests to add there (0 still brings the key's
+    /// shared state back). The store key is made once per key and sync.
+    pub fn note_for_sync(&self, key: u64, admitted: bool, shared_key: impl FnOnce() -> String) {
+        let mut entry = self.pending.entry(key).or_insert_with(|| (shared_key(), 0));
+        entry.1 += u32::from(admitted);
+    }
+
+    /// Puts back the counts of a sync that failed, for the next one.
+    pub fn restore_pending(&self, key: u64, shared_key: String, admitted: u32) {
+        let mut entry = self.pending.entry(key).or_insert_with(|| (shared_key, 0));
+        entry.1 += admitted;
+    }
+
+    /// Takes the keys noted since the last sync.
+    pub fn take_pending(&self) -> Vec<(u64, String, u32)> {
+        let keys: Vec<u64> = self.pending.iter().map(|e| *e.key()).collect();
+        keys.into_iter()
+            .filter_map(|k| self.pending.remove(&k).map(|(k, (key, n))| (k, key, n)))
+            .collect()
+    }
+
+    /// Merges what the shared store says of a key: its budget is spent until
+    /// `debt` from now (every replica's requests included). The local state
+    /// only ever moves later, so this replica's own requests are not lost.
+    pub fn merge_debt(&self, key: u64, debt: Duration) {
+        let now = Nanos::from(u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        let shared = now + Nanos::from(debt);
+        if let Some(mut tat) = self.table.map.get_mut(&key) {
+            if shared > *tat {
+                *tat = shared;
+            }
+            return;
+        }
+        if self.keys() < self.max_keys {
+            self.table.map.insert(key, shared);
+            self.table.len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Forgets every key whose state is back to fresh, now.
     pub fn sweep(&self) {
         self.limiter.retain_recent();
@@ -213,51 +261,96 @@ impl PolicyLimiter {
         }
     }
 
-    /// The key of a request under this policy: a hash of its parts (never
-    /// kept in clear, so a table holds no client id or header value).
+    /// The key of a request under this policy in the local table: a hash of
+    /// its parts, seeded at random per process (never kept in clear, so a
+    /// table holds no client id or header value).
     pub fn key(&self, input: &LimitInput<'_>) -> u64 {
         let mut h = self.hasher.build_hasher();
-        for part in &self.policy.key {
-            match part {
-                RateKeyPart::ClientIp => {
-                    h.write_u8(1);
-                    match input.client_ip {
-                        Some(IpAddr::V4(v4)) => h.write(&v4.octets()),
-                        Some(IpAddr::V6(v6)) => h.write(&v6.octets()),
-                        None => h.write_u8(0),
-                    }
-                }
-                RateKeyPart::Route => {
-                    h.write_u8(2);
-                    h.write(input.route.as_bytes());
-                    h.write_u8(0xff);
-                }
-                RateKeyPart::Client { claims } => {
-                    h.write_u8(3);
-                    if let Some(c) = input.claims {
-                        h.write(c.issuer.as_bytes());
-                        h.write_u8(0xff);
-                        match client_value(c, claims) {
-                            Some(v) => h.write(v.as_bytes()),
-                            None => h.write_u8(0),
-                        }
-                    }
-                    h.write_u8(0xff);
-                }
-                RateKeyPart::Header(name) => {
-                    h.write_u8(4);
-                    // Every value of the header, in order: a second copy
-                    // cannot pick another key's budget.
-                    for v in input.headers.get_all(name) {
-                        h.write(v.as_bytes());
-                        h.write_u8(0xff);
-                    }
-                    h.write_u8(0xfe);
-                }
-            }
-        }
+        feed_key(&self.policy, input, |bytes| h.write(bytes));
         h.finish()
     }
+
+    /// The key of a request under this policy in the shared store, the same
+    /// on every replica: `<prefix><policy>:<settings>:<SHA-256 of the parts>`.
+    /// The settings' fingerprint makes a changed policy start afresh there
+    /// too; SHA-256 keeps the key free of client values and of collisions a
+    /// client could steer.
+    pub fn shared_key(&self, prefix: &str, input: &LimitInput<'_>) -> String {
+        use sha2::Digest;
+        let mut digest = sha2::Sha256::new();
+        feed_key(&self.policy, input, |bytes| digest.update(bytes));
+        let parts = digest.finalize();
+        let mut hex = [0u8; 32];
+        crate::headers::hex_into(&parts[..16], &mut hex);
+        let mut key = String::with_capacity(prefix.len() + self.policy.name.len() + 52);
+        key.push_str(prefix);
+        key.push_str(&self.policy.name);
+        key.push(':');
+        key.push_str(&self.fingerprint);
+        key.push(':');
+        key.extend(hex.iter().map(|&b| char::from(b)));
+        key
+    }
+}
+
+/// Writes the parts of a request's key under `policy`, each tagged and
+/// delimited so that no two different sets of parts write the same bytes.
+fn feed_key(policy: &RateLimitPolicy, input: &LimitInput<'_>, mut write: impl FnMut(&[u8])) {
+    for part in &policy.key {
+        match part {
+            RateKeyPart::ClientIp => {
+                write(&[1]);
+                match input.client_ip {
+                    Some(IpAddr::V4(v4)) => write(&v4.octets()),
+                    Some(IpAddr::V6(v6)) => write(&v6.octets()),
+                    None => write(&[0]),
+                }
+            }
+            RateKeyPart::Route => {
+                write(&[2]);
+                write(input.route.as_bytes());
+                write(&[0xff]);
+            }
+            RateKeyPart::Client { claims } => {
+                write(&[3]);
+                if let Some(c) = input.claims {
+                    write(c.issuer.as_bytes());
+                    write(&[0xff]);
+                    match client_value(c, claims) {
+                        Some(v) => write(v.as_bytes()),
+                        None => write(&[0]),
+                    }
+                }
+                write(&[0xff]);
+            }
+            RateKeyPart::Header(name) => {
+                write(&[4]);
+                // Every value of the header, in order: a second copy cannot
+                // pick another key's budget.
+                for v in input.headers.get_all(name) {
+                    write(v.as_bytes());
+                    write(&[0xff]);
+                }
+                write(&[0xfe]);
+            }
+        }
+    }
+}
+
+/// Eight hex digits naming a policy's settings (rate, burst, key).
+fn fingerprint(policy: &RateLimitPolicy) -> String {
+    use sha2::Digest;
+    let text = format!(
+        "{}/{}ns/{}/{:?}",
+        policy.count,
+        policy.window.as_nanos(),
+        policy.burst,
+        policy.key
+    );
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let mut hex = [0u8; 8];
+    crate::headers::hex_into(&digest[..4], &mut hex);
+    hex.iter().map(|&b| char::from(b)).collect()
 }
 
 /// The client named by the first of `claims` the token carries (a string, or
@@ -285,20 +378,76 @@ pub struct LimitInput<'a> {
 /// A route's policy with its metric handles, resolved when a configuration
 /// is compiled.
 pub struct RouteLimit {
-    /// The limiter (shared by every route that names the policy).
+    /// The limiter (shared by every route that names the policy): the
+    /// decision itself with the local store, the fallback with a shared one
+    /// and `on_store_error: local`.
     pub limiter: Arc<PolicyLimiter>,
+    /// The shared store, when `rate_limits.store` names one.
+    pub store: Option<Arc<SharedStore>>,
     /// `portcullis_rate_limit_decisions_total{route,policy,outcome}` in the
     /// order of `RATE_LIMIT_OUTCOMES`.
-    outcomes: [IntCounter; 4],
+    outcomes: [IntCounter; 5],
 }
 
 impl RouteLimit {
     /// Resolves the handles of `limiter` on `route`.
-    pub fn new(limiter: Arc<PolicyLimiter>, route: &str, metrics: &Metrics) -> Self {
+    pub fn new(
+        limiter: Arc<PolicyLimiter>,
+        store: Option<Arc<SharedStore>>,
+        route: &str,
+        metrics: &Metrics,
+    ) -> Self {
         let policy = limiter.policy.name.clone();
         let family = &metrics.families().rate_limit_decisions;
         let outcomes = RATE_LIMIT_OUTCOMES.map(|o| family.with_label_values(&[route, &policy, o]));
-        RouteLimit { limiter, outcomes }
+        RouteLimit {
+            limiter,
+            store,
+            outcomes,
+        }
+    }
+
+    /// The decision for one request: in the shared store when there is one
+    /// (and, when it fails, as `on_store_error` says), else locally. `None`
+    /// for `on_store_error: allow` (no budget is known).
+    async fn decide(
+        &self,
+        input: &LimitInput<'_>,
+        dry_run: bool,
+    ) -> Result<Option<Verdict>, Rejection> {
+        let local = || self.limiter.check(self.limiter.key(input));
+        let Some(store) = &self.store else {
+            return Ok(Some(local()));
+        };
+        if let Consistency::Approximate { .. } = store.settings.consistency {
+            // Decided here; the store hears of it at the next sync.
+            let hash = self.limiter.key(input);
+            let verdict = self.limiter.check(hash);
+            let admitted = matches!(verdict, Verdict::Allow { .. });
+            self.limiter.note_for_sync(hash, admitted, || {
+                self.limiter.shared_key(&store.settings.key_prefix, input)
+            });
+            return Ok(Some(verdict));
+        }
+        let key = self.limiter.shared_key(&store.settings.key_prefix, input);
+        match store.check(&key, &self.limiter.policy, dry_run).await {
+            Ok(verdict) => Ok(Some(verdict)),
+            Err(why) => {
+                self.outcomes[4].inc();
+                match store.settings.on_error {
+                    OnStoreError::Local => Ok(Some(local())),
+                    OnStoreError::Allow => Ok(None),
+                    OnStoreError::Deny => Err(Rejection::new(
+                        Reason::RateLimitUnavailable,
+                        format!(
+                            "{} cannot be checked: the shared store {} failed ({why}) and on_store_error is deny",
+                            describe(&self.limiter.policy),
+                            store.settings.shown
+                        ),
+                    )),
+                }
+            }
+        }
     }
 }
 
@@ -337,27 +486,45 @@ impl LimitNote {
 }
 
 /// Runs the policies of `limits` that belong to `step` (per address before
-/// authentication, the rest after it), recording each in `steps`. A refusal
+/// authentication, the rest after it), recording each in `steps`; a
+/// `dry_run` only reads a shared store's budgets. A refusal
 /// of an enforced policy is returned; report-only policies only count and
 /// warn. `note` gets the header fields when `headers_always` is on or a
 /// policy refused.
-pub fn check(
+pub async fn check(
     step: Step,
     limits: &[RouteLimit],
     input: &LimitInput<'_>,
     headers_always: bool,
+    dry_run: bool,
     steps: &mut DecisionTrace,
     note: &mut Option<Box<LimitNote>>,
 ) -> Result<(), Rejection> {
     let mut checked = false;
     for limit in limits {
         let policy = &limit.limiter.policy;
-        let early = !policy.needs_client();
-        if early != (step == Step::IpRateLimit) {
+        if policy.before_authentication() != (step == Step::IpRateLimit) {
             continue;
         }
         checked = true;
-        let verdict = limit.limiter.check(limit.limiter.key(input));
+        let verdict = match limit.decide(input, dry_run).await {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                limit.outcomes[0].inc();
+                steps.warn(step, None, || {
+                    format!(
+                        "{}: the shared store failed; on_store_error: allow let it through",
+                        describe(policy)
+                    )
+                });
+                continue;
+            }
+            Err(rejection) => {
+                steps.fail(step, rejection.reason);
+                note.get_or_insert_with(Box::default).policy = Some(Arc::clone(policy));
+                return Err(rejection);
+            }
+        };
         let over = !matches!(verdict, Verdict::Allow { .. });
         let report = policy.mode == LimitMode::Report;
         let outcome = match (verdict, report) {

@@ -39,7 +39,10 @@ pub fn respond(rejection: &Rejection, request_id: &str) -> Response<ProxyBody> {
     {
         headers.insert(header::WWW_AUTHENTICATE, v);
     }
-    if reason == Reason::IdpUnavailable || reason == Reason::Overloaded {
+    if matches!(
+        reason,
+        Reason::IdpUnavailable | Reason::Overloaded | Reason::RateLimitUnavailable
+    ) {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     response

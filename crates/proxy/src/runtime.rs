@@ -9,11 +9,14 @@ use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use http::HeaderName;
-use portcullis_config::{GatewayConfig, IssuerConfig, ProtectedRoute, RouteAuth, RouteConfig};
+use portcullis_config::{
+    GatewayConfig, IssuerConfig, ProtectedRoute, RateStore, RouteAuth, RouteConfig,
+};
 use portcullis_jwks::{JwksObserver, KeyCache};
 use portcullis_metrics::{IssuerMetrics, Metrics, RouteMetrics};
 
 use crate::rate_limit::{PolicyLimiter, RouteLimit};
+use crate::rate_store::SharedStore;
 use crate::route_table::RouteTable;
 use crate::upstream::UpstreamPool;
 
@@ -71,6 +74,8 @@ pub struct Runtime {
     pub owned_headers: Vec<HeaderName>,
     /// A limiter per rate-limit policy, by name.
     pub limiters: BTreeMap<String, Arc<PolicyLimiter>>,
+    /// The shared rate-limit store, when one is configured.
+    pub rate_store: Option<Arc<SharedStore>>,
 }
 
 impl Runtime {
@@ -156,6 +161,24 @@ impl Runtime {
                 (name.clone(), limiter)
             })
             .collect();
+        let rate_store = match &config.rate_limits.store {
+            RateStore::Local => None,
+            RateStore::Redis(settings) => Some(
+                previous
+                    .and_then(|p| p.rate_store.as_ref())
+                    .filter(|old| old.settings == *settings)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(SharedStore::new(settings.clone(), metrics))),
+            ),
+        };
+        if let Some(store) = &rate_store {
+            for limiter in limiters.values() {
+                store.register(limiter);
+            }
+            if refresh_in_background {
+                store.start_sync();
+            }
+        }
         let mut compiled = Vec::with_capacity(config.routes.len());
         let mut owned_headers: Vec<HeaderName> = Vec::new();
         for rc in &config.routes {
@@ -192,7 +215,7 @@ impl Runtime {
                 .rate_limits
                 .iter()
                 .filter_map(|p| limiters.get(&p.name))
-                .map(|l| RouteLimit::new(Arc::clone(l), &rc.name, metrics))
+                .map(|l| RouteLimit::new(Arc::clone(l), rate_store.clone(), &rc.name, metrics))
                 .collect();
             let route = CompiledRoute {
                 config: Arc::clone(rc),
@@ -209,6 +232,7 @@ impl Runtime {
             unmatched: metrics.route("unmatched"),
             owned_headers,
             limiters,
+            rate_store,
             config: Arc::new(config),
             issuers,
             upstreams,

@@ -148,6 +148,7 @@ async fn diagnose(
         metrics: &metrics,
         peer: args.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         now: unix_now(),
+        dry_run: true,
     };
     let mut trace = Trace::new(&request, true);
     // What hyper's HTTP/1.1 parser refuses never reaches the pipeline.
