@@ -40,13 +40,50 @@ impl Redis {
         redis.resume().then_some(redis)
     }
 
+    /// One serving TLS only, with a certificate for 127.0.0.1 from a private
+    /// CA; returns the CA's PEM file too.
+    fn start_tls() -> Option<(Redis, PathBuf)> {
+        let mut redis = Redis {
+            port: StdListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        let ca = tls_files(redis.dir.path());
+        let d = redis.dir.path();
+        let tls = [
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            redis.port.to_string(),
+            "--tls-cert-file".to_owned(),
+            d.join("cert.pem").display().to_string(),
+            "--tls-key-file".to_owned(),
+            d.join("key.pem").display().to_string(),
+            "--tls-ca-cert-file".to_owned(),
+            ca.display().to_string(),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        redis.launch(&tls).then_some((redis, ca))
+    }
+
     /// (Re)starts the server on the same port and waits until it answers.
     fn resume(&mut self) -> bool {
+        let plain = ["--port".to_owned(), self.port.to_string()];
+        self.launch(&plain)
+    }
+
+    fn launch(&mut self, listen: &[String]) -> bool {
         let Some(server) = redis_server() else {
             return false;
         };
         let child = Command::new(server)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -82,6 +119,24 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 (`cert.pem`, `key.pem`) in
+/// `dir`; returns the CA's PEM file.
+fn tls_files(dir: &std::path::Path) -> PathBuf {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    ca_file
 }
 
 fn redis_server() -> Option<PathBuf> {
@@ -362,4 +417,32 @@ async fn approximate_mode_with_redis_down_keeps_local_limits_and_catches_up() {
     assert!(redis.resume());
     wait_for_sync(&env, 1.0).await;
     assert_eq!(env.metric("portcullis_rate_limit_store_up "), 1.0);
+}
+
+#[tokio::test]
+async fn a_tls_redis_is_shared_and_its_certificate_checked() {
+    let Some((redis, ca)) = Redis::start_tls() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is missing in CI"
+        );
+        eprintln!("redis-server is not installed: skipped");
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    let trusted = config(&url, "deny").replace(
+        "  store_timeout: 200ms\n",
+        &format!(
+            "  store_timeout: 500ms\n  store_ca_file: \"{}\"\n",
+            ca.display()
+        ),
+    );
+    let env = TestEnv::start(&trusted).await;
+    let all = statuses(&env, 12).await;
+    assert_eq!(count(&all, 200), 10, "decided in the TLS Redis: {all:?}");
+    assert_eq!(count(&all, 429), 2, "{all:?}");
+    // Without the CA the server's certificate is not trusted: a store error.
+    let untrusted = TestEnv::start(&config(&url, "deny")).await;
+    let r = untrusted.get("/public/x", &[]).await;
+    assert_eq!(r.reason(), "rate_limit_unavailable", "{:?}", r.body);
 }

@@ -29,6 +29,7 @@ fn every_rate_limit_setting_is_documented() {
         "store",
         "store_password",
         "store_timeout",
+        "store_ca_file",
         "on_store_error",
         "consistency",
         "sync_interval",

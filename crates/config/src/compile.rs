@@ -81,7 +81,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn read_file(&mut self, path: &str, file: &str) -> Option<(PathBuf, Vec<u8>)> {
+    pub(crate) fn read_file(&mut self, path: &str, file: &str) -> Option<(PathBuf, Vec<u8>)> {
         let file = self.expand(path, file)?;
         let full = resolve_path(&self.base, &file);
         self.files.push(full.clone());

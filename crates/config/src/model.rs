@@ -447,6 +447,9 @@ pub struct RedisStore {
     pub password: Option<Secret<String>>,
     /// The longest one call may take (`store_timeout`).
     pub timeout: Duration,
+    /// CA certificates (PEM) a `rediss://` server must chain to
+    /// (`store_ca_file`); without it, the web PKI roots and the system's.
+    pub ca_pem: Option<Vec<u8>>,
     /// What a check does when Redis fails or is slow (`on_store_error`).
     pub on_error: OnStoreError,
     /// Prefix of every key the gateway writes (`key_prefix`).

@@ -63,6 +63,7 @@ fn compile_store(raw: &RawRateLimits, ctx: &mut Ctx<'_>) -> RateStore {
                 (raw.store_password.is_some(), "store_password"),
                 (raw.store_password_file.is_some(), "store_password_file"),
                 (raw.store_timeout.is_some(), "store_timeout"),
+                (raw.store_ca_file.is_some(), "store_ca_file"),
                 (raw.on_store_error.is_some(), "on_store_error"),
                 (raw.consistency.is_some(), "consistency"),
                 (raw.sync_interval.is_some(), "sync_interval"),
@@ -109,6 +110,25 @@ fn compile_store(raw: &RawRateLimits, ctx: &mut Ctx<'_>) -> RateStore {
         (None, Some(f)) => ctx.read_secret("rate_limits.store_password_file", f),
         (None, None) => None,
     };
+    let ca_pem = raw.store_ca_file.as_deref().and_then(|f| {
+        let (_, bytes) = ctx.read_file("rate_limits.store_ca_file", f)?;
+        if scheme != "rediss" {
+            ctx.err(
+                "rate_limits.store_ca_file",
+                "only means something with a rediss:// (TLS) store",
+            );
+        }
+        if !bytes
+            .windows(27)
+            .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+        {
+            ctx.err(
+                "rate_limits.store_ca_file",
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            );
+        }
+        Some(bytes)
+    });
     let timeout = raw.store_timeout.map_or(DEFAULT_STORE_TIMEOUT, |d| d.0);
     if timeout.is_zero() {
         ctx.err(
@@ -167,6 +187,7 @@ fn compile_store(raw: &RawRateLimits, ctx: &mut Ctx<'_>) -> RateStore {
         shown,
         password: password.map(Secret),
         timeout,
+        ca_pem,
         on_error,
         key_prefix: raw
             .key_prefix

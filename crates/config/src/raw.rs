@@ -289,6 +289,7 @@ pub struct RawRateLimits {
     pub store_password: Option<String>,
     pub store_password_file: Option<String>,
     pub store_timeout: Option<HumanDuration>,
+    pub store_ca_file: Option<String>,
     pub on_store_error: Option<String>,
     pub consistency: Option<String>,
     pub sync_interval: Option<HumanDuration>,

@@ -551,6 +551,25 @@ fn a_redis_store_compiles_without_showing_its_secret() {
         err.contains("rate_limits.sync_interval: must be at least 10ms"),
         "{err}"
     );
+    let not_pem = tempfile_dir().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let text = with_limits(
+        &format!(
+            "rate_limits:\n  store: redis://127.0.0.1:6379\n  store_ca_file: {}\n  policies:\n    per_ip: {{ rate: 100/s, key: [ip] }}",
+            not_pem.display()
+        ),
+        "[per_ip]",
+        "[per_ip]",
+    );
+    let err2 = load(&text).unwrap_err().to_string();
+    assert!(
+        err2.contains("store_ca_file: only means something with a rediss://"),
+        "{err2}"
+    );
+    assert!(
+        err2.contains("store_ca_file: holds no PEM certificate"),
+        "{err2}"
+    );
     assert!(
         err.contains("rate_limits.on_store_error: with consistency: approximate"),
         "{err}"

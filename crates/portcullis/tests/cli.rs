@@ -933,3 +933,124 @@ routes:
     assert_eq!(field(refused, "upstream_status"), "-");
     assert_eq!(field(refused, "path"), "/nope%20with%22quote");
 }
+
+/// A `redis-server` on a free port with its own folder, killed on drop; `None`
+/// where the machine has none (outside CI).
+struct RedisProcess {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisProcess {
+    fn start() -> Option<RedisProcess> {
+        let server = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(server) = server else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is missing in CI"
+            );
+            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
+            return None;
+        };
+        let (port, dir) = (free_port(), tempfile::tempdir().unwrap());
+        let child = Command::new(server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("redis-server", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Some(RedisProcess {
+            port,
+            child,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every route limited to 10 requests an hour per route, in the store `store`.
+fn shared_limit(store: &str, on_error: &str) -> String {
+    format!(
+        "rate_limits:\n  store: {store}\n  on_store_error: {on_error}\n  store_timeout: 200ms\n  default: [shared]\n  policies:\n    shared: {{ rate: 10/hour, key: [route] }}\n"
+    )
+}
+
+#[test]
+fn two_gateway_processes_sharing_one_redis_enforce_one_limit() {
+    let Some(redis) = RedisProcess::start() else {
+        return;
+    };
+    let extra = shared_limit(&format!("redis://127.0.0.1:{}/0", redis.port), "deny");
+    let (a, b) = (
+        GatewayFile::new(&extra, "/x"),
+        GatewayFile::new(&extra, "/x"),
+    );
+    // Each start waits for one 200: two of the ten are spent here.
+    let mut ga = start_gateway(&a.path, a.port);
+    let mut gb = start_gateway(&b.path, b.port);
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        for port in [a.port, b.port] {
+            statuses.push(get(port, "/r/x").map_or(0, |(s, _)| s));
+        }
+    }
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (passed, limited),
+        (8, 12),
+        "one limit of 10 for both: {statuses:?}"
+    );
+    terminate_and_expect_clean_exit(&mut ga);
+    terminate_and_expect_clean_exit(&mut gb);
+}
+
+#[test]
+fn an_unreachable_redis_at_start_is_logged_and_the_gateway_serves() {
+    let closed = free_port();
+    let extra = shared_limit(&format!("redis://127.0.0.1:{closed}/0"), "local");
+    let file = GatewayFile::new(&extra, "/x");
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // Serving at once: local limits while the store is away.
+    let mut child = start_gateway_logging_to(&file.path, file.port, Stdio::from(log), "info");
+    wait_for("the start-up warning", || {
+        std::fs::read_to_string(&log_path)
+            .is_ok_and(|t| t.contains("rate-limit store unreachable at start"))
+    });
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("rate-limit store unreachable at start"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("redis://127.0.0.1:{closed}/0")),
+        "{line}"
+    );
+    assert!(line.contains("on_store_error=Local"), "{line}");
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| get(file.port, "/r/x").map_or(0, |(s, _)| s))
+        .collect();
+    // One 200 was spent by the start: 9 more, then local refusals.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        9,
+        "{statuses:?}"
+    );
+    terminate_and_expect_clean_exit(&mut child);
+}

@@ -125,8 +125,19 @@ pub struct SharedStore {
 impl SharedStore {
     /// A store for `settings`; nothing is connected until the first check.
     pub fn new(settings: RedisStore, metrics: &Metrics) -> Self {
-        let client = connection_info(&settings)
-            .and_then(|info| redis::Client::open(info).map_err(|e| e.to_string()));
+        let client = connection_info(&settings).and_then(|info| {
+            match &settings.ca_pem {
+                Some(pem) => redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.clone()),
+                    },
+                ),
+                None => redis::Client::open(info),
+            }
+            .map_err(|e| e.to_string())
+        });
         let families = metrics.families();
         SharedStore {
             id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
@@ -216,6 +227,44 @@ impl SharedStore {
                 self.settings.timeout.as_millis()
             )),
         }
+    }
+
+    /// Connects once in the background and says in the log whether the store
+    /// answers; the gateway serves either way (checks follow
+    /// `on_store_error` until it does).
+    pub fn probe_in_background(self: &Arc<Self>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = Arc::clone(self);
+        drop(handle.spawn(async move {
+            let shown = store.settings.shown.as_str();
+            let answer = match store.connection().await {
+                Ok(mut conn) => {
+                    let ping = redis::cmd("PING");
+                    let answer = ping.query_async::<String>(&mut conn);
+                    match tokio::time::timeout(store.settings.timeout * 4, answer).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(format!("Redis error: {e}")),
+                        Err(_) => Err("no answer to PING in time".to_owned()),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(()) => tracing::info!(store = shown, "rate-limit store answers"),
+                Err(why) => {
+                    store.note_failure(&why);
+                    tracing::warn!(
+                        store = shown,
+                        error = why.as_str(),
+                        on_store_error = ?store.settings.on_error,
+                        consistency = ?store.settings.consistency,
+                        "rate-limit store unreachable at start; serving anyway, checks follow on_store_error until it answers"
+                    );
+                }
+            }
+        }));
     }
 
     /// Adds `limiter` to those an approximate store reconciles.
@@ -425,6 +474,7 @@ mod tests {
             shown: "redis://127.0.0.1:1".into(),
             password: Some(Secret("s3cret-pass".into())),
             timeout: Duration::from_millis(50),
+            ca_pem: None,
             on_error: OnStoreError::Local,
             key_prefix: "t:".into(),
             consistency: portcullis_config::Consistency::Exact,

@@ -164,11 +164,19 @@ impl Runtime {
         let rate_store = match &config.rate_limits.store {
             RateStore::Local => None,
             RateStore::Redis(settings) => Some(
-                previous
+                match previous
                     .and_then(|p| p.rate_store.as_ref())
                     .filter(|old| old.settings == *settings)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(SharedStore::new(settings.clone(), metrics))),
+                {
+                    Some(kept) => Arc::clone(kept),
+                    None => {
+                        let store = Arc::new(SharedStore::new(settings.clone(), metrics));
+                        if refresh_in_background {
+                            store.probe_in_background();
+                        }
+                        store
+                    }
+                },
             ),
         };
         if let Some(store) = &rate_store {
