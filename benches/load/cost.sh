@@ -2,7 +2,7 @@
 # CPU cost per request of Portcullis builds and of nginx's plain proxy, on the
 # anchor harness that benches/load/run.sh prepared (run that once first).
 #
-#   bash benches/load/cost.sh [-r ROUNDS] [-c CONNECTIONS] BINARY...
+#   bash benches/load/cost.sh [-r ROUNDS] [-c CONNECTIONS] BINARY[@EXTRA.yaml]...
 #
 # Each binary is started pinned to CPU 0 with the harness configuration (token cache
 # on), then wrk (CPU 1) runs 5 s against each binary and against the nginx proxy in
@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-[ $# -gt 0 ] || { echo "usage: cost.sh [-r ROUNDS] [-c CONNECTIONS] BINARY..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: cost.sh [-r ROUNDS] [-c CONNECTIONS] BINARY[@EXTRA.yaml]..." >&2; exit 2; }
 [ -d "$scratch/tokens" ] || { echo "run benches/load/run.sh first (no $scratch)" >&2; exit 1; }
 cd "$scratch"
 ./start.sh >/dev/null
@@ -31,13 +31,19 @@ names=(); ports=(); pids=()
 cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 i=0
-for bin in "$@"; do
+for target in "$@"; do
+  # BINARY, or BINARY@FILE: FILE's YAML is appended to the harness configuration
+  # (e.g. a rate_limits block), so one build can run beside itself configured
+  # otherwise.
+  bin=${target%%@*}; extra=""
+  [ "$target" != "$bin" ] && extra=${target#*@}
   port=$((19760 + i))
   sed -e "s|@BENCH@|$scratch|g" -e "s|@PORT@|$port|g" -e "s|@CACHE@|true|g" \
     -e "s|@ENTRIES@|200000|g" -e "s|@ADMIN@|{ enabled: false }|g" \
     "$repo/benches/load/portcullis.yaml.in" > "cost-$port.yaml"
+  [ -n "$extra" ] && cat "$extra" >> "cost-$port.yaml"
   nice -n -10 taskset -c 0 "$bin" run --no-watch --config "cost-$port.yaml" > "logs/cost-$port.log" 2>&1 &
-  pids+=($!); ports+=("$port"); names+=("$bin"); i=$((i + 1))
+  pids+=($!); ports+=("$port"); names+=("$target"); i=$((i + 1))
 done
 # The nginx proxy's worker: the child of the master whose pid file start.sh wrote.
 nginx_worker=$(pgrep -P "$(cat run/nginx-proxy.pid)" | head -1)
