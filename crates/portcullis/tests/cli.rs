@@ -1054,3 +1054,51 @@ fn an_unreachable_redis_at_start_is_logged_and_the_gateway_serves() {
     );
     terminate_and_expect_clean_exit(&mut child);
 }
+
+/// `portcullis diagnose --json` on `path` for `/r/x`: exit code and document.
+fn diagnose_r(path: &Path) -> (i32, serde_json::Value) {
+    let out = Command::new(BIN)
+        .args(["diagnose", "--json", "--no-upstream", "--config"])
+        .arg(path)
+        .args(["--url", "http://t/r/x"])
+        .output()
+        .unwrap();
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), doc)
+}
+
+#[test]
+fn diagnose_reads_the_live_budget_in_redis_and_names_both_reasons() {
+    let Some(redis) = RedisProcess::start() else {
+        return;
+    };
+    let extra = shared_limit(&format!("redis://127.0.0.1:{}/0", redis.port), "deny");
+    let file = GatewayFile::new(&extra, "/x");
+    let mut gateway = start_gateway(&file.path, file.port);
+    // The start spent one of ten; diagnose spends none.
+    for _ in 0..3 {
+        let (code, doc) = diagnose_r(&file.path);
+        assert_eq!(code, 0, "{doc}");
+        let evidence = doc["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "rate_limit")
+            .map(|s| s["evidence"].to_string())
+            .unwrap_or_default();
+        assert!(evidence.contains("r=9"), "{evidence}");
+    }
+    for _ in 0..9 {
+        assert_eq!(get(file.port, "/r/x").map(|(s, _)| s), Some(200));
+    }
+    let (code, doc) = diagnose_r(&file.path);
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["reason"], "rate_limited", "{doc}");
+    assert_eq!(doc["step"], "rate_limit", "{doc}");
+    // The store gone, on_store_error: deny names the other reason.
+    drop(redis);
+    let (code, doc) = diagnose_r(&file.path);
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["reason"], "rate_limit_unavailable", "{doc}");
+    terminate_and_expect_clean_exit(&mut gateway);
+}
