@@ -446,3 +446,21 @@ async fn a_tls_redis_is_shared_and_its_certificate_checked() {
     let r = untrusted.get("/public/x", &[]).await;
     assert_eq!(r.reason(), "rate_limit_unavailable", "{:?}", r.body);
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_store_uses_the_new_one() {
+    let redis = redis_or_skip!();
+    let yaml = config(&redis.url(), "deny");
+    let env = TestEnv::start(&yaml).await;
+    let first = statuses(&env, 11).await;
+    assert_eq!(count(&first, 429), 1, "{first:?}");
+    // Another key prefix: another store, fresh keys in it.
+    let moved = yaml.replace(
+        "  on_store_error: deny\n",
+        "  on_store_error: deny\n  key_prefix: \"other:\"\n",
+    );
+    env.apply_yaml(&moved).unwrap();
+    let after = statuses(&env, 11).await;
+    assert_eq!(count(&after, 200), 10, "{after:?}");
+    assert_eq!(count(&after, 429), 1, "{after:?}");
+}

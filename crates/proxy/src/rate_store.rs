@@ -90,8 +90,10 @@ return math.ceil(new_tat - now)
 static STORE_IDS: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// This worker thread's connection to each store it has used.
-    static CONNECTIONS: RefCell<Vec<(u64, Slot)>> = const { RefCell::new(Vec::new()) };
+    /// This worker thread's connection to each store it has used, with the
+    /// store's liveness token: the connection of a store a reload replaced
+    /// is dropped at this thread's next connect.
+    static CONNECTIONS: RefCell<Vec<(u64, Weak<()>, Slot)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A worker's connection to one store, or when connecting last failed.
@@ -106,6 +108,8 @@ pub struct SharedStore {
     /// Its settings.
     pub settings: RedisStore,
     id: u64,
+    /// Alive as long as the store: workers' cached connections watch it.
+    alive: Arc<()>,
     client: Result<redis::Client, String>,
     script: redis::Script,
     peek: redis::Script,
@@ -141,6 +145,7 @@ impl SharedStore {
         let families = metrics.families();
         SharedStore {
             id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
             client,
             script: redis::Script::new(GCRA),
             peek: redis::Script::new(GCRA_PEEK),
@@ -409,8 +414,8 @@ impl SharedStore {
         let cached = CONNECTIONS.with(|c| {
             c.borrow()
                 .iter()
-                .find(|(id, _)| *id == self.id)
-                .map(|(_, slot)| slot.clone())
+                .find(|(id, _, _)| *id == self.id)
+                .map(|(_, _, slot)| slot.clone())
         });
         match cached {
             Some(Slot::Ready(conn)) => return Ok(conn),
@@ -443,8 +448,8 @@ impl SharedStore {
         };
         CONNECTIONS.with(|c| {
             let mut slots = c.borrow_mut();
-            slots.retain(|(id, _)| *id != self.id);
-            slots.push((self.id, slot));
+            slots.retain(|(id, alive, _)| *id != self.id && alive.strong_count() > 0);
+            slots.push((self.id, Arc::downgrade(&self.alive), slot));
         });
         result
     }
