@@ -256,6 +256,24 @@ pub(crate) fn compile(raw: RawConfig, ctx: &mut Ctx<'_>, source: &str) -> Option
             routes.push(Arc::new(rc));
         }
     }
+    // One resource per metadata path: two routes may be the same resource,
+    // not two resources at one address.
+    let mut resources: BTreeMap<&str, &str> = BTreeMap::new();
+    for (i, rc) in routes.iter().enumerate() {
+        if let RouteAuth::Protected(p) = &rc.auth
+            && let Some(r) = &p.resource
+            && let Some(other) = resources.insert(&r.metadata_path, &r.resource)
+            && other != r.resource
+        {
+            ctx.err(
+                format!("routes[{i}].auth.resource"),
+                format!(
+                    "{:?} and {other:?} would both have their metadata at {}",
+                    r.resource, r.metadata_path
+                ),
+            );
+        }
+    }
     if !ctx.problems.is_empty() {
         return None;
     }
@@ -1296,7 +1314,29 @@ fn compile_auth(
             Err(_) => ctx.err(p, format!("{header:?} is not a valid header name")),
         }
     }
+    let resource = ra.resource.as_deref().and_then(|r| {
+        let rpath = format!("{path}.resource");
+        match crate::resource::protected_resource(r) {
+            Ok(pr) => {
+                if !ra.audiences.iter().any(|a| a == &pr.resource) {
+                    ctx.err(
+                        rpath,
+                        format!(
+                            "{:?} is not one of the route's audiences: tokens issued for this resource would be refused (add it to audiences)",
+                            pr.resource
+                        ),
+                    );
+                }
+                Some(pr)
+            }
+            Err(e) => {
+                ctx.err(rpath, e);
+                None
+            }
+        }
+    });
     Some(ProtectedRoute {
+        resource,
         issuers: by_iss,
         access: AccessRules {
             audiences: ra.audiences,

@@ -13,6 +13,7 @@ pub mod locate;
 pub mod model;
 pub mod rate_limits;
 mod raw;
+pub mod resource;
 mod structure;
 pub mod units;
 

@@ -651,6 +651,22 @@ pub struct ProtectedRoute {
     pub query_token: bool,
     /// Claims copied into request headers (claim name, header).
     pub claim_headers: Vec<(String, HeaderName)>,
+    /// The protected resource the route is (`auth.resource`, RFC 9728): its
+    /// metadata is served and named in every Bearer challenge.
+    pub resource: Option<ProtectedResource>,
+}
+
+/// A protected resource (RFC 9728) and where its metadata is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedResource {
+    /// The resource identifier: an absolute `http(s)` URL without fragment,
+    /// also one of the route's audiences.
+    pub resource: String,
+    /// The metadata's path on the gateway (RFC 9728 §3.1): the well-known
+    /// prefix inserted before the resource's path.
+    pub metadata_path: String,
+    /// The metadata's absolute URL, for `resource_metadata=` in challenges.
+    pub metadata_url: String,
 }
 
 /// Enforcement mode.

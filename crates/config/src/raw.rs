@@ -364,6 +364,7 @@ pub struct RawAuth {
     pub query_token: Option<bool>,
     #[serde(default)]
     pub claim_headers: BTreeMap<String, String>,
+    pub resource: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

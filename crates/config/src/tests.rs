@@ -596,3 +596,37 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn a_protected_resource_must_be_an_audience_and_own_its_metadata_path() {
+    let one = GOOD.replace(
+        "      audiences: [api]\n",
+        "      audiences: [api, \"https://api.example.com/v1\"]\n      resource: \"https://api.example.com/v1\"\n",
+    );
+    let c = load(&one).unwrap();
+    let RouteAuth::Protected(p) = &c.routes[0].auth else {
+        panic!("protected")
+    };
+    let r = p.resource.as_ref().unwrap();
+    assert_eq!(r.metadata_path, "/.well-known/oauth-protected-resource/v1");
+    let not_audience = GOOD.replace(
+        "      audiences: [api]\n",
+        "      audiences: [api]\n      resource: \"https://api.example.com/v1\"\n",
+    );
+    let err = load(&not_audience).unwrap_err().to_string();
+    assert!(
+        err.contains("routes[0].auth.resource: \"https://api.example.com/v1\" is not one of the route's audiences"),
+        "{err}"
+    );
+    let clash = format!(
+        "{one}  - name: other\n    match: {{ path_prefix: /other/ }}\n    upstream: llm\n    auth: {{ issuers: [dev], audiences: [\"https://other.example.com/v1\"], resource: \"https://other.example.com/v1\" }}\n"
+    );
+    let err = load(&clash).unwrap_err().to_string();
+    assert!(
+        err.contains("routes[2].auth.resource")
+            && err.contains(
+                "would both have their metadata at /.well-known/oauth-protected-resource/v1"
+            ),
+        "{err}"
+    );
+}

@@ -24,6 +24,7 @@ pub mod rate_store;
 pub mod recent;
 pub mod reject;
 pub mod reload;
+pub mod resource_metadata;
 pub mod route_table;
 pub mod runtime;
 pub mod server;

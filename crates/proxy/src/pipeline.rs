@@ -160,6 +160,17 @@ pub async fn handle(
     if let Some(note) = &trace.rate_limit {
         note.apply(response.headers_mut());
     }
+    // The gateway's own refusals name the resource's metadata; an upstream's
+    // own challenge is passed on as it is.
+    if let Some(resource) = trace
+        .route
+        .as_ref()
+        .filter(|_| trace.rejection.is_some())
+        .and_then(|r| r.protected())
+        .and_then(|p| p.resource.as_ref())
+    {
+        crate::resource_metadata::announce(response.headers_mut(), &resource.metadata_url);
+    }
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, request_id.clone());
@@ -404,6 +415,25 @@ pub async fn decide<B>(
         }
     });
 
+    // resource metadata (RFC 9728): public documents the gateway answers
+    // itself, to clients the global network rules let in.
+    if matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        && let Some(doc) = runtime.resource_metadata.get(req.uri().path())
+    {
+        steps.check(
+            Step::ClientIp,
+            network.rules.check_client(&client, "global"),
+        )?;
+        trace.decision = Decision::Public;
+        trace.steps.pass_with(Step::Route, || {
+            "protected resource metadata (RFC 9728), answered by the gateway".to_owned()
+        });
+        let head_only = req.method() == http::Method::HEAD;
+        return Ok(Decided::Answered(crate::resource_metadata::respond(
+            doc, head_only,
+        )));
+    }
+
     // route: the canonical authority and path; a CORS preflight is routed by
     // the method it asks about.
     let host = normalise_host(authority.as_str());
@@ -450,6 +480,14 @@ pub async fn decide<B>(
             &lookup_method,
         )
     });
+    if let Some(resource) = route.protected().and_then(|p| p.resource.as_ref()) {
+        steps.note(Step::Route, || {
+            format!(
+                "the route is the protected resource {}: its refusals point clients at {}",
+                resource.resource, resource.metadata_url
+            )
+        });
+    }
 
     // upgrade: a tunnel is authorized once, at its handshake, so only protocols
     // the route names may be asked for.

@@ -76,6 +76,8 @@ pub struct Runtime {
     pub limiters: BTreeMap<String, Arc<PolicyLimiter>>,
     /// The shared rate-limit store, when one is configured.
     pub rate_store: Option<Arc<SharedStore>>,
+    /// Protected resource metadata documents (RFC 9728) by path.
+    pub resource_metadata: BTreeMap<String, bytes::Bytes>,
 }
 
 impl Runtime {
@@ -241,6 +243,7 @@ impl Runtime {
             owned_headers,
             limiters,
             rate_store,
+            resource_metadata: crate::resource_metadata::documents(&config),
             config: Arc::new(config),
             issuers,
             upstreams,
