@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
-# (Node.js and the third-party authorization server oauth2-mock-server for
-# tests/third_party_idp.rs; kubernetes-validate for tests/deploy_manifests.rs;
+# (Node.js and the third-party authorization servers oauth2-mock-server for
+# tests/third_party_idp.rs and oidc-provider for tests/introspection.rs; kubernetes-validate for tests/deploy_manifests.rs;
 # promtool, from Debian's prometheus package, for the alert-rule tests;
 # Debian's chromium and playwright-core for tests/status_page.rs;
 # redis-server for tests/rate_limits_redis.rs),
@@ -16,9 +16,10 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
 fi
 if [ ! -d tests/third_party/node_modules/oauth2-mock-server ] \
+   || [ ! -d tests/third_party/node_modules/oidc-provider ] \
    || [ ! -d tests/third_party/node_modules/playwright-core ] \
    || [ tests/third_party/package-lock.json -nt tests/third_party/node_modules/.package-lock.json ]; then
-  echo "== npm ci (tests/third_party: oauth2-mock-server, playwright-core)"
+  echo "== npm ci (tests/third_party: oauth2-mock-server, oidc-provider, playwright-core)"
   npm ci --prefix tests/third_party --no-audit --no-fund --loglevel=error
 fi
 

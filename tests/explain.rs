@@ -8,7 +8,7 @@ use http::Method;
 use portcullis_tests::{BASE_CONFIG, TestEnv};
 use serde_json::{Value, json};
 
-const ROUTE_NAMES: [&str; 22] = [
+const ROUTE_NAMES: [&str; 23] = [
     "request",
     "canonical",
     "strip_spoofed",
@@ -21,6 +21,7 @@ const ROUTE_NAMES: [&str; 22] = [
     "token_cache",
     "token_structure",
     "issuer",
+    "introspection",
     "token_header",
     "keys",
     "kid",

@@ -22,6 +22,9 @@ use portcullis_proxy::Gateway;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+mod oidc_provider;
+pub use oidc_provider::OidcProvider;
+
 /// The listeners and the dev issuer every test configuration starts with.
 macro_rules! listeners_and_issuer {
     () => {
@@ -121,6 +124,16 @@ impl Reply {
     /// The body as JSON (Null when it is not JSON).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The status and the `reason` of a problem+json body, to compare at once.
+    pub fn refusal(&self) -> (u16, String) {
+        (self.status.as_u16(), self.reason())
     }
 
     /// The `reason` of a problem+json body.

@@ -627,6 +627,9 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
         }
         (None, None) => None,
     };
+    let tokens = crate::introspection::token_kind(&path, ri.tokens.as_deref(), ctx);
+    let introspection =
+        crate::introspection::compile_introspection(&path, tokens, ri.introspection, ctx);
     let sources = [
         ri.discovery == Some(true),
         ri.jwks_uri.is_some(),
@@ -641,11 +644,22 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
         );
         return None;
     }
-    let source = if let Some(uri) = &ri.jwks_uri {
-        KeySource::JwksUri(ctx.expand(&format!("{path}.jwks_uri"), uri)?)
+    if tokens == TokenKind::Opaque && n_sources > 0 {
+        ctx.err(
+            &path,
+            "tokens: opaque fetches no keys: remove discovery, jwks_uri, static_keys_file and secret (or use tokens: auto to also verify JWTs)",
+        );
+        return None;
+    }
+    let source = if tokens == TokenKind::Opaque {
+        None
+    } else if let Some(uri) = &ri.jwks_uri {
+        Some(KeySource::JwksUri(
+            ctx.expand(&format!("{path}.jwks_uri"), uri)?,
+        ))
     } else if let Some(file) = &ri.static_keys_file {
         let (p, bytes) = ctx.read_file(&format!("{path}.static_keys_file"), file)?;
-        if String::from_utf8_lossy(&bytes).contains("-----BEGIN") {
+        Some(if String::from_utf8_lossy(&bytes).contains("-----BEGIN") {
             KeySource::StaticPem {
                 path: p,
                 pem: bytes,
@@ -655,9 +669,9 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
                 path: p,
                 document: bytes,
             }
-        }
+        })
     } else if let Some(s) = secret {
-        KeySource::Secret(s)
+        Some(KeySource::Secret(s))
     } else if n_sources == 0 && ri.discovery == Some(false) {
         ctx.err(
             &path,
@@ -665,9 +679,9 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
         );
         return None;
     } else {
-        KeySource::Discovery
+        Some(KeySource::Discovery)
     };
-    let is_secret = matches!(source, KeySource::Secret(_));
+    let is_secret = matches!(source, Some(KeySource::Secret(_)));
     let algorithms = compile_algorithms(&path, ri.algorithms.as_deref(), is_secret, ctx);
     let d = JwksSettings::default();
     let rj = ri.jwks.unwrap_or_default();
@@ -699,8 +713,8 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
             format!("cannot read {}: {e}", ca.display()),
         );
     }
-    if source.is_remote() {
-        let url = match &source {
+    if let Some(source) = source.as_ref().filter(|s| s.is_remote()) {
+        let url = match source {
             KeySource::JwksUri(u) => u.clone(),
             _ => issuer.clone(),
         };
@@ -728,13 +742,15 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
             scope_claim: ri.scope_claim,
         },
         source,
+        tokens,
+        introspection,
         jwks,
         max_token_bytes: ri.max_token_size.map_or(8 << 10, |s| s.0 as usize),
         required_for_readiness: ri.required_for_readiness.unwrap_or(false),
     })
 }
 
-fn check_fetch_url(path: &str, url: &str, allow_http: bool, ctx: &mut Ctx<'_>) {
+pub(crate) fn check_fetch_url(path: &str, url: &str, allow_http: bool, ctx: &mut Ctx<'_>) {
     match url.parse::<http::Uri>() {
         Ok(u) if u.scheme_str() == Some("https") => {}
         Ok(u) if u.scheme_str() == Some("http") => {
@@ -1265,6 +1281,20 @@ fn compile_auth(
                 );
             }
         }
+    }
+    let introspecting: Vec<&str> = by_iss
+        .values()
+        .filter(|ic| ic.tokens.introspects())
+        .map(|ic| ic.name.as_str())
+        .collect();
+    if introspecting.len() > 1 {
+        ctx.err(
+            format!("{path}.issuers"),
+            format!(
+                "issuers {} all introspect opaque tokens; a route can have one: an opaque token names no issuer, and sending it to several authorization servers would hand it to each",
+                introspecting.join(", ")
+            ),
+        );
     }
     if ra.audiences.is_empty() {
         ctx.err(

@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod error;
 pub mod interpolate;
+mod introspection;
 pub mod lint;
 pub mod locate;
 pub mod model;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
-use portcullis_jwks::{JwksSettings, KeySource};
+use portcullis_jwks::{IntrospectionSettings, JwksSettings, KeySource};
 use portcullis_policy::path::PathRules;
 use portcullis_policy::{AccessRules, CidrSet, IpRules, IssuerRules};
 
@@ -309,8 +309,13 @@ pub struct IssuerConfig {
     pub name: String,
     /// Token rules (exact issuer, algorithms, leeway, typ, scope claim).
     pub rules: IssuerRules,
-    /// Where keys come from.
-    pub source: KeySource,
+    /// Where keys come from; `None` for an issuer of opaque tokens only.
+    pub source: Option<KeySource>,
+    /// Which tokens of this issuer are accepted: signed JWTs, opaque tokens
+    /// (introspected), or both.
+    pub tokens: TokenKind,
+    /// The introspection client's settings (`tokens: opaque` or `auto`).
+    pub introspection: Option<IntrospectionSettings>,
     /// Cache and fetch settings.
     pub jwks: JwksSettings,
     /// Largest accepted token.
@@ -318,6 +323,34 @@ pub struct IssuerConfig {
     /// Whether `/readyz` waits for this issuer's keys before the replica first
     /// reports ready (a start-up gate; never withdrawn afterwards).
     pub required_for_readiness: bool,
+}
+
+/// The kinds of access token an issuer's routes accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Signed JWTs, verified locally with the issuer's keys (the default).
+    Jwt,
+    /// Opaque tokens, asked about at the introspection endpoint (RFC 7662);
+    /// no keys are fetched.
+    Opaque,
+    /// Both: a compact JWS is verified locally, anything else introspected.
+    Auto,
+}
+
+impl TokenKind {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Jwt => "jwt",
+            TokenKind::Opaque => "opaque",
+            TokenKind::Auto => "auto",
+        }
+    }
+
+    /// Whether tokens are introspected.
+    pub fn introspects(self) -> bool {
+        matches!(self, TokenKind::Opaque | TokenKind::Auto)
+    }
 }
 
 /// One upstream service.

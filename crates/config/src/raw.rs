@@ -205,6 +205,30 @@ pub struct RawIssuer {
     pub max_token_size: Option<ByteSize>,
     pub jwks: Option<RawJwks>,
     pub required_for_readiness: Option<bool>,
+    pub tokens: Option<String>,
+    pub introspection: Option<RawIntrospection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub auth_method: Option<String>,
+    pub private_key_file: Option<String>,
+    pub private_key_id: Option<String>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub retries: Option<u32>,
+    pub max_response_size: Option<ByteSize>,
+    pub allow_http: Option<bool>,
+    pub ca_file: Option<String>,
+    pub cache_ttl: Option<HumanDuration>,
+    pub negative_cache_ttl: Option<HumanDuration>,
+    pub max_stale: Option<HumanDuration>,
+    pub max_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

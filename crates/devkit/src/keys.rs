@@ -28,6 +28,20 @@ pub struct SigningKey {
     inner: Inner,
 }
 
+/// A PEM block of `der` under `label`, in 64-character lines.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
 /// base64url without padding.
 pub fn b64(bytes: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
@@ -145,16 +159,23 @@ impl SigningKey {
                 .to_vec(),
             Inner::Hmac(_) => return Err(SignError("an HMAC key has no public key".into())),
         };
-        let body = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = body
-            .as_bytes()
-            .chunks(64)
-            .filter_map(|c| std::str::from_utf8(c).ok())
-            .collect();
-        Ok(format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            lines.join("\n")
-        ))
+        Ok(pem_block("PUBLIC KEY", &der))
+    }
+
+    /// The private key as a PEM `PRIVATE KEY` block (PKCS#8), as a client
+    /// using `private_key_jwt` keeps it.
+    pub fn private_pem(&self) -> Result<String, SignError> {
+        let err = |e: aws_lc_rs::error::Unspecified| SignError(e.to_string());
+        let der: Vec<u8> = match &self.inner {
+            Inner::Rsa(kp) => {
+                let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = kp.as_der().map_err(err)?;
+                der.as_ref().to_vec()
+            }
+            Inner::Ec(kp) => kp.to_pkcs8v1().map_err(err)?.as_ref().to_vec(),
+            Inner::Ed(kp) => kp.to_pkcs8v1().map_err(err)?.as_ref().to_vec(),
+            Inner::Hmac(_) => return Err(SignError("an HMAC key is a shared secret".into())),
+        };
+        Ok(pem_block("PRIVATE KEY", &der))
     }
 
     /// Signs `claims` with a header of `{alg, kid, typ: JWT}`.

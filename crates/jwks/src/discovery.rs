@@ -9,6 +9,7 @@ use crate::fetch::{FetchError, Fetcher};
 struct Metadata {
     issuer: Option<String>,
     jwks_uri: Option<String>,
+    introspection_endpoint: Option<String>,
 }
 
 /// The metadata URLs to try, in order: OIDC (`issuer + /.well-known/openid-configuration`),
@@ -37,6 +38,35 @@ pub async fn discover(fetcher: &Fetcher, issuer: &str) -> Result<String, FetchEr
     for url in metadata_urls(issuer) {
         match fetcher.get(&url).await {
             Ok(doc) => return jwks_uri_from(&doc.body, issuer, &url),
+            Err(e @ FetchError::Status { status: 404, .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| FetchError::BadUrl {
+        url: issuer.to_owned(),
+        why: "no discovery URL".to_owned(),
+    }))
+}
+
+/// Discovers the `introspection_endpoint` of `issuer` (RFC 8414 §2), with the
+/// same mix-up defence and fallback as [`discover`].
+pub async fn discover_introspection_endpoint(
+    fetcher: &Fetcher,
+    issuer: &str,
+) -> Result<String, FetchError> {
+    let mut last = None;
+    for url in metadata_urls(issuer) {
+        match fetcher.get(&url).await {
+            Ok(doc) => {
+                let meta = metadata_of(&doc.body, issuer, &url)?;
+                return meta
+                    .introspection_endpoint
+                    .ok_or_else(|| FetchError::Invalid {
+                        url,
+                        why: "metadata has no introspection_endpoint (set introspection.endpoint)"
+                            .to_owned(),
+                    });
+            }
             Err(e @ FetchError::Status { status: 404, .. }) => last = Some(e),
             Err(e) => return Err(e),
         }
@@ -78,6 +108,16 @@ pub async fn published_issuer(
 }
 
 fn jwks_uri_from(body: &[u8], issuer: &str, url: &str) -> Result<String, FetchError> {
+    metadata_of(body, issuer, url)?
+        .jwks_uri
+        .ok_or_else(|| FetchError::Invalid {
+            url: url.to_owned(),
+            why: "metadata has no jwks_uri".to_owned(),
+        })
+}
+
+/// A metadata document whose `issuer` is the configured one.
+fn metadata_of(body: &[u8], issuer: &str, url: &str) -> Result<Metadata, FetchError> {
     let invalid = |why: String| FetchError::Invalid {
         url: url.to_owned(),
         why,
@@ -93,8 +133,7 @@ fn jwks_uri_from(body: &[u8], issuer: &str, url: &str) -> Result<String, FetchEr
         }
         None => return Err(invalid("metadata has no issuer".to_owned())),
     }
-    meta.jwks_uri
-        .ok_or_else(|| invalid("metadata has no jwks_uri".to_owned()))
+    Ok(meta)
 }
 
 #[cfg(test)]

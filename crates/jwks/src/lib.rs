@@ -1,4 +1,5 @@
-//! The cached JWKS fetcher of Portcullis.
+//! The cached JWKS fetcher of Portcullis, and its other client of the
+//! authorization server: RFC 7662 token introspection ([`Introspector`]).
 //!
 //! One [`KeyCache`] per issuer publishes an immutable [`KeySnapshot`] through an
 //! `ArcSwap`, so every request reads keys lock-free. A background task refreshes
@@ -9,8 +10,10 @@
 //! [`KeySnapshot`]: portcullis_policy::KeySnapshot
 
 pub mod cache;
+pub mod client_assertion;
 pub mod discovery;
 pub mod fetch;
+pub mod introspection;
 pub mod observe;
 pub mod parse;
 pub mod settings;
@@ -18,6 +21,9 @@ pub mod tls;
 
 pub use cache::{KeyCache, KeyState, KeyStatus, KidLookup};
 pub use fetch::{FetchError, Fetcher};
+pub use introspection::{
+    ClientAuth, IntrospectionError, IntrospectionHealth, IntrospectionSettings, Introspector,
+};
 pub use observe::{JwksObserver, NoopObserver};
 pub use parse::{DocumentError, SkippedKey};
 pub use settings::{JwksSettings, KeySource};

@@ -12,6 +12,11 @@ pub trait JwksObserver: Send + Sync + 'static {
     fn key_set(&self, issuer: &str, keys: usize, fetched_at: SystemTime);
     /// A key of a document was skipped.
     fn skipped_key(&self, issuer: &str, kid: &str, reason: &str);
+    /// An introspection call finished with `outcome` (`active`, `inactive` or
+    /// an [`crate::IntrospectionError::kind`]).
+    fn introspected(&self, issuer: &str, outcome: &'static str, elapsed: Duration) {
+        let _ = (issuer, outcome, elapsed);
+    }
 }
 
 /// An observer that ignores everything.

@@ -27,6 +27,11 @@ pub const CLOCK_OFFSET_BUCKETS: &[f64] = &[
 pub const RATE_LIMIT_OUTCOMES: [&str; 5] =
     ["allow", "limit", "would_limit", "table_full", "store_error"];
 
+/// The results of `portcullis_introspection_cache_total`, in the order of
+/// [`crate::IntrospectionCacheResult`].
+pub const INTROSPECTION_CACHE_RESULTS: [&str; 5] =
+    ["hit", "negative_hit", "miss", "joined", "stale_served"];
+
 /// Every family, by name.
 pub struct Families {
     /// The registry (not the global one).
@@ -61,6 +66,19 @@ pub struct Families {
     pub jwks_status: IntGaugeVec,
     /// `portcullis_jwks_skipped_keys_total{issuer}`.
     pub jwks_skipped: IntCounterVec,
+    /// `portcullis_introspection_requests_total{issuer,outcome}`: calls to an
+    /// introspection endpoint (active, inactive, or the failure's kind).
+    pub introspection_requests: IntCounterVec,
+    /// `portcullis_introspection_duration_seconds{issuer}`.
+    pub introspection_duration: HistogramVec,
+    /// `portcullis_introspection_cache_total{issuer,result}` (see
+    /// [`INTROSPECTION_CACHE_RESULTS`]).
+    pub introspection_cache: IntCounterVec,
+    /// `portcullis_introspection_status{issuer,status}`: 1 for the current
+    /// status (unknown, answering, failing), refreshed at scrape time.
+    pub introspection_status: IntGaugeVec,
+    /// `portcullis_introspection_last_success_timestamp_seconds{issuer}`.
+    pub introspection_last_success: GaugeVec,
     /// `portcullis_config_reloads_total{outcome}`.
     pub config_reloads: IntCounterVec,
     /// `portcullis_config_last_reload_success_timestamp_seconds`.
@@ -320,6 +338,37 @@ impl Families {
                 "Keys skipped from a key set because they could not be used.",
                 &["issuer"],
             )?,
+            introspection_requests: counter(
+                &r,
+                "portcullis_introspection_requests_total",
+                "Calls to an issuer's introspection endpoint (RFC 7662) by outcome: active, inactive, or why it gave no answer (connect_error, timeout, http_error, too_large, as_error, invalid_answer, busy, ...).",
+                &["issuer", "outcome"],
+            )?,
+            introspection_duration: histogram(
+                &r,
+                "portcullis_introspection_duration_seconds",
+                "Duration of introspection calls, retries included.",
+                &["issuer"],
+                LATENCY_BUCKETS,
+            )?,
+            introspection_cache: counter(
+                &r,
+                "portcullis_introspection_cache_total",
+                "Opaque-token lookups by result: hit (a cached active answer), negative_hit (a cached inactive answer), miss (the endpoint was called), joined (waited for a call another request made for the same token), stale_served (a cached answer past cache_ttl served within max_stale because the endpoint failed).",
+                &["issuer", "result"],
+            )?,
+            introspection_status: int_gauge_vec(
+                &r,
+                "portcullis_introspection_status",
+                "1 for the issuer's introspection status: unknown (no call yet), answering, failing.",
+                &["issuer", "status"],
+            )?,
+            introspection_last_success: gauge_vec(
+                &r,
+                "portcullis_introspection_last_success_timestamp_seconds",
+                "Unix time of the last introspection call that got an answer.",
+                &["issuer"],
+            )?,
             config_reloads: counter(
                 &r,
                 "portcullis_config_reloads_total",
@@ -420,6 +469,11 @@ impl Families {
             &fams.jwks_key_age,
             &fams.jwks_status,
             &fams.jwks_skipped,
+            &fams.introspection_requests,
+            &fams.introspection_duration,
+            &fams.introspection_cache,
+            &fams.introspection_status,
+            &fams.introspection_last_success,
             &fams.config_reloads,
             &fams.config_last_success,
             &fams.config_last_reload_ok,

@@ -15,6 +15,6 @@ pub use admin::{
 };
 pub use families::Families;
 pub use recorder::{
-    IssuerMetrics, Metrics, RouteMetrics, StreamOutcome, TokenCacheEvent, UpstreamErrorKind,
-    UpstreamMetrics, unix_now,
+    IntrospectionCacheResult, IntrospectionMetrics, IssuerMetrics, Metrics, RouteMetrics,
+    StreamOutcome, TokenCacheEvent, UpstreamErrorKind, UpstreamMetrics, unix_now,
 };

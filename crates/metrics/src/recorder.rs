@@ -99,6 +99,34 @@ impl IssuerMetrics {
     }
 }
 
+/// What an opaque-token lookup found, each a `result` label of
+/// `portcullis_introspection_cache_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionCacheResult {
+    /// A cached active answer.
+    Hit = 0,
+    /// A cached inactive answer.
+    NegativeHit = 1,
+    /// The endpoint was called.
+    Miss = 2,
+    /// Waited for the call another request made for the same token.
+    Joined = 3,
+    /// A cached answer past `cache_ttl` served within `max_stale`.
+    StaleServed = 4,
+}
+
+/// Handles of one introspecting issuer.
+pub struct IntrospectionMetrics {
+    cache: [IntCounter; 5],
+}
+
+impl IntrospectionMetrics {
+    /// One opaque-token lookup.
+    pub fn cache(&self, result: IntrospectionCacheResult) {
+        self.cache[result as usize].inc();
+    }
+}
+
 /// Handles of one upstream.
 pub struct UpstreamMetrics {
     upstream: Arc<str>,
@@ -225,6 +253,17 @@ impl Metrics {
     pub fn issuer(&self, issuer: &str) -> IssuerMetrics {
         IssuerMetrics {
             clock_offset: self.families.clock_offset.with_label_values(&[issuer]),
+        }
+    }
+
+    /// Resolves the handles of an introspecting issuer (labelled with its `iss`).
+    pub fn introspection(&self, issuer: &str) -> IntrospectionMetrics {
+        IntrospectionMetrics {
+            cache: crate::families::INTROSPECTION_CACHE_RESULTS.map(|result| {
+                self.families
+                    .introspection_cache
+                    .with_label_values(&[issuer, result])
+            }),
         }
     }
 

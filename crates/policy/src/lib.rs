@@ -9,6 +9,7 @@
 pub mod access;
 pub mod authority;
 pub mod bearer;
+pub mod introspected;
 pub mod ip;
 pub mod jws;
 pub mod keys;
@@ -18,6 +19,7 @@ pub mod time;
 pub mod verify;
 
 pub use access::{AccessRules, ClaimCheck, ClaimRule};
+pub use introspected::{AnswerError, IntrospectionAnswer, check_introspected, parse_answer};
 pub use ip::{
     CidrSet, ClientIp, ForwardingHeader, IpRules, IpSource, IpVerdict, resolve_client_ip,
 };

@@ -84,6 +84,10 @@ pub enum Reason {
     /// The shared rate-limit store (Redis) cannot answer and
     /// `rate_limits.on_store_error` is `deny`.
     RateLimitUnavailable,
+    /// The authorization server's introspection endpoint (RFC 7662) answered
+    /// `active: false` for an opaque token: revoked, expired, never issued, or
+    /// not an access token.
+    TokenInactive,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -103,7 +107,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 32] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -135,6 +139,7 @@ impl Reason {
         Reason::UriTooLong,
         Reason::RateLimited,
         Reason::RateLimitUnavailable,
+        Reason::TokenInactive,
     ];
 
     /// The stable snake_case code.
@@ -171,6 +176,7 @@ impl Reason {
             Reason::UriTooLong => "uri_too_long",
             Reason::RateLimited => "rate_limited",
             Reason::RateLimitUnavailable => "rate_limit_unavailable",
+            Reason::TokenInactive => "token_inactive",
         }
     }
 
@@ -186,7 +192,8 @@ impl Reason {
             | Reason::IssuerMismatch
             | Reason::AudienceMismatch
             | Reason::TokenExpired
-            | Reason::TokenNotYetValid => 401,
+            | Reason::TokenNotYetValid
+            | Reason::TokenInactive => 401,
             Reason::RequestMalformed | Reason::PathInvalid | Reason::HostInvalid => 400,
             Reason::ScopeInsufficient
             | Reason::ClaimMismatch
@@ -219,7 +226,8 @@ impl Reason {
             | Reason::IssuerMismatch
             | Reason::AudienceMismatch
             | Reason::TokenExpired
-            | Reason::TokenNotYetValid => Challenge::InvalidToken,
+            | Reason::TokenNotYetValid
+            | Reason::TokenInactive => Challenge::InvalidToken,
             Reason::ScopeInsufficient | Reason::ClaimMismatch => Challenge::InsufficientScope,
             Reason::IpDenied
             | Reason::IdpUnavailable
@@ -276,6 +284,7 @@ impl Reason {
             Reason::UriTooLong => "Request target too long",
             Reason::RateLimited => "Too many requests",
             Reason::RateLimitUnavailable => "Rate-limit store unavailable",
+            Reason::TokenInactive => "Token not active",
         }
     }
 
@@ -341,7 +350,7 @@ impl Reason {
             }
             Reason::TokenTooLarge => "use a smaller token, or raise the issuer's max_token_size",
             Reason::TokenMalformed => {
-                "the token is not a well-formed signed JWT: get a fresh one from the authorization server"
+                "the token is not a well-formed signed JWT (and no issuer of the route introspects opaque tokens): get a fresh one from the authorization server"
             }
             Reason::IssuerMismatch => {
                 "use a token from an issuer this route accepts, or add the issuer to the route's auth.issuers"
@@ -350,7 +359,10 @@ impl Reason {
                 "sign with an algorithm on the issuer's allow-list, or extend issuers.<name>.algorithms"
             }
             Reason::IdpUnavailable => {
-                "the authorization server's keys cannot be fetched: check the failing layer (DNS, TCP, TLS, HTTP)"
+                "the authorization server cannot be used (its keys cannot be fetched, or its introspection endpoint fails): check the failing layer (DNS, TCP, TLS, HTTP, AS error) that /readyz and the detail name"
+            }
+            Reason::TokenInactive => {
+                "the authorization server says the token is not active (revoked, expired, unknown, or not an access token): get a new token"
             }
             Reason::KeyUnknown => {
                 "the signing key is not in the issuer's key set: rotation not published yet, or a token from another environment"

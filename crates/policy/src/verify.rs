@@ -236,6 +236,21 @@ pub fn check_claims(
     rules: &IssuerRules,
     now: i64,
 ) -> Result<VerifiedClaims, Rejection> {
+    check_registered_claims(claims, rules, now, true)
+}
+
+/// `exp` of claims that carry none: an introspection answer may leave it out
+/// (RFC 7662 §2.2), and then only the cache lifetime bounds reuse.
+pub const NO_EXPIRY: i64 = i64::MAX;
+
+/// [`check_claims`], with `exp` optional when `exp_required` is false (an
+/// introspection answer's claims; a missing `exp` is then [`NO_EXPIRY`]).
+pub fn check_registered_claims(
+    claims: Map<String, Value>,
+    rules: &IssuerRules,
+    now: i64,
+    exp_required: bool,
+) -> Result<VerifiedClaims, Rejection> {
     let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
     if iss != rules.issuer {
         return Err(Rejection::new(
@@ -245,6 +260,7 @@ pub fn check_claims(
     }
     let leeway = rules.leeway_secs;
     let exp = match claims.get("exp") {
+        None if !exp_required => NO_EXPIRY,
         None => {
             return Err(Rejection::new(
                 Reason::TokenMalformed,

@@ -34,10 +34,25 @@ pub fn summarise(c: &GatewayConfig) -> String {
         c.token_cache.max_ttl
     ));
     for (name, i) in &c.issuers {
-        out.push(format!(
-            "issuer {name}: {} keys from {:?}, algorithms {:?}, leeway {}s, max_stale {:?}",
-            i.rules.issuer, i.source, i.rules.algorithms, i.rules.leeway_secs, i.jwks.max_stale
-        ));
+        if let Some(source) = &i.source {
+            out.push(format!(
+                "issuer {name}: {} keys from {source:?}, algorithms {:?}, leeway {}s, max_stale {:?}",
+                i.rules.issuer, i.rules.algorithms, i.rules.leeway_secs, i.jwks.max_stale
+            ));
+        }
+        if let Some(x) = &i.introspection {
+            out.push(format!(
+                "issuer {name}: {} tokens: {}, introspected at {} as client {} ({}), cache_ttl {:?}, negative_cache_ttl {:?}, max_stale {:?}",
+                i.rules.issuer,
+                i.tokens.as_str(),
+                x.endpoint.as_deref().unwrap_or("the discovered introspection_endpoint"),
+                x.client_id,
+                x.auth.name(),
+                x.cache_ttl,
+                x.negative_cache_ttl,
+                x.max_stale
+            ));
+        }
     }
     for (name, u) in &c.upstreams {
         let targets: Vec<String> = u

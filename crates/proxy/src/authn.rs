@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
-use portcullis_jwks::KidLookup;
+use portcullis_jwks::{KeyCache, KidLookup};
 use portcullis_metrics::{Metrics, TokenCacheEvent};
 use portcullis_policy::verify::{check_claims, check_header, printable, verify_signature};
 use portcullis_policy::{Reason, Rejection, UnverifiedToken, VerifiedClaims, bearer, jws};
@@ -15,7 +15,7 @@ use portcullis_policy::{Reason, Rejection, UnverifiedToken, VerifiedClaims, bear
 use crate::decision::{DecisionTrace, KeyFetch, Step};
 use crate::evidence;
 use crate::runtime::{CompiledRoute, IssuerRuntime};
-use crate::token_cache::{TokenCache, token_key};
+use crate::token_cache::{Lookup, TokenCache, TokenKey, token_key};
 
 /// Verified claims and the issuer's leeway (for later time re-checks).
 pub struct Authenticated {
@@ -46,24 +46,36 @@ pub async fn authenticate(
     });
     // With the cache off there is nothing to hash for, and no hit or miss to count.
     let key = cache.is_enabled().then(|| token_key(token));
-    if let Some(key) = &key
-        && let Some(claims) = cache.get(key, |iss| {
-            route.issuers.get(iss).map(|i| Arc::clone(&i.keys))
-        })
-    {
-        metrics.token_cache(TokenCacheEvent::Hit, 1);
-        trace.pass_with(Step::TokenCache, || {
-            "hit: verified earlier with the issuer's current keys, so decoding and the signature are skipped".to_owned()
-        });
-        let leeway = route
-            .issuers
-            .get(&*claims.issuer)
-            .map_or(0, |i| i.config.rules.leeway_secs);
-        trace.check(Step::Time, claims.check_time(now, leeway))?;
-        trace.note(Step::Time, || evidence::time(&claims, now, leeway));
-        return Ok(Authenticated { claims });
-    }
-    if key.is_some() {
+    let introspector = route.introspecting.as_ref().and_then(|i| i.opaque.as_ref());
+    let mut stale = None;
+    if let Some(key) = &key {
+        let lookup = cache.get(
+            key,
+            |iss| route.issuers.get(iss).and_then(|i| i.keys.clone()),
+            introspector,
+        );
+        match lookup {
+            Lookup::Hit(claims) => return cached(route, claims, metrics, now, trace),
+            Lookup::Introspected(claims) => {
+                if let Some(opaque) = introspector {
+                    crate::introspect::hit(opaque);
+                }
+                trace.pass_with(Step::TokenCache, || {
+                    "hit: the authorization server said active, and the answer is within its cache lifetime".to_owned()
+                });
+                return cached_times(route, claims, now, trace, metrics);
+            }
+            Lookup::Inactive(age) => {
+                metrics.token_cache(TokenCacheEvent::Hit, 1);
+                trace.pass_with(Step::TokenCache, || {
+                    "hit: the authorization server said inactive".to_owned()
+                });
+                let opaque = introspector.ok_or_else(crate::introspect::inactive)?;
+                return Err(crate::introspect::inactive_cached(opaque, age, trace));
+            }
+            Lookup::Stale(claims, age) => stale = Some((claims, age)),
+            Lookup::Miss => {}
+        }
         metrics.token_cache(TokenCacheEvent::Miss, 1);
         trace.pass_with(Step::TokenCache, || {
             "miss: the token is verified".to_owned()
@@ -71,19 +83,108 @@ pub async fn authenticate(
     } else {
         trace.skip(Step::TokenCache, || "the token cache is off".to_owned());
     }
-    let unverified = trace.check(Step::TokenStructure, jws::decode(token))?;
+    let unverified = match jws::decode(token) {
+        Ok(unverified) => unverified,
+        // Not a compact JWS: an opaque token, for the route's introspecting
+        // issuer if it has one.
+        Err(rejection) => {
+            let Some(issuer) = &route.introspecting else {
+                trace.fail(Step::TokenStructure, rejection.reason);
+                return Err(rejection);
+            };
+            trace.pass_with(Step::TokenStructure, || {
+                "not a compact JWS: an opaque token".to_owned()
+            });
+            trace.pass_with(Step::Issuer, || {
+                format!(
+                    "issuer {} introspects this route's opaque tokens (tokens: {})",
+                    issuer.config.name,
+                    issuer.config.tokens.as_str()
+                )
+            });
+            return introspected(issuer, token, key, stale, cache, now, trace).await;
+        }
+    };
+    trace.pass(Step::TokenStructure);
     trace.note(Step::TokenStructure, || {
         evidence::token_structure(&unverified)
     });
     let issuer = trace.check(Step::Issuer, select_issuer(route, &unverified))?;
     trace.note(Step::Issuer, || {
         format!(
-            "iss {} is issuer {} (keys: {:?})",
+            "iss {} is issuer {} (tokens: {}; keys: {:?})",
             unverified.issuer().map_or("-".to_owned(), printable),
             issuer.config.name,
+            issuer.config.tokens.as_str(),
             issuer.config.source
         )
     });
+    // A JWT naming an issuer of opaque tokens only goes to that issuer's
+    // introspection endpoint; any other JWT is verified here, never sent out.
+    let Some(keys) = &issuer.keys else {
+        return introspected(issuer, token, key, stale, cache, now, trace).await;
+    };
+    check_size(issuer, token, trace)?;
+    if issuer.opaque.is_some() {
+        trace.skip(Step::Introspection, || {
+            "a JWT of an issuer with tokens: auto: verified with its keys, never sent out"
+                .to_owned()
+        });
+    }
+    let (claims, generation) = verify_with_refresh(issuer, keys, unverified, now, trace).await?;
+    let claims = Arc::new(claims);
+    if let Some(iat) = claims.issued_at {
+        issuer.metrics.clock_offset((now - iat) as f64);
+    }
+    // The entry records the key-set generation that verified it; a rotation makes
+    // it stale.
+    if let Some(key) = key {
+        let evicted = cache.insert(key, Arc::clone(&claims), Arc::clone(keys), generation, now);
+        if evicted > 0 {
+            metrics.token_cache(TokenCacheEvent::Eviction, evicted);
+        }
+    }
+    Ok(Authenticated { claims })
+}
+
+/// A token-cache hit: only the times are checked again.
+fn cached(
+    route: &CompiledRoute,
+    claims: Arc<VerifiedClaims>,
+    metrics: &Metrics,
+    now: i64,
+    trace: &mut DecisionTrace,
+) -> Result<Authenticated, Rejection> {
+    trace.pass_with(Step::TokenCache, || {
+        "hit: verified earlier with the issuer's current keys, so decoding and the signature are skipped".to_owned()
+    });
+    cached_times(route, claims, now, trace, metrics)
+}
+
+/// The time checks of cached claims, counted as a cache hit.
+fn cached_times(
+    route: &CompiledRoute,
+    claims: Arc<VerifiedClaims>,
+    now: i64,
+    trace: &mut DecisionTrace,
+    metrics: &Metrics,
+) -> Result<Authenticated, Rejection> {
+    metrics.token_cache(TokenCacheEvent::Hit, 1);
+    let leeway = route
+        .issuers
+        .get(&*claims.issuer)
+        .map_or(0, |i| i.config.rules.leeway_secs);
+    trace.check(Step::Time, claims.check_time(now, leeway))?;
+    trace.note(Step::Time, || evidence::time(&claims, now, leeway));
+    Ok(Authenticated { claims })
+}
+
+/// The issuer's size cap, checked before any verification or network call.
+fn check_size(
+    issuer: &IssuerRuntime,
+    token: &str,
+    trace: &mut DecisionTrace,
+) -> Result<(), Rejection> {
     if token.len() > issuer.config.max_token_bytes {
         trace.fail(Step::AuthorizationHeader, Reason::TokenTooLarge);
         return Err(Rejection::new(
@@ -96,25 +197,39 @@ pub async fn authenticate(
             ),
         ));
     }
-    let (claims, generation) = verify_with_refresh(issuer, unverified, now, trace).await?;
-    let claims = Arc::new(claims);
-    if let Some(iat) = claims.issued_at {
-        issuer.metrics.clock_offset((now - iat) as f64);
+    Ok(())
+}
+
+/// An opaque token (or a JWT naming an issuer of opaque tokens only): the
+/// size cap, then the issuer's introspection endpoint.
+async fn introspected(
+    issuer: &IssuerRuntime,
+    token: &str,
+    key: Option<TokenKey>,
+    stale: Option<(Arc<VerifiedClaims>, std::time::Duration)>,
+    cache: &TokenCache,
+    now: i64,
+    trace: &mut DecisionTrace,
+) -> Result<Authenticated, Rejection> {
+    check_size(issuer, token, trace)?;
+    let Some(opaque) = &issuer.opaque else {
+        trace.fail(Step::Introspection, Reason::TokenMalformed);
+        return Err(Rejection::new(
+            Reason::TokenMalformed,
+            format!(
+                "issuer {} verifies JWTs only (tokens: jwt)",
+                issuer.config.name
+            ),
+        ));
+    };
+    for step in [Step::TokenHeader, Step::Keys, Step::Kid, Step::Signature] {
+        trace.skip(step, || {
+            "an introspected token: the authorization server vouches for it, there is no signature to check".to_owned()
+        });
     }
-    // The entry records the key-set generation that verified it; a rotation makes
-    // it stale.
-    if let Some(key) = key {
-        let evicted = cache.insert(
-            key,
-            Arc::clone(&claims),
-            Arc::clone(&issuer.keys),
-            generation,
-            now,
-        );
-        if evicted > 0 {
-            metrics.token_cache(TokenCacheEvent::Eviction, evicted);
-        }
-    }
+    let key = key.unwrap_or_else(|| token_key(token));
+    let claims =
+        crate::introspect::introspect(issuer, opaque, token, key, stale, cache, now, trace).await?;
     Ok(Authenticated { claims })
 }
 
@@ -178,6 +293,7 @@ fn select_issuer<'a>(
 /// copied. Returns the claims and the key-set generation that verified them.
 pub async fn verify_with_refresh(
     issuer: &IssuerRuntime,
+    keys: &KeyCache,
     token: UnverifiedToken<'_>,
     now: i64,
     trace: &mut DecisionTrace,
@@ -187,23 +303,23 @@ pub async fn verify_with_refresh(
     trace.check(Step::TokenHeader, check_header(&token, rules))?;
     trace.note(Step::TokenHeader, || evidence::token_header(&token, issuer));
     let kid = token.header.kid.as_deref();
-    let state = match issuer.keys.usable_state() {
+    let state = match keys.usable_state() {
         Some(s) => s,
         None => {
-            timed_refresh(issuer, kid, trace).await;
+            timed_refresh(issuer, keys, kid, trace).await;
             trace.note(Step::Keys, || {
                 "no usable keys were cached: fetched them for this request".to_owned()
             });
-            match issuer.keys.usable_state() {
+            match keys.usable_state() {
                 Some(state) => state,
                 None => {
                     trace.fail(Step::Keys, Reason::IdpUnavailable);
-                    return Err(idp_unavailable(issuer));
+                    return Err(idp_unavailable(issuer, keys));
                 }
             }
         }
     };
-    trace.pass_with(Step::Keys, || evidence::keys(issuer));
+    trace.pass_with(Step::Keys, || evidence::keys(issuer, keys));
     let signature = |snapshot: &portcullis_policy::KeySnapshot| {
         verify_signature(
             &token.header,
@@ -215,14 +331,16 @@ pub async fn verify_with_refresh(
     };
     let generation = match signature(&state.snapshot) {
         Ok(()) => state.generation,
-        Err(r) if r.reason == Reason::KeyUnknown => match timed_refresh(issuer, kid, trace).await {
+        Err(r) if r.reason == Reason::KeyUnknown => match timed_refresh(issuer, keys, kid, trace)
+            .await
+        {
             KidLookup::Found => {
                 trace.note(Step::Kid, || {
                     "the kid was unknown: the key set was fetched again and now has it".to_owned()
                 });
-                let Some(fresh) = issuer.keys.usable_state() else {
+                let Some(fresh) = keys.usable_state() else {
                     trace.fail(Step::Keys, Reason::IdpUnavailable);
-                    return Err(idp_unavailable(issuer));
+                    return Err(idp_unavailable(issuer, keys));
                 };
                 if let Err(r) = signature(&fresh.snapshot) {
                     trace.fail(signature_step(r.reason), r.reason);
@@ -242,7 +360,7 @@ pub async fn verify_with_refresh(
     };
     trace.pass(Step::Kid);
     trace.pass(Step::Signature);
-    trace.note(Step::Kid, || evidence::kid(&token, issuer));
+    trace.note(Step::Kid, || evidence::kid(&token, keys));
     trace.note(Step::Signature, || {
         format!(
             "{} signature verifies with key {}",
@@ -265,11 +383,12 @@ pub async fn verify_with_refresh(
 /// (diagnose, a sampled request) records when it ran, for its span.
 async fn timed_refresh(
     issuer: &IssuerRuntime,
+    keys: &KeyCache,
     kid: Option<&str>,
     trace: &mut DecisionTrace,
 ) -> KidLookup {
     let began = trace.is_verbose().then(std::time::Instant::now);
-    let found = issuer.keys.refresh_for_kid(kid).await;
+    let found = keys.refresh_for_kid(kid).await;
     if let Some(began) = began {
         trace.key_fetch = Some(KeyFetch {
             began,
@@ -300,8 +419,8 @@ fn claims_step(reason: Reason) -> Step {
     }
 }
 
-fn idp_unavailable(issuer: &IssuerRuntime) -> Rejection {
-    let state = issuer.keys.state();
+fn idp_unavailable(issuer: &IssuerRuntime, keys: &KeyCache) -> Rejection {
+    let state = keys.state();
     let why = state
         .last_error
         .as_deref()

@@ -40,8 +40,12 @@ pub enum Step {
     TokenCache,
     /// Three base64url segments with a JSON header and claims.
     TokenStructure,
-    /// The token's `iss` selects one of the route's issuers.
+    /// The token's `iss` selects one of the route's issuers (an opaque token:
+    /// the route's issuer of opaque tokens).
     Issuer,
+    /// An opaque token asked about at the issuer's introspection endpoint
+    /// (RFC 7662): active, and a bearer access token.
+    Introspection,
     /// The JOSE header: algorithm on the allow-list, `kid`, `typ`.
     TokenHeader,
     /// The issuer's key set is available.
@@ -68,7 +72,7 @@ impl Step {
     /// Every step, in the order the pipeline takes them (the head-size part of
     /// `request` is checked before `canonical`, its body part after `upgrade`;
     /// it is listed once, first).
-    pub const ALL: [Step; 22] = [
+    pub const ALL: [Step; 23] = [
         Step::Request,
         Step::Canonical,
         Step::StripSpoofed,
@@ -81,6 +85,7 @@ impl Step {
         Step::TokenCache,
         Step::TokenStructure,
         Step::Issuer,
+        Step::Introspection,
         Step::TokenHeader,
         Step::Keys,
         Step::Kid,
@@ -108,6 +113,7 @@ impl Step {
             Step::TokenCache => "token_cache",
             Step::TokenStructure => "token_structure",
             Step::Issuer => "issuer",
+            Step::Introspection => "introspection",
             Step::TokenHeader => "token_header",
             Step::Keys => "keys",
             Step::Kid => "kid",

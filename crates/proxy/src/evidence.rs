@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use http::Method;
 use portcullis_config::{HostMatch, PathMatch, RouteConfig};
+use portcullis_jwks::KeyCache;
 use portcullis_policy::time::human_duration;
-use portcullis_policy::verify::printable;
+use portcullis_policy::verify::{NO_EXPIRY, printable};
 use portcullis_policy::{ClientIp, IpRules, IpSource, IpVerdict, UnverifiedToken, VerifiedClaims};
 
 use crate::route_table::normalise_host;
@@ -161,8 +162,8 @@ pub fn token_header(token: &UnverifiedToken<'_>, issuer: &IssuerRuntime) -> Stri
 }
 
 /// The issuer's key set: where it comes from, how old it is, which keys it holds.
-pub fn keys(issuer: &IssuerRuntime) -> String {
-    let state = issuer.keys.state();
+pub fn keys(issuer: &IssuerRuntime, keys: &KeyCache) -> String {
+    let state = keys.state();
     let age = state
         .age(Instant::now())
         .map_or("not fetched".to_owned(), |a| {
@@ -182,9 +183,9 @@ pub fn keys(issuer: &IssuerRuntime) -> String {
 }
 
 /// The key the token's `kid` selects.
-pub fn kid(token: &UnverifiedToken<'_>, issuer: &IssuerRuntime) -> String {
+pub fn kid(token: &UnverifiedToken<'_>, keys: &KeyCache) -> String {
     let kid = token.header.kid.as_deref();
-    match issuer.keys.state().snapshot.select(kid) {
+    match keys.state().snapshot.select(kid) {
         Some(key) => format!(
             "key {} ({}) present",
             key.kid().map_or("(single key)".to_owned(), printable),
@@ -192,6 +193,27 @@ pub fn kid(token: &UnverifiedToken<'_>, issuer: &IssuerRuntime) -> String {
         ),
         None => "no key selected".to_owned(),
     }
+}
+
+/// What an introspection answer said, never the claims' values: the
+/// subject's presence, the audiences, the scopes and the claim names.
+pub fn introspected(c: &VerifiedClaims) -> String {
+    let mut names: Vec<&str> = c.claims.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    format!(
+        "aud [{}]; scope [{}]; claims ({})",
+        c.audiences
+            .iter()
+            .map(|a| printable(a))
+            .collect::<Vec<_>>()
+            .join(", "),
+        c.scopes
+            .iter()
+            .map(|a| printable(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+        names.join(", ")
+    )
 }
 
 /// The times of verified claims against now and the leeway.
@@ -203,7 +225,9 @@ pub fn time(c: &VerifiedClaims, now: i64, leeway: i64) -> String {
     if let Some(nbf) = c.not_before {
         parts.push(format!("valid since {} ago", human_duration(now - nbf)));
     }
-    if c.expires_at >= now {
+    if c.expires_at == NO_EXPIRY {
+        parts.push("no exp (the introspection answer gave none)".to_owned());
+    } else if c.expires_at >= now {
         parts.push(format!("expires in {}", human_duration(c.expires_at - now)));
     } else {
         parts.push(format!(

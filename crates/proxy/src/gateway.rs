@@ -49,6 +49,16 @@ impl JwksObserver for MetricsObserver {
             .with_label_values(&[issuer])
             .inc();
     }
+
+    fn introspected(&self, issuer: &str, outcome: &'static str, elapsed: Duration) {
+        let f = self.metrics.families();
+        f.introspection_requests
+            .with_label_values(&[issuer, outcome])
+            .inc();
+        f.introspection_duration
+            .with_label_values(&[issuer])
+            .observe(elapsed.as_secs_f64());
+    }
 }
 
 /// What a configuration swap did.
@@ -279,11 +289,7 @@ impl Gateway {
         let issuers_kept = new
             .issuers
             .iter()
-            .filter(|(name, rt)| {
-                old.issuers
-                    .get(*name)
-                    .is_some_and(|o| Arc::ptr_eq(&o.keys, &rt.keys))
-            })
+            .filter(|(name, rt)| old.issuers.get(*name).is_some_and(|o| Arc::ptr_eq(o, rt)))
             .map(|(name, _)| name.clone())
             .collect();
         self.token_cache
@@ -324,7 +330,13 @@ impl Gateway {
             ));
         }
         for (name, issuer) in &rt.issuers {
-            let status = issuer.keys.status();
+            // Introspection never makes a replica unready: while it fails,
+            // cached answers serve and other tokens get 503 idp_unavailable.
+            if let Some(opaque) = &issuer.opaque {
+                checks.push(format!("issuer {name}: {}", opaque.describe()));
+            }
+            let Some(keys) = &issuer.keys else { continue };
+            let status = keys.status();
             let usable = matches!(status, KeyStatus::Fresh | KeyStatus::Stale);
             let required = issuer.config.required_for_readiness;
             // A required issuer gates the start only; afterwards an issuer without
@@ -332,7 +344,7 @@ impl Gateway {
             if required && first_check && !usable {
                 ready = false;
             }
-            let state = issuer.keys.state();
+            let state = keys.state();
             let err = state
                 .last_error
                 .as_deref()
@@ -423,13 +435,30 @@ impl Gateway {
         let now = Instant::now();
         for issuer in rt.issuers.values() {
             let label = issuer.config.rules.issuer.as_str();
-            let state = issuer.keys.state();
+            if let Some(opaque) = &issuer.opaque {
+                let current = opaque.status();
+                for s in ["unknown", "answering", "failing"] {
+                    f.introspection_status
+                        .with_label_values(&[label, s])
+                        .set(i64::from(s == current));
+                }
+                if let Some(at) = opaque.client.health().last_success {
+                    let at = at
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    f.introspection_last_success
+                        .with_label_values(&[label])
+                        .set(at);
+                }
+            }
+            let Some(keys) = &issuer.keys else { continue };
+            let state = keys.state();
             if let Some(age) = state.age(now) {
                 f.jwks_key_age
                     .with_label_values(&[label])
                     .set(age.as_secs_f64());
             }
-            let current = state.status(now, issuer.keys.settings().max_stale);
+            let current = state.status(now, keys.settings().max_stale);
             for s in [
                 KeyStatus::Pending,
                 KeyStatus::Fresh,

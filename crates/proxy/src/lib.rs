@@ -14,6 +14,7 @@ pub mod forward;
 pub mod gateway;
 pub mod headers;
 pub mod hygiene;
+pub mod introspect;
 pub mod observe;
 pub mod otel;
 pub mod parser_refusal;

@@ -12,20 +12,23 @@ use http::HeaderName;
 use portcullis_config::{
     GatewayConfig, IssuerConfig, ProtectedRoute, RateStore, RouteAuth, RouteConfig,
 };
-use portcullis_jwks::{JwksObserver, KeyCache};
+use portcullis_jwks::{Introspector, JwksObserver, KeyCache};
 use portcullis_metrics::{IssuerMetrics, Metrics, RouteMetrics};
 
+use crate::introspect::OpaqueTokens;
 use crate::rate_limit::{PolicyLimiter, RouteLimit};
 use crate::rate_store::SharedStore;
 use crate::route_table::RouteTable;
 use crate::upstream::UpstreamPool;
 
-/// An issuer and its key cache.
+/// An issuer, its key cache and its introspection client.
 pub struct IssuerRuntime {
     /// Its configuration.
     pub config: Arc<IssuerConfig>,
-    /// Its keys.
-    pub keys: Arc<KeyCache>,
+    /// Its keys; `None` for an issuer of opaque tokens only.
+    pub keys: Option<Arc<KeyCache>>,
+    /// Its introspection client (`tokens: opaque` or `auto`).
+    pub opaque: Option<Arc<OpaqueTokens>>,
     /// Its metric handles, resolved once.
     pub metrics: IssuerMetrics,
 }
@@ -44,6 +47,8 @@ pub struct CompiledRoute {
     pub max_token_bytes: usize,
     /// Its rate-limit policies, with their metric handles.
     pub rate_limits: Vec<RouteLimit>,
+    /// The one issuer of the route that introspects opaque tokens, if any.
+    pub introspecting: Option<Arc<IssuerRuntime>>,
 }
 
 impl CompiledRoute {
@@ -109,25 +114,13 @@ impl Runtime {
                 .cloned();
             let runtime = match reused {
                 Some(r) => r,
-                None => {
-                    let keys = KeyCache::new(
-                        ic.rules.issuer.clone(),
-                        ic.source.clone(),
-                        ic.jwks.clone(),
-                        ic.rules.algorithms.clone(),
-                        Arc::clone(observer),
-                    )
-                    .map_err(|e| format!("issuers.{name}: {e}"))?;
-                    let keys = Arc::new(keys);
-                    if refresh_in_background {
-                        keys.spawn_refresher();
-                    }
-                    Arc::new(IssuerRuntime {
-                        config: Arc::clone(ic),
-                        keys,
-                        metrics: metrics.issuer(&ic.rules.issuer),
-                    })
-                }
+                None => Arc::new(issuer_runtime(
+                    name,
+                    ic,
+                    metrics,
+                    observer,
+                    refresh_in_background,
+                )?),
             };
             issuers.insert(name.clone(), runtime);
         }
@@ -231,8 +224,9 @@ impl Runtime {
                 config: Arc::clone(rc),
                 metrics: metrics.route(&rc.name),
                 upstream,
-                issuers: route_issuers,
                 max_token_bytes,
+                introspecting: route_issuers.values().find(|i| i.opaque.is_some()).cloned(),
+                issuers: route_issuers,
                 rate_limits,
             };
             compiled.push((rc.matcher.clone(), Arc::new(route)));
@@ -249,4 +243,54 @@ impl Runtime {
             upstreams,
         })
     }
+}
+
+/// Builds an issuer's key cache (with its background refresher, unless
+/// `refresh_in_background` is off) and its introspection client.
+fn issuer_runtime(
+    name: &str,
+    ic: &Arc<IssuerConfig>,
+    metrics: &Arc<Metrics>,
+    observer: &Arc<dyn JwksObserver>,
+    refresh_in_background: bool,
+) -> Result<IssuerRuntime, String> {
+    let keys = match &ic.source {
+        Some(source) => {
+            let keys = KeyCache::new(
+                ic.rules.issuer.clone(),
+                source.clone(),
+                ic.jwks.clone(),
+                ic.rules.algorithms.clone(),
+                Arc::clone(observer),
+            )
+            .map_err(|e| format!("issuers.{name}: {e}"))?;
+            let keys = Arc::new(keys);
+            if refresh_in_background {
+                keys.spawn_refresher();
+            }
+            Some(keys)
+        }
+        None => None,
+    };
+    let opaque = match &ic.introspection {
+        Some(settings) => {
+            let client = Introspector::new(
+                ic.rules.issuer.clone(),
+                settings.clone(),
+                Arc::clone(observer),
+            )
+            .map_err(|e| format!("issuers.{name}.introspection: {e}"))?;
+            Some(Arc::new(OpaqueTokens::new(
+                client,
+                metrics.introspection(&ic.rules.issuer),
+            )))
+        }
+        None => None,
+    };
+    Ok(IssuerRuntime {
+        config: Arc::clone(ic),
+        keys,
+        opaque,
+        metrics: metrics.issuer(&ic.rules.issuer),
+    })
 }

@@ -207,8 +207,26 @@ fn issuers(out: &mut String, gw: &Gateway) {
     );
     let now = Instant::now();
     for (name, issuer) in &rt.issuers {
-        let state = issuer.keys.state();
-        let status = issuer.keys.status();
+        if let Some(opaque) = &issuer.opaque {
+            let class = match opaque.status() {
+                "answering" => "ok",
+                "unknown" => "warn",
+                _ => "bad",
+            };
+            let health = opaque.client.health();
+            let _ = write!(
+                out,
+                "<tr data-issuer=\"{n}\" data-introspection=\"{}\"><td><code>{n}</code><br><span class=\"muted mono\">{}</span></td><td class=\"{class}\">introspection: {}</td><td class=\"n\">-</td><td>-</td><td class=\"wide mono\">{}</td></tr>",
+                opaque.status(),
+                escape(&issuer.config.rules.issuer),
+                opaque.status(),
+                escape(health.last_error.as_deref().unwrap_or("-")),
+                n = escape(name),
+            );
+        }
+        let Some(keys) = &issuer.keys else { continue };
+        let state = keys.state();
+        let status = keys.status();
         let class = match status.as_str() {
             "fresh" => "ok",
             "stale" | "pending" => "warn",

@@ -1,10 +1,16 @@
-//! The verified-token cache: SHA-256 of the whole token -> verified claims, so a
-//! token's signature is checked once, not on every request.
+//! The verified-token cache: SHA-256 of the whole token -> what was decided
+//! about it, so a token's signature is checked (or the authorization server
+//! asked about it) once, not on every request.
 //!
-//! An entry is used only while the issuer's key set is the one it was verified
-//! against (a rotation or removal invalidates it), until the token's `exp` and at
-//! most `max_ttl`. `exp`/`nbf` are still checked on every use, and route rules
-//! (audience, scopes, claims, IP) are always evaluated per request.
+//! A JWT's entry is used only while the issuer's key set is the one it was
+//! verified against (a rotation or removal invalidates it), until the token's
+//! `exp` and at most `max_ttl`. An introspected token's entry (RFC 7662) is
+//! used only by routes whose introspecting issuer made it, until its `exp` and
+//! at most the issuer's `introspection.cache_ttl` (an `active: false` answer
+//! for `negative_cache_ttl`); past that, an active answer may still serve for
+//! `max_stale` while the authorization server cannot answer. `exp`/`nbf` are
+//! checked on every use, and route rules (audience, scopes, claims, IP) are
+//! always evaluated per request.
 //!
 //! The cache is bounded twice: in entries (`max_entries`) and in bytes
 //! (`max_bytes`), each entry counted at its real size (the claims with every JSON
@@ -21,6 +27,8 @@ use portcullis_policy::VerifiedClaims;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
+use crate::introspect::OpaqueTokens;
+
 /// The cache key: SHA-256 of the whole token.
 pub type TokenKey = [u8; 32];
 
@@ -29,13 +37,46 @@ pub fn token_key(token: &str) -> TokenKey {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Who decided about a cached token, and so when the decision still holds.
+enum Origin {
+    /// Verified with this key cache's key set of this generation.
+    Keys {
+        keys: Arc<KeyCache>,
+        generation: u64,
+    },
+    /// Answered by this issuer's introspection endpoint.
+    Introspection(Arc<OpaqueTokens>),
+}
+
 struct Entry {
-    claims: Arc<VerifiedClaims>,
-    keys: Arc<KeyCache>,
-    generation: u64,
+    /// The claims; `None` for an introspection answer of `active: false`.
+    claims: Option<Arc<VerifiedClaims>>,
+    origin: Origin,
+    /// Until when the entry is used as is.
     valid_until: Instant,
+    /// Until when an introspected entry may serve while the authorization
+    /// server cannot answer (equal to `valid_until` otherwise).
+    stale_until: Instant,
+    /// When it was cached.
+    cached_at: Instant,
     /// What the entry holds in memory, counted in [`TokenCache::bytes`].
     size: usize,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// A JWT's claims verified earlier with the issuer's current keys.
+    Hit(Arc<VerifiedClaims>),
+    /// An introspected token's claims, within their cache lifetime.
+    Introspected(Arc<VerifiedClaims>),
+    /// The authorization server said `active: false`, this long ago.
+    Inactive(Duration),
+    /// An introspected token's claims past their cache lifetime but within
+    /// `max_stale`, cached this long ago: usable only if the authorization
+    /// server cannot answer now.
+    Stale(Arc<VerifiedClaims>, Duration),
+    /// Nothing usable.
+    Miss,
 }
 
 /// What an entry costs beyond its claims: the key, the entry itself and the
@@ -130,35 +171,60 @@ impl TokenCache {
         self.map.is_empty()
     }
 
-    /// The claims for `key` when they were verified by `keys` (the same issuer
-    /// cache the route uses) against its current key set, and are not past their
-    /// cache lifetime.
+    /// What is cached for `key`, as far as this route may use it: a JWT's
+    /// claims when they were verified by `keys` (the same issuer cache the
+    /// route uses) against its current key set; an introspection answer when
+    /// `introspector` (the route's introspecting issuer) made it; in both cases
+    /// not past their cache lifetime.
     pub fn get(
         &self,
         key: &TokenKey,
         keys: impl Fn(&str) -> Option<Arc<KeyCache>>,
-    ) -> Option<Arc<VerifiedClaims>> {
+        introspector: Option<&Arc<OpaqueTokens>>,
+    ) -> Lookup {
         if !self.enabled.load(Ordering::Relaxed) {
-            return None;
+            return Lookup::Miss;
         }
-        let (claims, cache, generation, valid_until) = {
-            let e = self.map.get(key)?;
-            (
-                Arc::clone(&e.claims),
-                Arc::clone(&e.keys),
-                e.generation,
-                e.valid_until,
-            )
+        let now = Instant::now();
+        let (claims, usable) = {
+            let Some(e) = self.map.get(key) else {
+                return Lookup::Miss;
+            };
+            let age = now.saturating_duration_since(e.cached_at);
+            match &e.origin {
+                Origin::Introspection(by) => {
+                    if !introspector.is_some_and(|mine| Arc::ptr_eq(mine, by)) {
+                        return Lookup::Miss;
+                    }
+                    return match &e.claims {
+                        _ if now >= e.stale_until => Lookup::Miss,
+                        Some(c) if now >= e.valid_until => Lookup::Stale(Arc::clone(c), age),
+                        Some(c) => Lookup::Introspected(Arc::clone(c)),
+                        None => Lookup::Inactive(age),
+                    };
+                }
+                Origin::Keys {
+                    keys: cache,
+                    generation,
+                } => {
+                    let Some(claims) = &e.claims else {
+                        return Lookup::Miss;
+                    };
+                    let Some(current) = keys(&claims.issuer) else {
+                        return Lookup::Miss;
+                    };
+                    let usable = Arc::ptr_eq(&current, cache)
+                        && current.state().generation == *generation
+                        && now < e.valid_until;
+                    (Arc::clone(claims), usable)
+                }
+            }
         };
-        let current = keys(&claims.issuer)?;
-        if !Arc::ptr_eq(&current, &cache)
-            || current.state().generation != generation
-            || Instant::now() >= valid_until
-        {
+        if !usable {
             self.remove(key);
-            return None;
+            return Lookup::Miss;
         }
-        Some(claims)
+        Lookup::Hit(claims)
     }
 
     /// Caches verified claims; returns how many entries were evicted to make room.
@@ -178,12 +244,54 @@ impl TokenCache {
         let ttl = until_exp.min(Duration::from_millis(
             self.max_ttl_ms.load(Ordering::Relaxed),
         ));
+        self.put(
+            key,
+            Some(claims),
+            Origin::Keys { keys, generation },
+            ttl,
+            Duration::ZERO,
+        )
+    }
+
+    /// Caches an introspection answer: `claims` for an active token (kept
+    /// until its `exp` and at most `ttl`, then usable for `max_stale` more
+    /// while the authorization server fails), `None` for an inactive one (kept
+    /// `ttl`). Returns how many entries were evicted to make room.
+    pub fn insert_introspected(
+        &self,
+        key: TokenKey,
+        claims: Option<Arc<VerifiedClaims>>,
+        by: Arc<OpaqueTokens>,
+        ttl: Duration,
+        max_stale: Duration,
+        now_unix: i64,
+    ) -> u64 {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let ttl = match &claims {
+            Some(c) => ttl.min(Duration::from_secs(
+                c.expires_at.saturating_sub(now_unix).max(0) as u64,
+            )),
+            None => ttl,
+        };
+        self.put(key, claims, Origin::Introspection(by), ttl, max_stale)
+    }
+
+    fn put(
+        &self,
+        key: TokenKey,
+        claims: Option<Arc<VerifiedClaims>>,
+        origin: Origin,
+        ttl: Duration,
+        max_stale: Duration,
+    ) -> u64 {
         if ttl.is_zero() {
             return 0;
         }
         let max = self.max_entries.load(Ordering::Relaxed);
         let max_bytes = self.max_bytes.load(Ordering::Relaxed);
-        let size = ENTRY_OVERHEAD + claims.approximate_size();
+        let size = ENTRY_OVERHEAD + claims.as_ref().map_or(0, |c| c.approximate_size());
         if max == 0 || size > max_bytes {
             return 0;
         }
@@ -192,11 +300,14 @@ impl TokenCache {
         } else {
             0
         };
+        let now = Instant::now();
+        let valid_until = now + ttl;
         let entry = Entry {
             claims,
-            keys,
-            generation,
-            valid_until: Instant::now() + ttl,
+            origin,
+            valid_until,
+            stale_until: valid_until + max_stale,
+            cached_at: now,
             size,
         };
         self.bytes.fetch_add(size, Ordering::Relaxed);
@@ -219,7 +330,7 @@ impl TokenCache {
     fn evict_batch(&self, max: usize, max_bytes: usize, incoming: usize) -> u64 {
         let before = self.map.len();
         let now = Instant::now();
-        self.retain(|e| e.valid_until > now);
+        self.retain(|e| e.stale_until > now);
         let batch = (max / EVICTION_BATCH_DIVISOR).max(1);
         let byte_batch = (max_bytes / EVICTION_BATCH_DIVISOR).max(incoming);
         let mut rng = rand::rng();
@@ -290,7 +401,12 @@ mod tests {
 
     fn hits(cache: &TokenCache, keys: &Arc<KeyCache>, range: std::ops::Range<usize>) -> usize {
         range
-            .filter(|&i| cache.get(&key(i), |_| Some(Arc::clone(keys))).is_some())
+            .filter(|&i| {
+                matches!(
+                    cache.get(&key(i), |_| Some(Arc::clone(keys)), None),
+                    Lookup::Hit(_)
+                )
+            })
             .count()
     }
 
@@ -342,7 +458,10 @@ mod tests {
         // every one of them after the first pass.
         for pass in 0..5 {
             for i in 0..1_100 {
-                if cache.get(&key(i), |_| Some(Arc::clone(&keys))).is_some() {
+                if matches!(
+                    cache.get(&key(i), |_| Some(Arc::clone(&keys)), None),
+                    Lookup::Hit(_)
+                ) {
                     hit_count += usize::from(pass > 0);
                 } else {
                     cache.insert(key(i), claims(FAR_FUTURE), Arc::clone(&keys), generation, 0);
