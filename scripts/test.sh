@@ -4,7 +4,8 @@
 # tests/third_party_idp.rs and oidc-provider for tests/introspection.rs; kubernetes-validate for tests/deploy_manifests.rs;
 # promtool, from Debian's prometheus package, for the alert-rule tests;
 # Debian's chromium and playwright-core for tests/status_page.rs;
-# redis-server for tests/rate_limits_redis.rs),
+# redis-server for tests/rate_limits_redis.rs; the MCP Python SDK for
+# tests/mcp_sdk.rs),
 # then unit tests of every crate and the end-to-end
 # tests in tests/ (real gateways, authorization servers and upstreams on
 # 127.0.0.1), then prints one total line ("tests: N passed, N failed").
@@ -48,6 +49,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
   [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+if [ ! -x target/mcp-venv/bin/python ] || ! target/mcp-venv/bin/python -c 'import mcp, uvicorn' 2>/dev/null; then
+  echo "== pip install mcp (the official MCP Python SDK, client and server, for tests/mcp_sdk.rs)"
+  python3 -m venv target/mcp-venv
+  target/mcp-venv/bin/pip install -q --disable-pip-version-check mcp==2.3.0
 fi
 
 if [ ! -x target/deploy-venv/bin/kubernetes-validate ]; then

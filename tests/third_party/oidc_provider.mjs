@@ -11,9 +11,9 @@
 //   gateway-jwt                      the gateway, private_key_jwt (public JWK
 //                                    from the GATEWAY_JWK environment variable)
 //   app / app-secret                 an API client (client credentials)
-// Resources: any https://*.test/… URL is a resource server whose tokens are
-// opaque and carry the resource as their audience; https://short.test/ tokens
-// live 2 seconds.
+// Resources: any https://*.test/… or http://127.0.0.1:<port>/… URL is a
+// resource server whose tokens are opaque and carry the resource as their
+// audience; https://short.test/ tokens live 2 seconds.
 //
 // Test-only control, in front of the real endpoints (never in a product):
 //   GET  /__test/calls           {"introspection": n} calls so far
@@ -83,7 +83,7 @@ const provider = new Provider(issuer, {
       defaultResource: () => 'https://api.test/',
       useGrantedResource: () => true,
       getResourceServerInfo: (ctx, resource) => {
-        if (!/^https:\/\/[a-z0-9.-]+\.test(\/|$)/.test(resource)) {
+        if (!/^(https:\/\/[a-z0-9.-]+\.test|http:\/\/127\.0\.0\.1:\d+)(\/|$)/.test(resource)) {
           throw new Error(`unknown resource ${resource}`);
         }
         return {
