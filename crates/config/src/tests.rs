@@ -630,3 +630,128 @@ fn a_protected_resource_must_be_an_audience_and_own_its_metadata_path() {
         "{err}"
     );
 }
+
+/// GOOD with the issuer `dev` replaced by `issuer_block`, a second issuer
+/// `other`, and the chat route accepting `issuers`.
+fn with_issuers(issuer_block: &str, issuers: &str) -> String {
+    GOOD.replace(
+        "  dev:\n    issuer: http://127.0.0.1:9000/\n",
+        &format!("{issuer_block}  other:\n    issuer: http://127.0.0.1:9002/\n    tokens: opaque\n    introspection: {{ client_id: gw, client_secret: s }}\n"),
+    )
+    .replace("issuers: [dev]", &format!("issuers: {issuers}"))
+}
+
+#[test]
+fn an_opaque_issuer_compiles_with_its_introspection_defaults() {
+    let text = with_issuers(
+        "  dev:\n    issuer: http://127.0.0.1:9000/\n    tokens: opaque\n    introspection:\n      client_id: portcullis\n      client_secret: ${API_KEY}\n      auth_method: client_secret_post\n",
+        "[dev]",
+    );
+    let c = load(&text).unwrap();
+    let dev = &c.issuers["dev"];
+    assert_eq!(dev.tokens, TokenKind::Opaque);
+    assert!(dev.source.is_none(), "an opaque issuer fetches no keys");
+    let x = dev.introspection.as_ref().unwrap();
+    assert_eq!(x.client_id, "portcullis");
+    assert_eq!(x.auth.name(), "client_secret_post");
+    assert_eq!(x.endpoint, None, "discovered");
+    assert_eq!(x.cache_ttl, std::time::Duration::from_secs(300));
+    assert_eq!(x.negative_cache_ttl, std::time::Duration::from_secs(10));
+    assert_eq!(x.max_stale, std::time::Duration::ZERO);
+    assert_eq!(
+        (x.retries, x.max_concurrent, x.max_bytes),
+        (1, 100, 64 << 10)
+    );
+    assert!(
+        !format!("{c:?}").contains("sk-live-123"),
+        "the client secret leaked into Debug"
+    );
+    // auto keeps its key source.
+    let auto = with_issuers(
+        "  dev:\n    issuer: http://127.0.0.1:9000/\n    tokens: auto\n    introspection: { client_id: gw, client_secret: s }\n",
+        "[dev]",
+    );
+    let c = load(&auto).unwrap();
+    assert!(c.issuers["dev"].source.is_some());
+}
+
+#[test]
+fn bad_introspection_settings_are_errors_at_their_paths() {
+    let cases = [
+        (
+            "    tokens: opake\n",
+            "issuers.dev.tokens: \"opake\" is not a token kind",
+        ),
+        (
+            "    tokens: opaque\n",
+            "issuers.dev.introspection: required with tokens: opaque",
+        ),
+        (
+            "    introspection: { client_id: gw, client_secret: s }\n",
+            "issuers.dev.introspection: is set, but the issuer's tokens are jwt",
+        ),
+        (
+            "    tokens: opaque\n    jwks_uri: http://127.0.0.1:9000/jwks\n    introspection: { client_id: gw, client_secret: s }\n",
+            "tokens: opaque fetches no keys",
+        ),
+        (
+            "    tokens: opaque\n    introspection: { client_secret: s }\n",
+            "issuers.dev.introspection.client_id: required",
+        ),
+        (
+            "    tokens: opaque\n    introspection: { client_id: gw }\n",
+            "auth_method client_secret_basic needs client_secret",
+        ),
+        (
+            "    tokens: opaque\n    introspection: { client_id: gw, client_secret: s, auth_method: tls_client_auth }\n",
+            "issuers.dev.introspection.auth_method: \"tls_client_auth\" is not supported",
+        ),
+        (
+            "    tokens: opaque\n    introspection: { client_id: gw, auth_method: private_key_jwt }\n",
+            "issuers.dev.introspection.private_key_file: required",
+        ),
+        (
+            "    tokens: opaque\n    introspection: { client_id: gw, auth_method: private_key_jwt, private_key_file: /nonexistent.pem }\n",
+            "issuers.dev.introspection.private_key_file",
+        ),
+        (
+            "    tokens: opaque\n    introspection: { client_id: gw, client_secret: s, negative_cache_ttl: 1h }\n",
+            "issuers.dev.introspection.negative_cache_ttl: at most 5m",
+        ),
+        (
+            "    tokens: opaque\n    introspection: { client_id: gw, client_secret: s, max_concurrent: 0 }\n",
+            "issuers.dev.introspection.max_concurrent",
+        ),
+        (
+            "    tokens: opaque\n    introspection: { client_id: gw, client_secret: s, endpoint: \"http://as.example.com/introspect\" }\n",
+            "issuers.dev.introspection.endpoint: http://as.example.com/introspect is plain http",
+        ),
+    ];
+    for (block, expected) in cases {
+        let text = with_issuers(
+            &format!("  dev:\n    issuer: http://127.0.0.1:9000/\n{block}"),
+            "[dev]",
+        );
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn a_route_takes_at_most_one_issuer_of_opaque_tokens() {
+    let text = with_issuers(
+        "  dev:\n    issuer: http://127.0.0.1:9000/\n    tokens: auto\n    introspection: { client_id: gw, client_secret: s }\n",
+        "[dev, other]",
+    );
+    let err = load(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("routes[0].auth.issuers: issuers dev, other all introspect opaque tokens"),
+        "{err}"
+    );
+    // One opaque issuer beside a JWT issuer is fine.
+    let text = with_issuers(
+        "  dev:\n    issuer: http://127.0.0.1:9000/\n",
+        "[dev, other]",
+    );
+    load(&text).unwrap();
+}

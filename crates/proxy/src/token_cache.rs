@@ -560,4 +560,114 @@ mod tests {
         tiny.insert(key(2), large_claims(6), Arc::clone(&keys), generation, 0);
         assert!(tiny.is_empty());
     }
+
+    fn opaque() -> Arc<OpaqueTokens> {
+        let settings = portcullis_jwks::IntrospectionSettings::new(
+            "gw".to_owned(),
+            portcullis_jwks::ClientAuth::SecretBasic("s".to_owned()),
+        );
+        let client = portcullis_jwks::Introspector::new(
+            "https://issuer.test/".to_owned(),
+            settings,
+            Arc::new(NoopObserver),
+        )
+        .expect("client");
+        let metrics = portcullis_metrics::Metrics::new().expect("metrics");
+        Arc::new(OpaqueTokens::new(
+            client,
+            metrics.introspection("https://issuer.test/"),
+        ))
+    }
+
+    #[test]
+    fn an_introspected_answer_serves_only_its_issuers_routes_then_goes_stale_then_away() {
+        let cache = TokenCache::new(true, 100, usize::MAX, Duration::from_secs(300));
+        let (mine, theirs) = (opaque(), opaque());
+        let no_keys = |_: &str| None;
+        cache.insert_introspected(
+            key(1),
+            Some(claims(FAR_FUTURE)),
+            Arc::clone(&mine),
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+            0,
+        );
+        assert!(matches!(
+            cache.get(&key(1), no_keys, Some(&mine)),
+            Lookup::Introspected(_)
+        ));
+        assert!(
+            matches!(cache.get(&key(1), no_keys, Some(&theirs)), Lookup::Miss),
+            "another issuer's routes never use it"
+        );
+        assert!(
+            matches!(cache.get(&key(1), no_keys, None), Lookup::Miss),
+            "nor a route without an introspecting issuer"
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(
+            matches!(cache.get(&key(1), no_keys, Some(&mine)), Lookup::Stale(..)),
+            "past cache_ttl, within max_stale"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(matches!(
+            cache.get(&key(1), no_keys, Some(&mine)),
+            Lookup::Miss
+        ));
+    }
+
+    #[test]
+    fn an_inactive_answer_is_kept_for_its_ttl_and_an_active_one_never_past_exp() {
+        let cache = TokenCache::new(true, 100, usize::MAX, Duration::from_secs(300));
+        let mine = opaque();
+        let no_keys = |_: &str| None;
+        cache.insert_introspected(
+            key(2),
+            None,
+            Arc::clone(&mine),
+            Duration::from_millis(200),
+            Duration::ZERO,
+            0,
+        );
+        assert!(matches!(
+            cache.get(&key(2), no_keys, Some(&mine)),
+            Lookup::Inactive(_)
+        ));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(matches!(
+            cache.get(&key(2), no_keys, Some(&mine)),
+            Lookup::Miss
+        ));
+        // exp one second after "now": kept at most one second, not cache_ttl.
+        cache.insert_introspected(
+            key(3),
+            Some(claims(1_001)),
+            Arc::clone(&mine),
+            Duration::from_secs(300),
+            Duration::ZERO,
+            1_000,
+        );
+        assert!(matches!(
+            cache.get(&key(3), no_keys, Some(&mine)),
+            Lookup::Introspected(_)
+        ));
+        std::thread::sleep(Duration::from_millis(1_100));
+        assert!(matches!(
+            cache.get(&key(3), no_keys, Some(&mine)),
+            Lookup::Miss
+        ));
+        // An already expired token is not cached at all.
+        cache.insert_introspected(
+            key(4),
+            Some(claims(900)),
+            Arc::clone(&mine),
+            Duration::from_secs(300),
+            Duration::from_secs(300),
+            1_000,
+        );
+        assert!(matches!(
+            cache.get(&key(4), no_keys, Some(&mine)),
+            Lookup::Miss
+        ));
+    }
 }
