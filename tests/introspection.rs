@@ -432,3 +432,84 @@ async fn an_explicit_endpoint_and_a_route_without_an_introspecting_issuer() {
     let r = jwt_only.get_with_token("/v1/chat/x", &token).await;
     assert_eq!(r.refusal(), (401, "token_malformed".into()));
 }
+
+/// What `portcullis diagnose` shows: the pipeline's own steps in a dry run with
+/// a verbose trace and no cache.
+async fn dry_run(env: &TestEnv, token: &str) -> (Option<String>, Vec<(String, String, String)>) {
+    use portcullis_proxy::decision::Step;
+    use portcullis_proxy::observe::Trace;
+    use portcullis_proxy::pipeline::{DecideContext, decide, unix_now};
+    use portcullis_proxy::token_cache::TokenCache;
+
+    let runtime = env.gateway.runtime();
+    let no_cache = TokenCache::new(false, 0, 0, Duration::ZERO);
+    let context = DecideContext {
+        runtime: &runtime,
+        token_cache: &no_cache,
+        metrics: &env.metrics,
+        peer: "127.0.0.1".parse().unwrap(),
+        now: unix_now(),
+        dry_run: true,
+    };
+    let mut req = http::Request::get("/v1/chat/x")
+        .header("host", "gw.test")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    let mut trace = Trace::new(&req, true);
+    let rejection = decide(&context, &mut req, &mut trace).await.err();
+    let refused = rejection
+        .as_ref()
+        .map(|r| format!("{}: {}", r.reason, r.detail));
+    let steps = trace
+        .steps
+        .explain(rejection.as_ref())
+        .into_iter()
+        .filter(|e| {
+            [Step::TokenStructure, Step::Issuer, Step::Introspection, Step::Signature]
+                .contains(&e.step)
+        })
+        .map(|e| (e.step.name().to_owned(), e.outcome.as_str().to_owned(), e.evidence))
+        .collect();
+    (refused, steps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_shows_the_introspection_step_with_its_evidence() {
+    let mut op = OidcProvider::start(None);
+    let env = gateway(&op, BASIC).await;
+    let token = op.token("chat:write", "https://api.test/").await;
+
+    let (refused, steps) = dry_run(&env, &token).await;
+    assert_eq!(refused, None, "{steps:?}");
+    let show = format!("{steps:?}");
+    let find = |name: &str| steps.iter().find(|s| s.0 == name).unwrap().clone();
+    assert!(find("token_structure").2.contains("opaque"), "{show}");
+    assert!(find("issuer").2.contains("op"), "{show}");
+    let (_, outcome, evidence) = find("introspection");
+    assert_eq!(outcome, "pass", "{show}");
+    for needle in [
+        &format!("POST {}/token/introspection", op.issuer()),
+        "active: true",
+        "aud [\"https://api.test/\"]",
+        "scope [\"chat:write\"]",
+        "asked now",
+    ] {
+        assert!(evidence.contains(needle), "{needle:?} in {evidence}");
+    }
+    assert_eq!(find("signature").1, "skip", "{show}");
+    assert!(!show.contains(&token), "the token never shows");
+
+    let (refused, steps) = dry_run(&env, "not-a-token-the-server-knows").await;
+    assert!(refused.unwrap().starts_with("token_inactive"), "{steps:?}");
+    let (_, outcome, _) = steps.iter().find(|s| s.0 == "introspection").unwrap().clone();
+    assert_eq!(outcome, "fail");
+
+    op.stop();
+    let (refused, steps) = dry_run(&env, &token).await;
+    let refused = refused.unwrap();
+    assert!(
+        refused.starts_with("idp_unavailable") && refused.contains("TCP"),
+        "{refused} {steps:?}"
+    );
+}
