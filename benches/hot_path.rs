@@ -255,6 +255,90 @@ fn bench_rate_limit(c: &mut Criterion) {
     });
 }
 
+/// A cached token's lookup (SHA-256 of the token, then the map) among 100,000
+/// cached tokens: a JWT's entry (checked against its issuer's key set) and an
+/// introspected opaque token's (checked against its issuer's introspector).
+fn bench_token_cache(c: &mut Criterion) {
+    use portcullis_jwks::{ClientAuth, IntrospectionSettings, Introspector, KeyCache, KeySource};
+    use portcullis_proxy::introspect::OpaqueTokens;
+    use portcullis_proxy::token_cache::{Lookup, TokenCache, token_key};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = rt.enter();
+    let observer: Arc<dyn portcullis_jwks::JwksObserver> = Arc::new(portcullis_jwks::NoopObserver);
+    let keys = Arc::new(
+        KeyCache::new(
+            "https://issuer.test/".into(),
+            KeySource::Secret(b"a bench secret of thirty-two bytes!".to_vec()),
+            portcullis_jwks::JwksSettings::default(),
+            vec![portcullis_policy::Algorithm::HS256],
+            Arc::clone(&observer),
+        )
+        .unwrap(),
+    );
+    let metrics = portcullis_metrics::Metrics::new().unwrap();
+    let opaque = Arc::new(OpaqueTokens::new(
+        Introspector::new(
+            "https://issuer.test/".into(),
+            IntrospectionSettings::new("gw".into(), ClientAuth::SecretBasic("s".into())),
+            observer,
+        )
+        .unwrap(),
+        metrics.introspection("https://issuer.test/"),
+    ));
+    let claims = Arc::new(portcullis_policy::VerifiedClaims {
+        issuer: Arc::from("https://issuer.test/"),
+        subject: Some("user-1".into()),
+        audiences: vec!["api".into()],
+        expires_at: 4_102_444_800,
+        not_before: None,
+        issued_at: None,
+        scopes: vec!["chat:write".into()],
+        claims: serde_json::Map::new(),
+    });
+    let cache = TokenCache::new(true, 200_000, usize::MAX, Duration::from_secs(300));
+    let generation = keys.state().generation;
+    // A JWT of the size the load harness sends, and a 43-character opaque
+    // token as oidc-provider issues them.
+    let jwt = |i: usize| format!("eyJhbGciOiJSUzI1NiJ9.{}.{i:0>342}", "e".repeat(400));
+    let opaque_token = |i: usize| format!("opaque-{i:0>36}");
+    for i in 0..50_000 {
+        cache.insert(
+            token_key(&jwt(i)),
+            Arc::clone(&claims),
+            Arc::clone(&keys),
+            generation,
+            0,
+        );
+        cache.insert_introspected(
+            token_key(&opaque_token(i)),
+            Some(Arc::clone(&claims)),
+            Arc::clone(&opaque),
+            Duration::from_secs(300),
+            Duration::ZERO,
+            0,
+        );
+    }
+    let (a_jwt, an_opaque) = (jwt(4_242), opaque_token(4_242));
+    let current_keys = |_: &str| Some(Arc::clone(&keys));
+    c.bench_function("token_cache_hit_jwt", |b| {
+        b.iter(|| {
+            let found = cache.get(&token_key(black_box(&a_jwt)), current_keys, None);
+            assert!(matches!(found, Lookup::Hit(_)));
+        })
+    });
+    c.bench_function("token_cache_hit_introspected", |b| {
+        b.iter(|| {
+            let found = cache.get(&token_key(black_box(&an_opaque)), |_| None, Some(&opaque));
+            assert!(matches!(found, Lookup::Introspected(_)));
+        })
+    });
+}
+
 /// The process's resident set, in bytes (Linux), 0 elsewhere.
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -265,6 +349,7 @@ fn resident_bytes() -> u64 {
 
 criterion_group!(
     benches,
+    bench_token_cache,
     bench_rate_limit,
     bench_refusal_trace,
     bench_bearer,

@@ -466,10 +466,21 @@ async fn dry_run(env: &TestEnv, token: &str) -> (Option<String>, Vec<(String, St
         .explain(rejection.as_ref())
         .into_iter()
         .filter(|e| {
-            [Step::TokenStructure, Step::Issuer, Step::Introspection, Step::Signature]
-                .contains(&e.step)
+            [
+                Step::TokenStructure,
+                Step::Issuer,
+                Step::Introspection,
+                Step::Signature,
+            ]
+            .contains(&e.step)
         })
-        .map(|e| (e.step.name().to_owned(), e.outcome.as_str().to_owned(), e.evidence))
+        .map(|e| {
+            (
+                e.step.name().to_owned(),
+                e.outcome.as_str().to_owned(),
+                e.evidence,
+            )
+        })
         .collect();
     (refused, steps)
 }
@@ -502,7 +513,11 @@ async fn diagnose_shows_the_introspection_step_with_its_evidence() {
 
     let (refused, steps) = dry_run(&env, "not-a-token-the-server-knows").await;
     assert!(refused.unwrap().starts_with("token_inactive"), "{steps:?}");
-    let (_, outcome, _) = steps.iter().find(|s| s.0 == "introspection").unwrap().clone();
+    let (_, outcome, _) = steps
+        .iter()
+        .find(|s| s.0 == "introspection")
+        .unwrap()
+        .clone();
     assert_eq!(outcome, "fail");
 
     op.stop();

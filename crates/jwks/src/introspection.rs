@@ -541,6 +541,21 @@ impl Introspector {
                 last_success: previous.last_success,
             },
         };
+        // One line when calls start failing and one when they recover, not
+        // one per request: an outage under load must not flood the log.
+        match (previous.answering, next.answering) {
+            (Some(false), Some(false)) => {}
+            (_, Some(false)) => tracing::warn!(
+                issuer = self.issuer.as_str(),
+                error = next.last_error.as_deref().unwrap_or(""),
+                "introspection calls fail: tokens not cached get 503 idp_unavailable"
+            ),
+            (Some(false), Some(true)) => tracing::info!(
+                issuer = self.issuer.as_str(),
+                "introspection calls answer again"
+            ),
+            _ => {}
+        }
         self.health.store(Arc::new(next));
     }
 }

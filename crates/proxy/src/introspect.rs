@@ -160,7 +160,7 @@ pub async fn introspect(
         Decided::Active(claims) => {
             trace.pass_with(Step::Introspection, || {
                 format!(
-                    "{}; active: true ({}); {}",
+                    "{} answered 200, active: true ({}); {}",
                     endpoint_text(opaque),
                     evidence::introspected(&claims),
                     how_decided(result, waited, settings.cache_ttl)
