@@ -10,7 +10,10 @@
 //   gateway-post / gateway-secret    the gateway, client_secret_post
 //   gateway-jwt                      the gateway, private_key_jwt (public JWK
 //                                    from the GATEWAY_JWK environment variable)
-//   app / app-secret                 an API client (client credentials)
+//   app / app-secret                 an API client (client credentials,
+//                                    client_secret_basic)
+//   app-post / app-secret            the same, client_secret_post
+//   agent-jwt                        the same, private_key_jwt (GATEWAY_JWK)
 // Resources: any https://*.test/… or http://127.0.0.1:<port>/… URL is a
 // resource server whose tokens are opaque and carry the resource as their
 // audience; https://short.test/ tokens live 2 seconds.
@@ -19,7 +22,8 @@
 //   GET  /__test/calls           {"introspection": n} calls so far
 //   POST /__test/mode?m=<mode>   how the introspection endpoint answers from
 //                                now on: normal, http500, not_json, no_active,
-//                                active_string, huge, slow
+//                                active_string, huge, slow; token_html makes
+//                                the token endpoint answer an HTML page
 //
 // It prints "READY <issuer-url>" once it serves, and exits when its standard
 // input closes (so a dying test never leaves it behind).
@@ -57,8 +61,27 @@ const clients = [
     scope: 'chat:write admin mcp',
     token_endpoint_auth_method: 'client_secret_basic',
   },
+  {
+    client_id: 'app-post',
+    client_secret: 'app-secret',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'chat:write admin mcp',
+    token_endpoint_auth_method: 'client_secret_post',
+  },
 ];
 if (gatewayJwk) {
+  clients.push({
+    client_id: 'agent-jwt',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'chat:write admin mcp',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: gatewayJwk.alg,
+    jwks: { keys: [gatewayJwk] },
+  });
   clients.push({
     client_id: 'gateway-jwt',
     grant_types: [],
@@ -110,6 +133,12 @@ provider.use(async (ctx, next) => {
   if (ctx.path === '/__test/mode') {
     mode = ctx.query.m || 'normal';
     ctx.body = { mode };
+    return;
+  }
+  if (ctx.path === '/token' && ctx.method === 'POST' && mode === 'token_html') {
+    ctx.status = 200;
+    ctx.type = 'text/html';
+    ctx.body = '<html>sign in</html>';
     return;
   }
   if (ctx.path === introspectionPath && ctx.method === 'POST') {

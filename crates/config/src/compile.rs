@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, Method};
 use ipnet::IpNet;
 use portcullis_jwks::{JwksSettings, KeySource};
 use portcullis_policy::path::{EmptySegments, EscapedSlashes, PathRules, Semicolons};
@@ -807,11 +807,27 @@ fn compile_algorithms(
 
 fn compile_upstream(name: &str, ru: RawUpstream, ctx: &mut Ctx<'_>) -> Option<UpstreamConfig> {
     let path = format!("upstreams.{name}");
-    if ru.targets.is_empty() {
-        ctx.err(format!("{path}.targets"), "needs at least one target URL");
-    }
+    let provider = crate::providers::provider(&path, ru.provider.as_deref(), ctx);
+    let listed = if ru.targets.is_empty() {
+        match provider.and_then(|p| p.default_target()) {
+            Some(default) => vec![default.to_owned()],
+            None => {
+                let why = match provider {
+                    Some(p) => format!(
+                        "needs at least one target URL (provider {} has no default)",
+                        p.as_str()
+                    ),
+                    None => "needs at least one target URL".to_owned(),
+                };
+                ctx.err(format!("{path}.targets"), why);
+                Vec::new()
+            }
+        }
+    } else {
+        ru.targets.clone()
+    };
     let mut targets = Vec::new();
-    for (i, t) in ru.targets.iter().enumerate() {
+    for (i, t) in listed.iter().enumerate() {
         let p = format!("{path}.targets[{i}]");
         let Some(t) = ctx.expand(&p, t) else { continue };
         match parse_target(&t) {
@@ -824,9 +840,13 @@ fn compile_upstream(name: &str, ru: RawUpstream, ctx: &mut Ctx<'_>) -> Option<Up
         .as_deref()
         .and_then(|f| ctx.read_file(&format!("{path}.ca_file"), f))
         .map(|(_, b)| b);
-    let credential = ru
-        .credential
-        .and_then(|c| compile_credential(&format!("{path}.credential"), c, ctx));
+    let (credential, oauth) = match ru.credential.and_then(|c| {
+        crate::providers::compile_credential(&format!("{path}.credential"), c, provider, ctx)
+    }) {
+        Some(crate::providers::CompiledCredential::Static(c)) => (Some(c), None),
+        Some(crate::providers::CompiledCredential::OAuth(o)) => (None, Some(*o)),
+        None => (None, None),
+    };
     let health = ru.health.unwrap_or_default();
     let retry = ru.retry.unwrap_or_default();
     Some(UpstreamConfig {
@@ -844,7 +864,12 @@ fn compile_upstream(name: &str, ru: RawUpstream, ctx: &mut Ctx<'_>) -> Option<Up
         attempts: retry.attempts.unwrap_or(2).clamp(1, 10),
         retry_idempotent: retry.idempotent.unwrap_or(false),
         credential,
-        health_path: ru.health_path,
+        oauth,
+        default_headers: crate::providers::default_headers(provider),
+        provider,
+        health_path: ru
+            .health_path
+            .or_else(|| provider.map(|p| p.health_path().to_owned())),
     })
 }
 
@@ -885,55 +910,9 @@ const PLACEHOLDERS: [&str; 5] = [
 ];
 
 /// The placeholder `value` holds, if any (case-insensitive).
-fn placeholder(value: &str) -> Option<&'static str> {
+pub(crate) fn placeholder(value: &str) -> Option<&'static str> {
     let lower = value.to_ascii_lowercase();
     PLACEHOLDERS.into_iter().find(|p| lower.contains(p))
-}
-
-fn compile_credential(path: &str, rc: RawCredential, ctx: &mut Ctx<'_>) -> Option<Credential> {
-    let header = match HeaderName::try_from(rc.header.as_str()) {
-        Ok(h) => h,
-        Err(_) => {
-            ctx.err(
-                format!("{path}.header"),
-                format!("{:?} is not a valid header name", rc.header),
-            );
-            return None;
-        }
-    };
-    let value = match (rc.value, rc.value_file) {
-        (Some(v), None) => ctx.expand(&format!("{path}.value"), &v)?,
-        (None, Some(f)) => ctx.read_secret(&format!("{path}.value_file"), &f)?,
-        _ => {
-            ctx.err(path, "set exactly one of value or value_file");
-            return None;
-        }
-    };
-    if let Some(word) = placeholder(&value) {
-        ctx.err(
-            path,
-            format!(
-                "the credential still holds the example placeholder {word:?} (a Secret applied unedited?): set the real value"
-            ),
-        );
-        return None;
-    }
-    match HeaderValue::try_from(value) {
-        Ok(mut v) => {
-            v.set_sensitive(true);
-            Some(Credential {
-                header,
-                value: Secret(v),
-            })
-        }
-        Err(_) => {
-            ctx.err(
-                format!("{path}.value"),
-                "the value is not a valid header value (control characters?)",
-            );
-            None
-        }
-    }
 }
 
 /// What a route may refer to.
@@ -1035,6 +1014,20 @@ fn compile_route(
             return None;
         }
     };
+    if let RouteAuth::Protected(p) = &auth
+        && p.forward_token
+        && upstreams
+            .get(&rr.upstream)
+            .is_some_and(|u| u.oauth.is_some())
+    {
+        ctx.err(
+            format!("{path}.auth.forward_token"),
+            format!(
+                "upstream {:?} gets its own OAuth token in Authorization (credential.oauth): the client's token cannot go there too",
+                rr.upstream
+            ),
+        );
+    }
     let rate_limits = crate::rate_limits::route_policies(
         &format!("{path}.rate_limits"),
         rr.rate_limits,

@@ -142,21 +142,63 @@ pub(crate) fn compile_introspection(
     Some(settings)
 }
 
+/// The client-authentication members of a block (introspection, or an
+/// upstream's `credential.oauth`).
+pub(crate) struct ClientAuthFields<'a> {
+    pub auth_method: Option<&'a str>,
+    pub client_secret: Option<&'a str>,
+    pub client_secret_file: Option<&'a str>,
+    pub private_key_file: Option<&'a str>,
+    pub private_key_id: Option<&'a str>,
+    /// Whether `client_secret_json` is accepted (token endpoints, not
+    /// introspection).
+    pub json_allowed: bool,
+}
+
 /// `auth_method` and its credential.
 fn client_auth(path: &str, raw: &RawIntrospection, ctx: &mut Ctx<'_>) -> Option<ClientAuth> {
-    let method = raw.auth_method.as_deref().unwrap_or("client_secret_basic");
-    let secret = match (&raw.client_secret, &raw.client_secret_file) {
+    compile_client_auth(
+        path,
+        ClientAuthFields {
+            auth_method: raw.auth_method.as_deref(),
+            client_secret: raw.client_secret.as_deref(),
+            client_secret_file: raw.client_secret_file.as_deref(),
+            private_key_file: raw.private_key_file.as_deref(),
+            private_key_id: raw.private_key_id.as_deref(),
+            json_allowed: false,
+        },
+        ctx,
+    )
+}
+
+/// Compiles `auth_method` (default `client_secret_basic`) and its credential.
+pub(crate) fn compile_client_auth(
+    path: &str,
+    f: ClientAuthFields<'_>,
+    ctx: &mut Ctx<'_>,
+) -> Option<ClientAuth> {
+    let method = f.auth_method.unwrap_or("client_secret_basic");
+    let secret = match (f.client_secret, f.client_secret_file) {
         (Some(s), None) => Some(ctx.expand(&format!("{path}.client_secret"), s)?),
-        (None, Some(f)) => Some(ctx.read_secret(&format!("{path}.client_secret_file"), f)?),
+        (None, Some(file)) => Some(ctx.read_secret(&format!("{path}.client_secret_file"), file)?),
         (Some(_), Some(_)) => {
             ctx.err(path, "set client_secret or client_secret_file, not both");
             return None;
         }
         (None, None) => None,
     };
+    let secret_methods: &[&str] = if f.json_allowed {
+        &[
+            "client_secret_basic",
+            "client_secret_post",
+            "client_secret_json",
+        ]
+    } else {
+        &["client_secret_basic", "client_secret_post"]
+    };
     match method {
-        "client_secret_basic" | "client_secret_post" => {
-            if raw.private_key_file.is_some() {
+        m if secret_methods.contains(&m) => {
+            if f.private_key_file.is_some() {
                 ctx.err(
                     format!("{path}.private_key_file"),
                     format!("is for auth_method: private_key_jwt, not {method}"),
@@ -172,10 +214,10 @@ fn client_auth(path: &str, raw: &RawIntrospection, ctx: &mut Ctx<'_>) -> Option<
             if secret.is_empty() {
                 ctx.err(format!("{path}.client_secret"), "is empty");
             }
-            Some(if method == "client_secret_basic" {
-                ClientAuth::SecretBasic(secret)
-            } else {
-                ClientAuth::SecretPost(secret)
+            Some(match method {
+                "client_secret_basic" => ClientAuth::SecretBasic(secret),
+                "client_secret_post" => ClientAuth::SecretPost(secret),
+                _ => ClientAuth::SecretJson(secret),
             })
         }
         "private_key_jwt" => {
@@ -185,7 +227,7 @@ fn client_auth(path: &str, raw: &RawIntrospection, ctx: &mut Ctx<'_>) -> Option<
                     "private_key_jwt signs with private_key_file; remove client_secret",
                 );
             }
-            let Some(file) = &raw.private_key_file else {
+            let Some(file) = f.private_key_file else {
                 ctx.err(
                     format!("{path}.private_key_file"),
                     "required with auth_method: private_key_jwt (a PEM RSA, P-256 or Ed25519 private key)",
@@ -203,15 +245,15 @@ fn client_auth(path: &str, raw: &RawIntrospection, ctx: &mut Ctx<'_>) -> Option<
             Some(ClientAuth::PrivateKeyJwt {
                 path: full,
                 pem,
-                kid: raw.private_key_id.clone(),
+                kid: f.private_key_id.map(str::to_owned),
             })
         }
         other => {
+            let mut all = secret_methods.to_vec();
+            all.push("private_key_jwt");
             ctx.err(
                 format!("{path}.auth_method"),
-                format!(
-                    "{other:?} is not supported; use client_secret_basic, client_secret_post or private_key_jwt"
-                ),
+                format!("{other:?} is not supported; use {}", all.join(", ")),
             );
             None
         }

@@ -12,6 +12,7 @@ mod introspection;
 pub mod lint;
 pub mod locate;
 pub mod model;
+pub mod providers;
 pub mod rate_limits;
 mod raw;
 pub mod resource;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
-use portcullis_jwks::{IntrospectionSettings, JwksSettings, KeySource};
+use portcullis_jwks::{ClientCredentialsSettings, IntrospectionSettings, JwksSettings, KeySource};
+
+pub use crate::providers::{Provider, UsageDialect};
 use portcullis_policy::path::PathRules;
 use portcullis_policy::{AccessRules, CidrSet, IpRules, IssuerRules};
 
@@ -380,6 +382,14 @@ pub struct UpstreamConfig {
     pub retry_idempotent: bool,
     /// A credential injected into every forwarded request.
     pub credential: Option<Credential>,
+    /// An OAuth client credentials token sent as `Authorization: Bearer`
+    /// (`credential.oauth`), got and renewed by the gateway.
+    pub oauth: Option<ClientCredentialsSettings>,
+    /// The AI/LLM provider whose conventions it follows.
+    pub provider: Option<Provider>,
+    /// Headers set on each request that lacks them (a provider's, such as
+    /// `anthropic-version`).
+    pub default_headers: Vec<(HeaderName, HeaderValue)>,
     /// A path `diagnose` probes.
     pub health_path: Option<String>,
 }

@@ -263,6 +263,7 @@ pub struct RawUpstream {
     pub retry: Option<RawRetry>,
     pub credential: Option<RawCredential>,
     pub health_path: Option<String>,
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,9 +283,34 @@ pub struct RawRetry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCredential {
-    pub header: String,
+    pub header: Option<String>,
     pub value: Option<String>,
     pub value_file: Option<String>,
+    pub api_key: Option<String>,
+    pub api_key_file: Option<String>,
+    pub oauth: Option<RawUpstreamOAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamOAuth {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub auth_method: Option<String>,
+    pub private_key_file: Option<String>,
+    pub private_key_id: Option<String>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub max_response_size: Option<ByteSize>,
+    pub expiry_margin: Option<HumanDuration>,
+    pub default_lifetime: Option<HumanDuration>,
+    pub allow_http: Option<bool>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

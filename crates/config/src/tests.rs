@@ -755,3 +755,89 @@ fn a_route_takes_at_most_one_issuer_of_opaque_tokens() {
     );
     load(&text).unwrap();
 }
+
+/// GOOD with the upstream `llm` replaced by `upstream` (its lines under `llm:`).
+fn with_upstream(upstream: &str) -> String {
+    GOOD.replace(
+        "  llm:\n    targets: [http://127.0.0.1:9001]\n    credential:\n      header: authorization\n      value: \"Bearer ${API_KEY}\"\n",
+        &format!("  llm:\n{upstream}"),
+    )
+}
+
+#[test]
+fn provider_presets_fill_the_target_the_key_header_and_the_health_path() {
+    let c = load(&with_upstream(
+        "    provider: anthropic\n    credential: { api_key: \"${API_KEY}\" }\n",
+    ))
+    .unwrap();
+    let u = &c.upstreams["llm"];
+    assert_eq!(u.provider, Some(Provider::Anthropic));
+    assert_eq!(u.targets[0].authority.as_str(), "api.anthropic.com");
+    let cred = u.credential.as_ref().unwrap();
+    assert_eq!(cred.header.as_str(), "x-api-key");
+    assert_eq!(cred.value.0, "sk-live-123");
+    assert_eq!(u.default_headers[0].0.as_str(), "anthropic-version");
+    assert_eq!(u.health_path.as_deref(), Some("/v1/models"));
+    assert_eq!(u.provider.unwrap().dialect(), UsageDialect::Anthropic);
+    let c = load(&with_upstream(
+        "    provider: openai\n    credential: { api_key: \"${API_KEY}\" }\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.upstreams["llm"].credential.as_ref().unwrap().value.0,
+        "Bearer sk-live-123"
+    );
+}
+
+#[test]
+fn bad_provider_and_credential_settings_are_errors_at_their_paths() {
+    let cases = [
+        (
+            "    provider: openia\n    targets: [http://127.0.0.1:1]\n",
+            "upstreams.llm.provider: \"openia\" is not a provider",
+        ),
+        (
+            "    provider: azure_openai\n    credential: { api_key: k }\n",
+            "provider azure_openai has no default",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    credential: { api_key: k }\n",
+            "api_key needs a provider",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    credential: { header: x, value: v, api_key: k }\n",
+            "set exactly one of value/value_file",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    credential: { value: v }\n",
+            "upstreams.llm.credential.header: required",
+        ),
+        (
+            "    provider: openai\n    credential: { api_key: replace-me }\n",
+            "example placeholder",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    credential: { oauth: { token_url: \"http://as.example.com/token\", client_id: gw, client_secret: s } }\n",
+            "upstreams.llm.credential.oauth.token_url: http://as.example.com/token is plain http",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    credential: { oauth: { token_url: \"https://as/token\", client_id: gw } }\n",
+            "auth_method client_secret_basic needs client_secret",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    credential: { oauth: { token_url: \"https://as/token\", client_id: gw, client_secret: s, default_lifetime: 1s } }\n",
+            "upstreams.llm.credential.oauth.default_lifetime",
+        ),
+    ];
+    for (upstream, expected) in cases {
+        let err = load(&with_upstream(upstream)).unwrap_err().to_string();
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // The client's token and the upstream's own cannot both go in Authorization.
+    let text = with_upstream(
+        "    targets: [http://127.0.0.1:1]\n    credential: { oauth: { token_url: \"https://as/token\", client_id: gw, client_secret: s, auth_method: client_secret_json } }\n",
+    )
+    .replace("claim_headers: { sub: X-Portcullis-Subject }", "forward_token: true");
+    let err = load(&text).unwrap_err().to_string();
+    assert!(err.contains("routes[0].auth.forward_token"), "{err}");
+}

@@ -21,24 +21,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use base64::Engine;
 use bytes::Bytes;
 use http::{StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use portcullis_policy::verify::printable;
+use http_body_util::Full;
 use portcullis_policy::{IntrospectionAnswer, parse_answer};
 use rand::Rng;
 
 use crate::client_assertion::AssertionKey;
 use crate::discovery::discover_introspection_endpoint;
-use crate::fetch::{FetchError, Fetcher, check_url, error_chain};
+use crate::fetch::{FetchError, Fetcher, check_url};
+pub use crate::oauth_http::OAuthCallError;
+use crate::oauth_http::{OAuthHttp, basic, oauth_error};
 use crate::observe::JwksObserver;
 use crate::settings::JwksSettings;
-use crate::tls::client_config;
 
 /// How the gateway authenticates to the introspection endpoint.
 #[derive(Clone, PartialEq, Eq)]
@@ -48,6 +43,9 @@ pub enum ClientAuth {
     SecretBasic(String),
     /// `client_secret_post`: `client_id` and `client_secret` in the form body.
     SecretPost(String),
+    /// `client_secret_json`: the same members in a JSON body (token endpoints
+    /// that take JSON, such as Auth0's; not for introspection).
+    SecretJson(String),
     /// `private_key_jwt` (RFC 7523): a JWT signed with the gateway's key.
     PrivateKeyJwt {
         /// The PEM file it came from.
@@ -65,6 +63,7 @@ impl ClientAuth {
         match self {
             ClientAuth::SecretBasic(_) => "client_secret_basic",
             ClientAuth::SecretPost(_) => "client_secret_post",
+            ClientAuth::SecretJson(_) => "client_secret_json",
             ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
         }
     }
@@ -135,77 +134,7 @@ impl IntrospectionSettings {
 }
 
 /// Why an introspection call gave no answer about the token.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum IntrospectionError {
-    /// DNS, TCP, TLS, a timeout, a bare HTTP error status, a too large answer,
-    /// or the endpoint could not be discovered.
-    #[error(transparent)]
-    Transport(FetchError),
-    /// The authorization server refused the call with an OAuth error (RFC 6749
-    /// §5.2), e.g. `invalid_client` for wrong client credentials.
-    #[error("{url} answered HTTP {status} with error {error}{}", .description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    Refused {
-        /// The endpoint.
-        url: String,
-        /// The status.
-        status: u16,
-        /// The `error` member.
-        error: String,
-        /// The `error_description` member, shortened.
-        description: Option<String>,
-    },
-    /// The answer is not a usable introspection answer.
-    #[error("{url}: {why}")]
-    Answer {
-        /// The endpoint.
-        url: String,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// `max_concurrent` calls are in flight already.
-    #[error("{limit} introspection calls are in flight already (introspection.max_concurrent)")]
-    Busy {
-        /// The limit.
-        limit: usize,
-    },
-    /// The `private_key_jwt` assertion could not be made.
-    #[error("client assertion: {0}")]
-    Assertion(String),
-}
-
-impl IntrospectionError {
-    /// The layer that failed: `DNS`, `TCP`, `TLS`, `timeout`, `HTTP`, `size`,
-    /// `URL`, `document` (discovery), `AS error`, `answer`, `capacity`,
-    /// `client assertion`.
-    pub fn layer(&self) -> &'static str {
-        match self {
-            IntrospectionError::Transport(e) => e.layer(),
-            IntrospectionError::Refused { .. } => "AS error",
-            IntrospectionError::Answer { .. } => "answer",
-            IntrospectionError::Busy { .. } => "capacity",
-            IntrospectionError::Assertion(_) => "client assertion",
-        }
-    }
-
-    /// A bounded metric label.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            IntrospectionError::Transport(e) => e.kind(),
-            IntrospectionError::Refused { .. } => "as_error",
-            IntrospectionError::Answer { .. } => "invalid_answer",
-            IntrospectionError::Busy { .. } => "busy",
-            IntrospectionError::Assertion(_) => "assertion_error",
-        }
-    }
-
-    fn retryable(&self) -> bool {
-        matches!(
-            self,
-            IntrospectionError::Transport(FetchError::Connect { .. })
-                | IntrospectionError::Transport(FetchError::Status { status: 500.., .. })
-        )
-    }
-}
+pub type IntrospectionError = OAuthCallError;
 
 /// How an issuer's introspection stands, for `/readyz`, metrics and `diagnose`.
 #[derive(Debug, Clone, Default)]
@@ -224,7 +153,7 @@ pub struct IntrospectionHealth {
 pub struct Introspector {
     issuer: String,
     settings: IntrospectionSettings,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: OAuthHttp,
     metadata: Fetcher,
     endpoint: ArcSwapOption<String>,
     discovery: tokio::sync::Mutex<Option<(Instant, IntrospectionError)>>,
@@ -254,25 +183,7 @@ impl Introspector {
         settings: IntrospectionSettings,
         observer: Arc<dyn JwksObserver>,
     ) -> Result<Self, String> {
-        let ca = match &settings.ca_file {
-            Some(p) => {
-                Some(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?)
-            }
-            None => None,
-        };
-        let tls = client_config(ca.as_deref()).map_err(|e| e.to_string())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(https);
+        let http = OAuthHttp::new(settings.connect_timeout, settings.ca_file.as_deref())?;
         let metadata = Fetcher::new(JwksSettings {
             connect_timeout: settings.connect_timeout,
             timeout: settings.timeout,
@@ -296,7 +207,7 @@ impl Introspector {
             permits: tokio::sync::Semaphore::new(settings.max_concurrent),
             issuer,
             settings,
-            client,
+            http,
             metadata,
             discovery: tokio::sync::Mutex::new(None),
             assertion_key,
@@ -398,54 +309,16 @@ impl Introspector {
         token: &str,
     ) -> Result<IntrospectionAnswer, IntrospectionError> {
         let request = self.request(endpoint, token)?;
-        let limit = self.settings.max_bytes;
-        let transport = |e: FetchError| IntrospectionError::Transport(e);
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                transport(FetchError::Connect {
-                    url: endpoint.to_owned(),
-                    why: error_chain(&e),
-                })
-            })?;
-            let status = response.status();
-            let declared = response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-            if declared.is_some_and(|len| len > limit) {
-                return Err(transport(FetchError::TooLarge {
-                    url: endpoint.to_owned(),
-                    limit,
-                }));
-            }
-            let body = Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    transport(if e.is::<http_body_util::LengthLimitError>() {
-                        FetchError::TooLarge {
-                            url: endpoint.to_owned(),
-                            limit,
-                        }
-                    } else {
-                        FetchError::Connect {
-                            url: endpoint.to_owned(),
-                            why: format!("body: {e}"),
-                        }
-                    })
-                })?
-                .to_bytes();
-            Ok((status, body))
-        };
-        let (status, body) = match tokio::time::timeout(self.settings.timeout, exchange).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(transport(FetchError::Timeout {
-                    url: endpoint.to_owned(),
-                    secs: self.settings.timeout.as_secs_f64(),
-                }));
-            }
-        };
+        let (status, body) = self
+            .http
+            .exchange(
+                request,
+                endpoint,
+                self.settings.max_bytes,
+                self.settings.timeout,
+            )
+            .await
+            .map_err(IntrospectionError::Transport)?;
         if status == StatusCode::OK {
             return parse_answer(&body).map_err(|e| IntrospectionError::Answer {
                 url: endpoint.to_owned(),
@@ -453,7 +326,7 @@ impl Introspector {
             });
         }
         Err(oauth_error(endpoint, status, &body).unwrap_or_else(|| {
-            transport(FetchError::Status {
+            IntrospectionError::Transport(FetchError::Status {
                 url: endpoint.to_owned(),
                 status: status.as_u16(),
             })
@@ -482,14 +355,11 @@ impl Introspector {
             );
         match &self.settings.auth {
             ClientAuth::SecretBasic(secret) => {
-                let pair = format!("{}:{}", form_encode(client_id), form_encode(secret));
-                let value = format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                );
-                builder = builder.header(header::AUTHORIZATION, value);
+                builder = builder.header(header::AUTHORIZATION, basic(client_id, secret));
             }
-            ClientAuth::SecretPost(secret) => {
+            // Introspection endpoints take form bodies: the configuration
+            // refuses client_secret_json here, and the members go in the form.
+            ClientAuth::SecretPost(secret) | ClientAuth::SecretJson(secret) => {
                 form.append_pair("client_id", client_id)
                     .append_pair("client_secret", secret);
             }
@@ -560,27 +430,6 @@ impl Introspector {
     }
 }
 
-/// An OAuth error answer (`{"error": "…"}`), when the body is one.
-fn oauth_error(url: &str, status: StatusCode, body: &[u8]) -> Option<IntrospectionError> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let error = value.get("error")?.as_str()?;
-    Some(IntrospectionError::Refused {
-        url: url.to_owned(),
-        status: status.as_u16(),
-        error: printable(error),
-        description: value
-            .get("error_description")
-            .and_then(serde_json::Value::as_str)
-            .map(printable),
-    })
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 §2.3.1
-/// asks it of the Basic credentials' parts).
-fn form_encode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
 /// 50–100 ms, then 100–200 ms, …: short, as a request waits for it.
 fn retry_pause(attempt: u32) -> Duration {
     let base = 50u64 << attempt.saturating_sub(1).min(4);
@@ -592,61 +441,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn basic_credentials_are_form_encoded_first() {
-        assert_eq!(form_encode("a b:c/é"), "a+b%3Ac%2F%C3%A9");
-    }
-
-    #[test]
     fn secrets_never_print() {
         let auth = ClientAuth::SecretBasic("hunter2".to_owned());
         assert!(!format!("{auth:?}").contains("hunter2"));
         let settings = IntrospectionSettings::new("gw".into(), auth);
         assert!(!format!("{settings:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn oauth_errors_are_read_and_shortened() {
-        let e = oauth_error(
-            "https://as/introspect",
-            StatusCode::UNAUTHORIZED,
-            br#"{"error":"invalid_client","error_description":"client authentication failed"}"#,
-        )
-        .expect("an OAuth error");
-        assert_eq!(e.layer(), "AS error");
-        assert!(e.to_string().contains("invalid_client"), "{e}");
-        assert!(oauth_error("u", StatusCode::BAD_GATEWAY, b"<html>").is_none());
-    }
-
-    #[test]
-    fn only_connect_failures_and_5xx_are_retried() {
-        let t = |e| IntrospectionError::Transport(e);
-        assert!(
-            t(FetchError::Connect {
-                url: "u".into(),
-                why: "refused".into()
-            })
-            .retryable()
-        );
-        assert!(
-            t(FetchError::Status {
-                url: "u".into(),
-                status: 503
-            })
-            .retryable()
-        );
-        assert!(
-            !t(FetchError::Status {
-                url: "u".into(),
-                status: 401
-            })
-            .retryable()
-        );
-        assert!(
-            !t(FetchError::Timeout {
-                url: "u".into(),
-                secs: 2.0
-            })
-            .retryable()
-        );
     }
 }

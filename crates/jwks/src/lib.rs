@@ -11,19 +11,23 @@
 
 pub mod cache;
 pub mod client_assertion;
+pub mod client_credentials;
 pub mod discovery;
 pub mod fetch;
 pub mod introspection;
+pub mod oauth_http;
 pub mod observe;
 pub mod parse;
 pub mod settings;
 pub mod tls;
 
 pub use cache::{KeyCache, KeyState, KeyStatus, KidLookup};
+pub use client_credentials::{ClientCredentialsSettings, IssuedToken, TokenClient};
 pub use fetch::{FetchError, Fetcher};
 pub use introspection::{
     ClientAuth, IntrospectionError, IntrospectionHealth, IntrospectionSettings, Introspector,
 };
+pub use oauth_http::OAuthCallError;
 pub use observe::{JwksObserver, NoopObserver};
 pub use parse::{DocumentError, SkippedKey};
 pub use settings::{JwksSettings, KeySource};

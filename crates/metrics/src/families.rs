@@ -79,6 +79,10 @@ pub struct Families {
     pub introspection_status: IntGaugeVec,
     /// `portcullis_introspection_last_success_timestamp_seconds{issuer}`.
     pub introspection_last_success: GaugeVec,
+    /// `portcullis_upstream_token_fetches_total{upstream,outcome}`.
+    pub upstream_token_fetches: IntCounterVec,
+    /// `portcullis_upstream_token_age_seconds{upstream}`, refreshed at scrape time.
+    pub upstream_token_age: GaugeVec,
     /// `portcullis_config_reloads_total{outcome}`.
     pub config_reloads: IntCounterVec,
     /// `portcullis_config_last_reload_success_timestamp_seconds`.
@@ -369,6 +373,18 @@ impl Families {
                 "Unix time of the last introspection call that got an answer.",
                 &["issuer"],
             )?,
+            upstream_token_fetches: counter(
+                &r,
+                "portcullis_upstream_token_fetches_total",
+                "Fetches of upstreams' OAuth client credentials tokens by outcome: ok, or why none came (connect_error, timeout, http_error, too_large, as_error, invalid_answer, ...).",
+                &["upstream", "outcome"],
+            )?,
+            upstream_token_age: gauge_vec(
+                &r,
+                "portcullis_upstream_token_age_seconds",
+                "Age of the OAuth token the gateway sends to each upstream that takes one.",
+                &["upstream"],
+            )?,
             config_reloads: counter(
                 &r,
                 "portcullis_config_reloads_total",
@@ -474,6 +490,8 @@ impl Families {
             &fams.introspection_cache,
             &fams.introspection_status,
             &fams.introspection_last_success,
+            &fams.upstream_token_fetches,
+            &fams.upstream_token_age,
             &fams.config_reloads,
             &fams.config_last_success,
             &fams.config_last_reload_ok,

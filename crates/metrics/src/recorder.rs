@@ -397,4 +397,14 @@ impl UpstreamMetrics {
             })
             .inc();
     }
+
+    /// A fetch of the upstream's OAuth token ended with `outcome` (`ok` or
+    /// the failure's kind); rare, so the label set is resolved each time.
+    pub fn token_fetch(&self, outcome: &str) {
+        self.families
+            .families
+            .upstream_token_fetches
+            .with_label_values(&[&self.upstream, outcome])
+            .inc();
+    }
 }

@@ -88,6 +88,10 @@ pub enum Reason {
     /// `active: false` for an opaque token: revoked, expired, never issued, or
     /// not an access token.
     TokenInactive,
+    /// The upstream's own credential (an OAuth client credentials token the
+    /// gateway gets from the upstream's authorization server) cannot be had:
+    /// its token endpoint fails or refuses.
+    UpstreamCredentialUnavailable,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -107,7 +111,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 33] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -140,6 +144,7 @@ impl Reason {
         Reason::RateLimited,
         Reason::RateLimitUnavailable,
         Reason::TokenInactive,
+        Reason::UpstreamCredentialUnavailable,
     ];
 
     /// The stable snake_case code.
@@ -177,6 +182,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::RateLimitUnavailable => "rate_limit_unavailable",
             Reason::TokenInactive => "token_inactive",
+            Reason::UpstreamCredentialUnavailable => "upstream_credential_unavailable",
         }
     }
 
@@ -208,7 +214,9 @@ impl Reason {
             Reason::HeadersTooLarge => 431,
             Reason::UriTooLong => 414,
             Reason::RateLimited => 429,
-            Reason::UpstreamUnreachable | Reason::UpstreamProtocolError => 502,
+            Reason::UpstreamUnreachable
+            | Reason::UpstreamProtocolError
+            | Reason::UpstreamCredentialUnavailable => 502,
             Reason::UpstreamTimeout => 504,
         }
     }
@@ -246,7 +254,8 @@ impl Reason {
             | Reason::CorsNotAllowed
             | Reason::UriTooLong
             | Reason::RateLimited
-            | Reason::RateLimitUnavailable => Challenge::None,
+            | Reason::RateLimitUnavailable
+            | Reason::UpstreamCredentialUnavailable => Challenge::None,
         }
     }
 
@@ -285,6 +294,7 @@ impl Reason {
             Reason::RateLimited => "Too many requests",
             Reason::RateLimitUnavailable => "Rate-limit store unavailable",
             Reason::TokenInactive => "Token not active",
+            Reason::UpstreamCredentialUnavailable => "Upstream credential unavailable",
         }
     }
 
@@ -389,6 +399,9 @@ impl Reason {
             }
             Reason::UpstreamProtocolError => {
                 "the upstream does not speak HTTP as expected: check the target's scheme and port"
+            }
+            Reason::UpstreamCredentialUnavailable => {
+                "the gateway cannot get the upstream's token: check the token endpoint (the detail and /readyz name the failing layer: DNS, TCP, TLS, HTTP status, the AS's error such as invalid_client) and upstreams.<name>.credential.oauth"
             }
         }
     }

@@ -63,6 +63,7 @@ upstreams:
   tls: {{ targets: ["https://127.0.0.1:{up_port}"] }}
   slow: {{ targets: ["{up}"], health_path: "/slow?ms=5000", response_header_timeout: 300ms }}
   garbage: {{ targets: ["http://127.0.0.1:{garbage}"], health_path: /x, response_header_timeout: 3s }}
+  oauth: {{ targets: ["{up}"], credential: {{ oauth: {{ token_url: "http://127.0.0.1:{dead}/token", client_id: gw, client_secret: s }} }} }}
 routes:
   - {{ name: chat, match: {{ path_prefix: /v1/ }}, upstream: llm, auth: {{ issuers: [dev], audiences: [portcullis-demo], scopes: {{ all_of: [chat:write] }} }} }}
   - {{ name: tenant, match: {{ path_prefix: /tenant/ }}, upstream: llm, auth: {{ issuers: [dev], audiences: [portcullis-demo], claims: [{{ claim: tenant, equals: acme }}] }} }}
@@ -74,6 +75,7 @@ routes:
   - {{ name: tls, match: {{ path_prefix: /tls/ }}, upstream: tls, public: true }}
   - {{ name: slow, match: {{ path_prefix: /slow/ }}, upstream: slow, public: true }}
   - {{ name: garbage, match: {{ path_prefix: /garbage/ }}, upstream: garbage, public: true }}
+  - {{ name: oauth, match: {{ path_prefix: /oauth/ }}, upstream: oauth, public: true }}
 "#,
         up_port = upstream.handle.addr.port(),
     );
@@ -405,6 +407,12 @@ async fn failing_layers_are_named() {
         "{}",
         step(&doc, "upstream")
     );
+    // The upstream's own token endpoint, named with its layer.
+    let (code, doc, _) = diagnose(&env, &["--url", "http://g/oauth/x"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(doc["reason"], "upstream_credential_unavailable", "{doc}");
+    let ev = step(&doc, "upstream");
+    assert!(ev.contains("TCP") && ev.contains("token endpoint"), "{ev}");
 }
 
 fn step(doc: &Value, name: &str) -> String {

@@ -151,6 +151,21 @@ pub async fn forward<B: OutgoingBody>(
             .headers
             .insert(cred.header.clone(), cred.value.0.clone());
     }
+    for (name, value) in &upstream_config.default_headers {
+        if !parts.headers.contains_key(name) {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
+    // The upstream's own OAuth token: held, or fetched now when none is usable.
+    let token = route.upstream.token();
+    let sent_token = match token {
+        Some(token) => {
+            let value = token.header().await?;
+            parts.headers.insert(header::AUTHORIZATION, value.clone());
+            Some(value)
+        }
+        None => None,
+    };
     let preserve_host = route.config.preserve_host;
     if preserve_host && let Some(h) = &original_host {
         parts.headers.insert(header::HOST, h.clone());
@@ -204,10 +219,40 @@ pub async fn forward<B: OutgoingBody>(
         .config
         .timeout
         .unwrap_or(upstream_config.response_header_timeout);
-    let sent = route
+    // A bodiless request sent with the upstream's OAuth token can be sent again
+    // if the upstream refuses the token (revoked, rotated): keep its head.
+    let replay = (sent_token.is_some() && fault.is_none() && !upgrade).then(|| {
+        (
+            request.method().clone(),
+            request.uri().clone(),
+            request.version(),
+            request.headers().clone(),
+        )
+    });
+    let mut sent = route
         .upstream
         .send(request, timeout, retry_after_send, !preserve_host)
         .await;
+    if let (
+        Ok((response, _)),
+        Some((method, uri, version, mut headers)),
+        Some(token),
+        Some(refused),
+    ) = (&sent, replay, token, &sent_token)
+        && response.status() == StatusCode::UNAUTHORIZED
+    {
+        let fresh = token.after_refusal(refused).await?;
+        headers.insert(header::AUTHORIZATION, fresh);
+        let mut again = Request::new(().into_forward_body(0, None, ctx.body_read_timeout));
+        *again.method_mut() = method;
+        *again.uri_mut() = uri;
+        *again.version_mut() = version;
+        *again.headers_mut() = headers;
+        sent = route
+            .upstream
+            .send(again, timeout, retry_after_send, !preserve_host)
+            .await;
+    }
     let (mut response, latency) = match sent {
         Ok(r) => r,
         Err(f) => {

@@ -361,6 +361,13 @@ impl Gateway {
                 state.snapshot.len()
             ));
         }
+        // An upstream's token endpoint costs that upstream's routes (502
+        // upstream_credential_unavailable), never the replica.
+        for pool in rt.upstreams.values() {
+            if let Some(token) = pool.token() {
+                checks.push(token.describe());
+            }
+        }
         // The shared rate-limit store never makes a replica unready: while it
         // fails, every check follows on_store_error.
         if let Some(store) = &rt.rate_store {
@@ -431,6 +438,14 @@ impl Gateway {
             f.rate_limit_keys
                 .with_label_values(&[name])
                 .set(i64::try_from(limiter.keys()).unwrap_or(i64::MAX));
+        }
+        f.upstream_token_age.reset();
+        for (name, pool) in &rt.upstreams {
+            if let Some(age) = pool.token().and_then(|t| t.age()) {
+                f.upstream_token_age
+                    .with_label_values(&[name])
+                    .set(age.as_secs_f64());
+            }
         }
         let now = Instant::now();
         for issuer in rt.issuers.values() {

@@ -34,6 +34,7 @@ pub mod tls;
 pub mod token_cache;
 pub mod tracecontext;
 pub mod upstream;
+pub mod upstream_token;
 
 pub use gateway::{ApplyReport, Gateway};
 pub use pipeline::ConnInfo;

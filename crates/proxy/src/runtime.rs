@@ -132,10 +132,16 @@ impl Runtime {
                 .cloned();
             let pool = match reused {
                 Some(p) => p,
-                None => Arc::new(
-                    UpstreamPool::new(Arc::clone(uc), metrics.upstream(name))
-                        .map_err(|e| format!("upstreams.{name}: {e}"))?,
-                ),
+                None => {
+                    let pool = Arc::new(
+                        UpstreamPool::new(Arc::clone(uc), metrics.upstream(name))
+                            .map_err(|e| format!("upstreams.{name}: {e}"))?,
+                    );
+                    if refresh_in_background && let Some(token) = pool.token() {
+                        token.spawn_renewal();
+                    }
+                    pool
+                }
             };
             upstreams.insert(name.clone(), pool);
         }

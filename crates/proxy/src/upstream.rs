@@ -19,6 +19,7 @@ use portcullis_policy::{Reason, Rejection};
 use crate::body::{ForwardBody, UpstreamBody};
 use crate::connect::{ConnectError, Dialer, Sender};
 use crate::pool::{Checkin, TargetPool};
+use crate::upstream_token::UpstreamToken;
 
 /// Idle keep-alive connections kept per target at most.
 const MAX_IDLE_PER_TARGET: usize = 1024;
@@ -74,6 +75,7 @@ pub struct UpstreamPool {
     next: AtomicUsize,
     epoch: Instant,
     metrics: Arc<UpstreamMetrics>,
+    token: Option<Arc<UpstreamToken>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -106,6 +108,18 @@ impl UpstreamPool {
                 pool: TargetPool::new(MAX_IDLE_PER_TARGET, config.idle_timeout),
             })
             .collect();
+        let token = match &config.oauth {
+            Some(settings) => {
+                let client = portcullis_jwks::TokenClient::new(settings.clone())
+                    .map_err(|e| format!("credential.oauth: {e}"))?;
+                Some(Arc::new(UpstreamToken::new(
+                    &config.name,
+                    client,
+                    Arc::clone(&metrics),
+                )))
+            }
+            None => None,
+        };
         Ok(UpstreamPool {
             config,
             dialer,
@@ -113,7 +127,13 @@ impl UpstreamPool {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             metrics,
+            token,
         })
+    }
+
+    /// The upstream's OAuth token, when its credential is `oauth`.
+    pub fn token(&self) -> Option<&Arc<UpstreamToken>> {
+        self.token.as_ref()
     }
 
     /// The configuration this pool was built from.

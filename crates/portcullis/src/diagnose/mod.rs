@@ -211,6 +211,24 @@ async fn upstream_step(args: &DiagnoseArgs, route: &CompiledRoute, trace: &mut T
         steps.skip(Step::Upstream, || "not probed (--no-upstream)".to_owned());
         return;
     }
+    // The upstream's own OAuth token first: without it nothing is forwarded.
+    if let Some(token) = route.upstream.token() {
+        match token.header().await {
+            Ok(_) => steps.add_note(
+                Step::Upstream,
+                format!(
+                    "credential.oauth: the token endpoint {} gave a token for client {}",
+                    token.settings().token_url,
+                    token.settings().client_id
+                ),
+            ),
+            Err(refused) => {
+                steps.fail(Step::Upstream, refused.reason);
+                trace.rejection = Some(refused);
+                return;
+            }
+        }
+    }
     match probe::upstream(&route.upstream).await {
         Ok((evidence, true)) => steps.pass_with(Step::Upstream, || evidence),
         Ok((evidence, false)) => steps.warn(Step::Upstream, None, || {
