@@ -4,8 +4,8 @@
 # tests/third_party_idp.rs and oidc-provider for tests/introspection.rs; kubernetes-validate for tests/deploy_manifests.rs;
 # promtool, from Debian's prometheus package, for the alert-rule tests;
 # Debian's chromium and playwright-core for tests/status_page.rs;
-# redis-server for tests/rate_limits_redis.rs; the MCP Python SDK for
-# tests/mcp_sdk.rs),
+# redis-server for tests/rate_limits_redis.rs; the official MCP, OpenAI and
+# Anthropic Python SDKs for tests/mcp_sdk.rs and tests/streaming_hygiene.rs),
 # then unit tests of every crate and the end-to-end
 # tests in tests/ (real gateways, authorization servers and upstreams on
 # 127.0.0.1), then prints one total line ("tests: N passed, N failed").
@@ -51,10 +51,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
   [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 
-if [ ! -x target/mcp-venv/bin/python ] || ! target/mcp-venv/bin/python -c 'import mcp, uvicorn' 2>/dev/null; then
-  echo "== pip install mcp (the official MCP Python SDK, client and server, for tests/mcp_sdk.rs)"
-  python3 -m venv target/mcp-venv
-  target/mcp-venv/bin/pip install -q --disable-pip-version-check mcp==2.3.0
+if [ ! -x target/sdk-venv/bin/python ] || ! target/sdk-venv/bin/python -c 'import mcp, uvicorn, openai, anthropic' 2>/dev/null; then
+  echo "== pip install the official SDKs: mcp (tests/mcp_sdk.rs), openai and anthropic (tests/streaming_hygiene.rs)"
+  python3 -m venv target/sdk-venv
+  target/sdk-venv/bin/pip install -q --disable-pip-version-check mcp==2.3.0 openai==3.51.0 anthropic==2.10.0
 fi
 
 if [ ! -x target/deploy-venv/bin/kubernetes-validate ]; then

@@ -20,10 +20,10 @@ fn third_party() -> PathBuf {
 
 /// The Python of the venv scripts/test.sh installs the SDK into.
 fn python() -> PathBuf {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/mcp-venv/bin/python");
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
     assert!(
         python.exists(),
-        "the MCP SDK is not installed: run scripts/test.sh (it creates target/mcp-venv with mcp)"
+        "the MCP SDK is not installed: run scripts/test.sh (it creates target/sdk-venv with mcp)"
     );
     python
 }

@@ -1043,6 +1043,7 @@ fn compile_route(
         preserve_host: rr.preserve_host.unwrap_or(false),
         max_body_bytes: rr.max_body.map_or(limits.max_body_bytes, |s| s.0),
         timeout: rr.timeout.map(|d| d.0),
+        sse_keepalive: rr.sse_keepalive.map(|d| d.0).filter(|d| !d.is_zero()),
         ip_rules: IpRules::new(&allow, &deny),
         auth,
         upgrades,

@@ -438,6 +438,9 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// Upstream response-header timeout for this route.
     pub timeout: Option<Duration>,
+    /// In a server-sent event stream, a `: keep-alive` comment after this
+    /// long without a byte, between events only; `None`: never.
+    pub sse_keepalive: Option<Duration>,
     /// The route's own allow/deny lists.
     pub ip_rules: IpRules,
     /// Authentication and authorization.

@@ -330,6 +330,7 @@ pub struct RawRoute {
     pub upgrades: Option<Vec<String>>,
     pub cors: Option<RawCors>,
     pub rate_limits: Option<Vec<String>>,
+    pub sse_keepalive: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

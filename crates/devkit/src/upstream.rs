@@ -1,5 +1,6 @@
 //! The demo upstream: an OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`
-//! with and without `stream: true`) plus test endpoints (matched on the last path
+//! with and without `stream: true`; a model named `…breaks-mid-stream` streams three
+//! chunks and then breaks off) plus test endpoints (matched on the last path
 //! segment, so any prefix reaches them) that echo what arrived,
 //! stream slowly, stall, abort mid-body, count uploads, reflect a body and upgrade connections.
 
@@ -195,6 +196,12 @@ async fn chat(req: Request<Incoming>) -> hyper::Response<DevBody> {
                 format!("data: {chunk}\n\n")
             })
             .collect();
+        // A model named to break: three chunks, then the stream breaks off
+        // (for tests and the demo of a mid-stream failure).
+        if model.contains("breaks-mid-stream") {
+            events.truncate(3);
+            return sse_then(events, Duration::from_millis(50), false, true);
+        }
         events.push("data: [DONE]\n\n".to_owned());
         return sse(events, Duration::from_millis(50), false);
     }
@@ -214,6 +221,17 @@ fn sse(
     interval: Duration,
     first_immediately: bool,
 ) -> hyper::Response<DevBody> {
+    sse_then(events, interval, first_immediately, false)
+}
+
+/// As [`sse`]; with `then_break`, the body fails after the last event instead
+/// of ending (the connection is cut mid-stream).
+fn sse_then(
+    events: Vec<String>,
+    interval: Duration,
+    first_immediately: bool,
+    then_break: bool,
+) -> hyper::Response<DevBody> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {
         for (i, e) in events.into_iter().enumerate() {
@@ -223,6 +241,12 @@ fn sse(
             if tx.send(Ok(Frame::data(Bytes::from(e)))).await.is_err() {
                 return;
             }
+        }
+        if then_break {
+            tokio::time::sleep(interval).await;
+            let _ = tx
+                .send(Err(std::io::Error::other("upstream broke off mid-stream")))
+                .await;
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -92,6 +92,10 @@ pub enum Reason {
     /// gateway gets from the upstream's authorization server) cannot be had:
     /// its token endpoint fails or refuses.
     UpstreamCredentialUnavailable,
+    /// The upstream broke off its response after its head (a stream cut
+    /// mid-way): the client's stream was ended without its last chunk, so its
+    /// SDK raises. Logged and counted; the status already sent stays.
+    UpstreamStreamAborted,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -111,7 +115,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 34] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -145,6 +149,7 @@ impl Reason {
         Reason::RateLimitUnavailable,
         Reason::TokenInactive,
         Reason::UpstreamCredentialUnavailable,
+        Reason::UpstreamStreamAborted,
     ];
 
     /// The stable snake_case code.
@@ -183,6 +188,7 @@ impl Reason {
             Reason::RateLimitUnavailable => "rate_limit_unavailable",
             Reason::TokenInactive => "token_inactive",
             Reason::UpstreamCredentialUnavailable => "upstream_credential_unavailable",
+            Reason::UpstreamStreamAborted => "upstream_stream_aborted",
         }
     }
 
@@ -216,7 +222,8 @@ impl Reason {
             Reason::RateLimited => 429,
             Reason::UpstreamUnreachable
             | Reason::UpstreamProtocolError
-            | Reason::UpstreamCredentialUnavailable => 502,
+            | Reason::UpstreamCredentialUnavailable
+            | Reason::UpstreamStreamAborted => 502,
             Reason::UpstreamTimeout => 504,
         }
     }
@@ -255,7 +262,8 @@ impl Reason {
             | Reason::UriTooLong
             | Reason::RateLimited
             | Reason::RateLimitUnavailable
-            | Reason::UpstreamCredentialUnavailable => Challenge::None,
+            | Reason::UpstreamCredentialUnavailable
+            | Reason::UpstreamStreamAborted => Challenge::None,
         }
     }
 
@@ -295,6 +303,7 @@ impl Reason {
             Reason::RateLimitUnavailable => "Rate-limit store unavailable",
             Reason::TokenInactive => "Token not active",
             Reason::UpstreamCredentialUnavailable => "Upstream credential unavailable",
+            Reason::UpstreamStreamAborted => "Upstream stream aborted",
         }
     }
 
@@ -399,6 +408,9 @@ impl Reason {
             }
             Reason::UpstreamProtocolError => {
                 "the upstream does not speak HTTP as expected: check the target's scheme and port"
+            }
+            Reason::UpstreamStreamAborted => {
+                "the upstream broke off its response mid-way (crash, timeout, a reset between it and the gateway): check the upstream's logs at the request's time; the client's SDK saw an error, not a truncated answer"
             }
             Reason::UpstreamCredentialUnavailable => {
                 "the gateway cannot get the upstream's token: check the token endpoint (the detail and /readyz name the failing layer: DNS, TCP, TLS, HTTP status, the AS's error such as invalid_client) and upstreams.<name>.credential.oauth"

@@ -24,6 +24,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ProxyBody {
     /// Bytes the gateway wrote itself.
     Full(Full<Bytes>),
+    /// An upstream event stream with keep-alive comments in long pauses.
+    KeepAlive(Box<crate::sse::KeepAliveBody>),
     /// The upstream's body, frame by frame.
     Upstream(UpstreamBody),
 }
@@ -113,6 +115,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(incoming) => Pin::new(incoming)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
+            ProxyBody::KeepAlive(sse) => Pin::new(sse.as_mut()).poll_frame(cx),
         }
     }
 
@@ -120,6 +123,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(full) => full.is_end_stream(),
             ProxyBody::Upstream(incoming) => incoming.is_end_stream(),
+            ProxyBody::KeepAlive(sse) => sse.is_end_stream(),
         }
     }
 
@@ -127,6 +131,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(full) => full.size_hint(),
             ProxyBody::Upstream(incoming) => incoming.size_hint(),
+            ProxyBody::KeepAlive(sse) => sse.size_hint(),
         }
     }
 }

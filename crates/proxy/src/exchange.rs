@@ -15,8 +15,10 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use portcullis_metrics::{StreamOutcome, UpstreamErrorKind};
+use portcullis_policy::{Reason, Rejection};
 
 use crate::body::{BodyFaultKind, BoxError, ProxyBody};
+use crate::decision::Step;
 use crate::gateway::Gateway;
 use crate::observe::Trace;
 use crate::runtime::Runtime;
@@ -91,10 +93,26 @@ impl ExchangeBody {
             bytes_in,
             bytes_out: self.bytes_out,
         };
-        if outcome == StreamOutcome::UpstreamAborted
-            && let Some(route) = &account.trace.route
-        {
-            route.upstream.metrics().error(UpstreamErrorKind::MidStream);
+        let mut account = account;
+        if outcome == StreamOutcome::UpstreamAborted {
+            if let Some(route) = &account.trace.route {
+                route.upstream.metrics().error(UpstreamErrorKind::MidStream);
+            }
+            // The status went out with the head; the access log, the explain
+            // ring and the status page still say what happened to the stream.
+            if account.trace.rejection.is_none() {
+                account.trace.rejection = Some(Rejection::new(
+                    Reason::UpstreamStreamAborted,
+                    format!(
+                        "the upstream broke off its response after {} bytes; the client's stream was ended without its last chunk, so the client sees an error",
+                        self.bytes_out
+                    ),
+                ));
+                account
+                    .trace
+                    .steps
+                    .fail(Step::Upstream, Reason::UpstreamStreamAborted);
+            }
         }
         crate::observe::record(account, &ending);
     }

@@ -291,9 +291,19 @@ pub async fn forward<B: OutgoingBody>(
         });
     }
     remove_hop_by_hop(response.headers_mut(), false);
+    let event_stream = crate::sse::is_event_stream(response.headers());
+    if event_stream {
+        crate::sse::mark_unbuffered(response.headers_mut());
+    }
     let (parts, body) = response.into_parts();
+    let body = match route.config.sse_keepalive {
+        Some(every) if event_stream => {
+            ProxyBody::KeepAlive(Box::new(crate::sse::KeepAliveBody::new(body, every)))
+        }
+        _ => streamed(body),
+    };
     Ok(Forwarded {
-        response: Response::from_parts(parts, streamed(body)),
+        response: Response::from_parts(parts, body),
         latency,
         request_body: fault,
     })

@@ -29,6 +29,7 @@ pub mod resource_metadata;
 pub mod route_table;
 pub mod runtime;
 pub mod server;
+pub mod sse;
 pub mod status_page;
 pub mod tls;
 pub mod token_cache;

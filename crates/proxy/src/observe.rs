@@ -194,6 +194,7 @@ pub fn explained_entry(
         subject: logged_subject(config, trace).map(Into::into),
         outcome: match (trace.decision, rejection) {
             (Decision::WouldDeny(_), _) => "would_deny",
+            (_, Some(r)) if r.reason == Reason::UpstreamStreamAborted => "upstream_aborted",
             (_, Some(_)) => "deny",
             (_, None) if trace.upstream_refused().is_some() => "upstream_refused",
             (_, None) => "allow",

@@ -1,0 +1,343 @@
+//! Token usage read from AI providers' responses as they stream through,
+//! without holding the stream back: the model that answered and the input and
+//! output tokens it counted, in each provider's dialect.
+//!
+//! - **OpenAI** (OpenAI, Azure, Mistral, compatible servers): `model` and
+//!   `usage.prompt_tokens` / `completion_tokens` (or the Responses API's
+//!   `input_tokens` / `output_tokens`) of a JSON answer; in a stream, the last
+//!   chunk's `usage` (sent when the request asks `stream_options.include_usage`).
+//! - **Anthropic** Messages: `usage.input_tokens` / `output_tokens`; in a stream,
+//!   `message_start` (input, model) and `message_delta` (output so far).
+//! - **Gemini**: `usageMetadata.promptTokenCount` / `candidatesTokenCount` and
+//!   `modelVersion`; in a stream, the last chunk's.
+//!
+//! A JSON answer is kept as the frames it arrived in (reference-counted, not
+//! copied) up to [`MAX_JSON_BYTES`] and read at its end; an event stream is read
+//! line by line, and only `data:` lines that mention `usage` (or, until the
+//! model is known, `model`) are parsed. Nothing here can fail a response: what
+//! cannot be read is simply not counted.
+
+use bytes::Bytes;
+use portcullis_config::UsageDialect;
+use serde_json::Value;
+
+/// Largest JSON answer read for its usage; larger ones are not counted.
+pub const MAX_JSON_BYTES: usize = 4 << 20;
+
+/// Longest event-stream line kept across frames; longer lines are skipped.
+const MAX_LINE_BYTES: usize = 256 << 10;
+
+/// What a response said of its token usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// The model that answered.
+    pub model: Option<String>,
+    /// Input (prompt) tokens.
+    pub input_tokens: Option<u64>,
+    /// Output (completion) tokens.
+    pub output_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// Whether anything was found.
+    pub fn is_empty(&self) -> bool {
+        self.model.is_none() && self.input_tokens.is_none() && self.output_tokens.is_none()
+    }
+
+    /// Takes what `v` (an answer, a stream chunk or event) says, in `dialect`.
+    fn read(&mut self, dialect: UsageDialect, v: &Value) {
+        let count = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64);
+        match dialect {
+            UsageDialect::OpenAi => {
+                if self.model.is_none() {
+                    self.model = string(v, "model");
+                }
+                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                    self.input_tokens = count(u, "prompt_tokens")
+                        .or_else(|| count(u, "input_tokens"))
+                        .or(self.input_tokens);
+                    self.output_tokens = count(u, "completion_tokens")
+                        .or_else(|| count(u, "output_tokens"))
+                        .or(self.output_tokens);
+                }
+                // The Responses API streams a `response.completed` event whose
+                // `response` holds the model and usage.
+                if let Some(r) = v.get("response").filter(|r| r.is_object()) {
+                    self.read(dialect, r);
+                }
+            }
+            UsageDialect::Anthropic => {
+                // `message_start` carries the message; a plain answer is one.
+                let message = v.get("message").filter(|m| m.is_object()).unwrap_or(v);
+                if self.model.is_none() {
+                    self.model = string(message, "model");
+                }
+                if let Some(u) = message.get("usage").or_else(|| v.get("usage")) {
+                    self.input_tokens = count(u, "input_tokens").or(self.input_tokens);
+                    self.output_tokens = count(u, "output_tokens").or(self.output_tokens);
+                }
+            }
+            UsageDialect::Gemini => {
+                if let Some(m) = string(v, "modelVersion") {
+                    self.model = Some(m);
+                }
+                if let Some(u) = v.get("usageMetadata") {
+                    self.input_tokens = count(u, "promptTokenCount").or(self.input_tokens);
+                    self.output_tokens = count(u, "candidatesTokenCount").or(self.output_tokens);
+                }
+            }
+        }
+    }
+}
+
+fn string(v: &Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .map(str::to_owned)
+}
+
+/// Usage of a complete JSON answer.
+pub fn from_json(dialect: UsageDialect, body: &[u8]) -> Usage {
+    let mut usage = Usage::default();
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        usage.read(dialect, &v);
+    }
+    usage
+}
+
+/// Reads a response's usage as its frames pass.
+pub enum UsageReader {
+    /// A JSON answer: its frames, kept until the end.
+    Json {
+        /// The dialect.
+        dialect: UsageDialect,
+        /// The frames so far.
+        frames: Vec<Bytes>,
+        /// Their total size.
+        bytes: usize,
+    },
+    /// An event stream, read line by line.
+    Events(EventReader),
+}
+
+impl UsageReader {
+    /// A reader for a response of `content_type`, `None` when it carries no
+    /// usage (neither JSON nor an event stream).
+    pub fn for_response(dialect: UsageDialect, content_type: Option<&str>) -> Option<Self> {
+        let media = content_type?.split(';').next()?.trim().to_ascii_lowercase();
+        match media.as_str() {
+            "application/json" => Some(UsageReader::Json {
+                dialect,
+                frames: Vec::new(),
+                bytes: 0,
+            }),
+            "text/event-stream" => Some(UsageReader::Events(EventReader::new(dialect))),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an event stream.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, UsageReader::Events(_))
+    }
+
+    /// Sees one data frame.
+    pub fn feed(&mut self, data: &Bytes) {
+        match self {
+            UsageReader::Json { frames, bytes, .. } => {
+                if *bytes <= MAX_JSON_BYTES {
+                    *bytes += data.len();
+                    frames.push(data.clone());
+                }
+            }
+            UsageReader::Events(reader) => reader.feed(data),
+        }
+    }
+
+    /// What was found, at the response's end.
+    pub fn finish(self) -> Usage {
+        match self {
+            UsageReader::Json {
+                dialect,
+                frames,
+                bytes,
+            } => {
+                if bytes > MAX_JSON_BYTES {
+                    return Usage::default();
+                }
+                if frames.len() == 1 {
+                    return from_json(dialect, &frames[0]);
+                }
+                from_json(dialect, &frames.concat())
+            }
+            UsageReader::Events(reader) => reader.usage,
+        }
+    }
+}
+
+/// An event stream's usage, read line by line.
+pub struct EventReader {
+    dialect: UsageDialect,
+    /// The start of a line split across frames.
+    partial: Vec<u8>,
+    /// Whether the current line is too long to keep (skipped to its end).
+    skipping: bool,
+    usage: Usage,
+}
+
+impl EventReader {
+    /// A reader for `dialect`.
+    pub fn new(dialect: UsageDialect) -> Self {
+        EventReader {
+            dialect,
+            partial: Vec::new(),
+            skipping: false,
+            usage: Usage::default(),
+        }
+    }
+
+    /// Sees one frame of the stream.
+    pub fn feed(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let (line, after) = rest.split_at(end);
+            rest = &after[1..];
+            if self.skipping {
+                self.skipping = false;
+                continue;
+            }
+            if self.partial.is_empty() {
+                self.line(line);
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.line(&whole);
+            }
+        }
+        if !rest.is_empty() && !self.skipping {
+            if self.partial.len() + rest.len() > MAX_LINE_BYTES {
+                self.partial.clear();
+                self.skipping = true;
+            } else {
+                self.partial.extend_from_slice(rest);
+            }
+        }
+    }
+
+    /// What was found so far.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(payload) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let wanted = contains(payload, b"\"usage")
+            || (self.usage.model.is_none() && contains(payload, b"\"model"));
+        if !wanted {
+            return;
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(payload) {
+            self.usage.read(self.dialect, &v);
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(dialect: UsageDialect, text: &str, chunk: usize) -> Usage {
+        let mut r = EventReader::new(dialect);
+        for piece in text.as_bytes().chunks(chunk) {
+            r.feed(piece);
+        }
+        r.usage
+    }
+
+    fn usage(model: &str, input: u64, output: u64) -> Usage {
+        Usage {
+            model: Some(model.to_owned()),
+            input_tokens: Some(input),
+            output_tokens: Some(output),
+        }
+    }
+
+    #[test]
+    fn json_answers_of_each_dialect() {
+        let openai = br#"{"id":"x","model":"gpt-4o-2024","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#;
+        assert_eq!(from_json(UsageDialect::OpenAi, openai), usage("gpt-4o-2024", 12, 34));
+        let responses = br#"{"model":"gpt-5","usage":{"input_tokens":3,"output_tokens":4}}"#;
+        assert_eq!(from_json(UsageDialect::OpenAi, responses), usage("gpt-5", 3, 4));
+        let anthropic = br#"{"type":"message","model":"claude-haiku","content":[],"usage":{"input_tokens":7,"output_tokens":9}}"#;
+        assert_eq!(from_json(UsageDialect::Anthropic, anthropic), usage("claude-haiku", 7, 9));
+        let gemini = br#"{"candidates":[],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":6,"totalTokenCount":11},"modelVersion":"gemini-2.0-flash"}"#;
+        assert_eq!(from_json(UsageDialect::Gemini, gemini), usage("gemini-2.0-flash", 5, 6));
+        // Nothing readable: nothing counted, no panic.
+        for bad in [&b"not json"[..], b"{}", b"[]", br#"{"usage":"many"}"#, br#"{"usage":{"prompt_tokens":-1}}"#] {
+            let u = from_json(UsageDialect::OpenAi, bad);
+            assert_eq!((u.input_tokens, u.output_tokens), (None, None));
+        }
+    }
+
+    #[test]
+    fn streams_of_each_dialect_in_any_split() {
+        let openai = "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+            data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2}}\n\n\
+            data: [DONE]\n\n";
+        let anthropic = "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\r\n\r\n\
+            event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"Hello\"}}\r\n\r\n\
+            event: message_delta\r\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\r\n\r\n";
+        let gemini = "data: {\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":1},\"modelVersion\":\"gemini-2.0-flash\"}\n\n\
+            data: {\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":8},\"modelVersion\":\"gemini-2.0-flash\"}\n\n";
+        for chunk in [1, 3, 7, 64, 10_000] {
+            assert_eq!(stream(UsageDialect::OpenAi, openai, chunk), usage("gpt-4o", 10, 2), "{chunk}");
+            assert_eq!(
+                stream(UsageDialect::Anthropic, anthropic, chunk),
+                usage("claude-sonnet", 25, 15),
+                "{chunk}"
+            );
+            assert_eq!(
+                stream(UsageDialect::Gemini, gemini, chunk),
+                usage("gemini-2.0-flash", 4, 8),
+                "{chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_streams_count_what_they_can() {
+        // No usage at all (the client did not ask for it): the model only.
+        let u = stream(UsageDialect::OpenAi, "data: {\"model\":\"m\",\"choices\":[]}\n\ndata: [DONE]\n\n", 5);
+        assert_eq!((u.model.as_deref(), u.input_tokens), (Some("m"), None));
+        // Broken JSON, a huge line, garbage bytes: no panic, later lines still read.
+        let huge = format!("data: {{\"usage\":\"{}\"}}\n", "x".repeat(MAX_LINE_BYTES + 10));
+        let text = format!(
+            "data: {{\"usage\": {{\n{huge}\u{1}\u{2}\n\ndata: {{\"model\":\"m\",\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":2}}}}\n\n"
+        );
+        for chunk in [1, 100, 1 << 20] {
+            assert_eq!(stream(UsageDialect::OpenAi, &text, chunk), usage("m", 1, 2), "{chunk}");
+        }
+    }
+
+    #[test]
+    fn readers_follow_the_content_type() {
+        let d = UsageDialect::OpenAi;
+        assert!(UsageReader::for_response(d, Some("application/json; charset=utf-8")).is_some());
+        assert!(UsageReader::for_response(d, Some("text/event-stream")).is_some_and(|r| r.is_stream()));
+        assert!(UsageReader::for_response(d, Some("text/html")).is_none());
+        assert!(UsageReader::for_response(d, None).is_none());
+        let mut r = UsageReader::for_response(d, Some("application/json")).unwrap();
+        for piece in br#"{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":2}}"#.chunks(5) {
+            r.feed(&Bytes::copy_from_slice(piece));
+        }
+        assert_eq!(r.finish(), usage("m", 1, 2));
+    }
+}
