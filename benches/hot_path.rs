@@ -339,6 +339,48 @@ fn bench_token_cache(c: &mut Criterion) {
     });
 }
 
+/// Token usage read from a streamed chat completion as it passes: 500 chunks
+/// of an OpenAI stream (about 200 bytes each, split as a network would) and
+/// the final usage chunk, against merely touching the same frames.
+fn bench_usage_stream(c: &mut Criterion) {
+    use bytes::Bytes;
+    use portcullis_config::UsageDialect;
+    use portcullis_proxy::usage::UsageReader;
+    let mut text = String::new();
+    for i in 0..500 {
+        text.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{i} \"}},\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    text.push_str("data: {\"id\":\"chatcmpl-123\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":812,\"completion_tokens\":500,\"total_tokens\":1312}}\n\ndata: [DONE]\n\n");
+    // Frames of 300 bytes: events split across frames, as TCP delivers them.
+    let frames: Vec<Bytes> = text
+        .as_bytes()
+        .chunks(300)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    c.bench_function("usage_stream_500_chunks", |b| {
+        b.iter(|| {
+            let mut reader =
+                UsageReader::for_response(UsageDialect::OpenAi, Some("text/event-stream")).unwrap();
+            for f in &frames {
+                reader.feed(black_box(f));
+            }
+            let usage = reader.finish();
+            assert_eq!(usage.output_tokens, Some(500));
+        })
+    });
+    c.bench_function("stream_500_chunks_touched_only", |b| {
+        b.iter(|| {
+            let mut total = 0usize;
+            for f in &frames {
+                total += black_box(f).len();
+            }
+            black_box(total)
+        })
+    });
+}
+
 /// The process's resident set, in bytes (Linux), 0 elsewhere.
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -350,6 +392,7 @@ fn resident_bytes() -> u64 {
 criterion_group!(
     benches,
     bench_token_cache,
+    bench_usage_stream,
     bench_rate_limit,
     bench_refusal_trace,
     bench_bearer,

@@ -870,6 +870,7 @@ fn compile_upstream(name: &str, ru: RawUpstream, ctx: &mut Ctx<'_>) -> Option<Up
         health_path: ru
             .health_path
             .or_else(|| provider.map(|p| p.health_path().to_owned())),
+        models: ru.models,
     })
 }
 

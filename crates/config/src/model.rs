@@ -392,6 +392,25 @@ pub struct UpstreamConfig {
     pub default_headers: Vec<(HeaderName, HeaderValue)>,
     /// A path `diagnose` probes.
     pub health_path: Option<String>,
+    /// The models this upstream serves, as metric labels: a response's model
+    /// is counted under the first entry it equals (or, for an entry ending in
+    /// `*`, starts with, labelled without the `*`); any other as `other`.
+    pub models: Vec<String>,
+}
+
+impl UpstreamConfig {
+    /// The bounded metric label of a response's model.
+    pub fn model_label(&self, model: Option<&str>) -> &str {
+        let Some(model) = model else { return "unknown" };
+        for listed in &self.models {
+            match listed.strip_suffix('*') {
+                Some(prefix) if model.starts_with(prefix) => return prefix,
+                None if listed == model => return listed,
+                _ => {}
+            }
+        }
+        "other"
+    }
 }
 
 /// One upstream target URL, split.

@@ -264,6 +264,8 @@ pub struct RawUpstream {
     pub credential: Option<RawCredential>,
     pub health_path: Option<String>,
     pub provider: Option<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -185,6 +185,12 @@ async fn chat(req: Request<Incoming>) -> hyper::Response<DevBody> {
         .unwrap_or("")
         .to_owned();
     let reply = format!("Hello from the Portcullis demo upstream! You said: {prompt}");
+    // Tokens counted as words, as a stand-in for a tokenizer.
+    let usage = json!({
+        "prompt_tokens": prompt.split_whitespace().count().max(1),
+        "completion_tokens": reply.split_whitespace().count(),
+        "total_tokens": prompt.split_whitespace().count().max(1) + reply.split_whitespace().count(),
+    });
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
         let mut events: Vec<String> = reply
             .split_inclusive(' ')
@@ -202,6 +208,14 @@ async fn chat(req: Request<Incoming>) -> hyper::Response<DevBody> {
             events.truncate(3);
             return sse_then(events, Duration::from_millis(50), false, true);
         }
+        // OpenAI's stream_options.include_usage: a last chunk with the usage.
+        if request.pointer("/stream_options/include_usage") == Some(&Value::Bool(true)) {
+            let chunk = json!({
+                "id": "chatcmpl-demo", "object": "chat.completion.chunk", "model": model,
+                "choices": [], "usage": usage,
+            });
+            events.push(format!("data: {chunk}\n\n"));
+        }
         events.push("data: [DONE]\n\n".to_owned());
         return sse(events, Duration::from_millis(50), false);
     }
@@ -210,7 +224,7 @@ async fn chat(req: Request<Incoming>) -> hyper::Response<DevBody> {
         &json!({
             "id": "chatcmpl-demo", "object": "chat.completion", "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "usage": usage,
         }),
     )
 }

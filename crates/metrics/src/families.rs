@@ -27,6 +27,18 @@ pub const CLOCK_OFFSET_BUCKETS: &[f64] = &[
 pub const RATE_LIMIT_OUTCOMES: [&str; 5] =
     ["allow", "limit", "would_limit", "table_full", "store_error"];
 
+/// Token-count buckets of `gen_ai_client_token_usage`, as the GenAI semantic
+/// conventions recommend (powers of 4 from 1 to 4^13).
+pub const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+
+/// Seconds-per-output-token buckets, as the GenAI semantic conventions recommend.
+pub const PER_TOKEN_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+
 /// The results of `portcullis_introspection_cache_total`, in the order of
 /// [`crate::IntrospectionCacheResult`].
 pub const INTROSPECTION_CACHE_RESULTS: [&str; 5] =
@@ -83,6 +95,15 @@ pub struct Families {
     pub upstream_token_fetches: IntCounterVec,
     /// `portcullis_upstream_token_age_seconds{upstream}`, refreshed at scrape time.
     pub upstream_token_age: GaugeVec,
+    /// `gen_ai_client_token_usage{route,provider,gen_ai_token_type,response_model}`
+    /// (OpenTelemetry GenAI semantic conventions, in Prometheus form).
+    pub gen_ai_token_usage: HistogramVec,
+    /// `gen_ai_server_request_duration_seconds{route,provider,response_model}`.
+    pub gen_ai_request_duration: HistogramVec,
+    /// `gen_ai_server_time_to_first_token_seconds{route,provider,response_model}`.
+    pub gen_ai_time_to_first_token: HistogramVec,
+    /// `gen_ai_server_time_per_output_token_seconds{route,provider,response_model}`.
+    pub gen_ai_time_per_output_token: HistogramVec,
     /// `portcullis_config_reloads_total{outcome}`.
     pub config_reloads: IntCounterVec,
     /// `portcullis_config_last_reload_success_timestamp_seconds`.
@@ -385,6 +406,34 @@ impl Families {
                 "Age of the OAuth token the gateway sends to each upstream that takes one.",
                 &["upstream"],
             )?,
+            gen_ai_token_usage: histogram(
+                &r,
+                "gen_ai_client_token_usage",
+                "Tokens per AI request by type (input, output), as the upstream counted them (OpenTelemetry GenAI semantic conventions).",
+                &["route", "provider", "gen_ai_token_type", "response_model"],
+                TOKEN_BUCKETS,
+            )?,
+            gen_ai_request_duration: histogram(
+                &r,
+                "gen_ai_server_request_duration_seconds",
+                "Time from the request to the last byte of an AI upstream's answer.",
+                &["route", "provider", "response_model"],
+                EXCHANGE_BUCKETS,
+            )?,
+            gen_ai_time_to_first_token: histogram(
+                &r,
+                "gen_ai_server_time_to_first_token_seconds",
+                "Time from the request to the first byte of a streamed AI answer.",
+                &["route", "provider", "response_model"],
+                LATENCY_BUCKETS,
+            )?,
+            gen_ai_time_per_output_token: histogram(
+                &r,
+                "gen_ai_server_time_per_output_token_seconds",
+                "Time per output token after the first, of streamed AI answers.",
+                &["route", "provider", "response_model"],
+                PER_TOKEN_BUCKETS,
+            )?,
             config_reloads: counter(
                 &r,
                 "portcullis_config_reloads_total",
@@ -492,6 +541,10 @@ impl Families {
             &fams.introspection_last_success,
             &fams.upstream_token_fetches,
             &fams.upstream_token_age,
+            &fams.gen_ai_token_usage,
+            &fams.gen_ai_request_duration,
+            &fams.gen_ai_time_to_first_token,
+            &fams.gen_ai_time_per_output_token,
             &fams.config_reloads,
             &fams.config_last_success,
             &fams.config_last_reload_ok,

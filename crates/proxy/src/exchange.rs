@@ -22,6 +22,7 @@ use crate::decision::Step;
 use crate::gateway::Gateway;
 use crate::observe::Trace;
 use crate::runtime::Runtime;
+use crate::usage::{Usage, UsageReader};
 
 /// What is known of an exchange when its response head is ready.
 pub struct Account {
@@ -41,6 +42,10 @@ pub struct Account {
     pub head: Duration,
     /// Whether the response has a body to send (not for `HEAD`, 1xx, 204, 304).
     pub body_expected: bool,
+    /// The token usage being read from an AI upstream's answer.
+    pub usage_reader: Option<UsageReader>,
+    /// What it found, at the end (and whether the answer was a stream).
+    pub usage: Option<(bool, Usage)>,
 }
 
 /// What the end of an exchange adds to its [`Account`].
@@ -94,6 +99,9 @@ impl ExchangeBody {
             bytes_out: self.bytes_out,
         };
         let mut account = account;
+        if let Some(reader) = account.usage_reader.take() {
+            account.usage = Some((reader.is_stream(), reader.finish()));
+        }
         if outcome == StreamOutcome::UpstreamAborted {
             if let Some(route) = &account.trace.route {
                 route.upstream.metrics().error(UpstreamErrorKind::MidStream);
@@ -167,6 +175,11 @@ impl Body for ExchangeBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes_out += data.len() as u64;
+                    if let Some(reader) =
+                        this.account.as_mut().and_then(|a| a.usage_reader.as_mut())
+                    {
+                        reader.feed(data);
+                    }
                     if this.first_byte.is_none()
                         && let Some(a) = &this.account
                     {

@@ -36,6 +36,7 @@ pub mod token_cache;
 pub mod tracecontext;
 pub mod upstream;
 pub mod upstream_token;
+pub mod usage;
 
 pub use gateway::{ApplyReport, Gateway};
 pub use pipeline::ConnInfo;

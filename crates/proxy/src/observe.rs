@@ -17,6 +17,7 @@ use crate::decision::{DecisionTrace, Outcome, Step};
 use crate::exchange::{Account, Ending};
 use crate::pipeline::describe_client;
 use crate::runtime::CompiledRoute;
+use portcullis_metrics::StreamOutcome;
 
 /// The authorization outcome of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,6 +145,9 @@ pub fn record(mut account: Box<Account>, ending: &Ending) {
     if let Some(s) = trace.upstream_refused() {
         route_metrics.upstream_refused(s);
     }
+    if let (Some((streamed, usage)), Some(route)) = (&account.usage, &trace.route) {
+        record_usage(account.gw.metrics(), route, *streamed, usage, ending);
+    }
     let config = &runtime.config;
     if config.logging.access_log {
         access_log(config, &account, ending);
@@ -169,6 +173,48 @@ pub fn record(mut account: Box<Account>, ending: &Ending) {
             &account.request_id,
             status,
         ));
+    }
+}
+
+/// An AI answer's token usage and timings, under the OpenTelemetry GenAI
+/// metric names; the model label bounded by the upstream's `models` list.
+fn record_usage(
+    metrics: &portcullis_metrics::Metrics,
+    route: &CompiledRoute,
+    streamed: bool,
+    usage: &crate::usage::Usage,
+    ending: &Ending,
+) {
+    let upstream = route.upstream.config();
+    let Some(provider) = upstream.provider else {
+        return;
+    };
+    let f = metrics.families();
+    let model = upstream.model_label(usage.model.as_deref());
+    let labels = [route.config.name.as_str(), provider.as_str(), model];
+    for (kind, count) in [
+        ("input", usage.input_tokens),
+        ("output", usage.output_tokens),
+    ] {
+        if let Some(n) = count {
+            f.gen_ai_token_usage
+                .with_label_values(&[labels[0], labels[1], kind, labels[2]])
+                .observe(n as f64);
+        }
+    }
+    f.gen_ai_request_duration
+        .with_label_values(&labels)
+        .observe(ending.total.as_secs_f64());
+    if streamed && ending.outcome == StreamOutcome::Complete {
+        f.gen_ai_time_to_first_token
+            .with_label_values(&labels)
+            .observe(ending.first_byte.as_secs_f64());
+        if let Some(out) = usage.output_tokens.filter(|n| *n > 1) {
+            let generating = ending.total.saturating_sub(ending.first_byte);
+            f.gen_ai_time_per_output_token
+                .with_label_values(&labels)
+                .observe(generating.as_secs_f64() / (out - 1) as f64);
+        }
     }
 }
 
@@ -306,6 +352,31 @@ fn logged_subject(config: &GatewayConfig, trace: &Trace) -> Option<String> {
     }
 }
 
+/// The OAuth client the token was issued to (`client_id`, else `azp`), for
+/// the access log: a client's name is not a secret, and an operator needs it
+/// to say who spent what.
+fn logged_client(trace: &Trace) -> Option<String> {
+    let claims = &trace.claims.as_ref()?.claims;
+    claims
+        .get("client_id")
+        .or_else(|| claims.get("azp"))
+        .and_then(serde_json::Value::as_str)
+        .map(|c| bounded(c).to_owned())
+}
+
+/// At most 128 bytes of an upstream's or a token's text, cut at a character
+/// boundary (the log formatter quotes and escapes it).
+fn bounded(s: &str) -> &str {
+    if s.len() <= 128 {
+        return s;
+    }
+    let mut end = 128;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
     let trace = &account.trace;
     let route = trace
@@ -349,6 +420,14 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
         .as_ref()
         .and_then(|n| n.policy.as_ref())
         .map_or("-", |p| p.name.as_str());
+    let usage = account.usage.as_ref();
+    let model = usage.and_then(|(_, u)| u.model.as_deref());
+    let input_tokens = usage.and_then(|(_, u)| u.input_tokens);
+    let output_tokens = usage.and_then(|(_, u)| u.output_tokens);
+    let ttft = usage
+        .filter(|(streamed, _)| *streamed)
+        .map(|_| ending.first_byte);
+    let client = logged_client(trace);
     // Strings are written as string fields (quoted and escaped by the text
     // formatter, so a crafted path or `sub` cannot forge a field or a line);
     // numbers are rounded to the microsecond; an absent value is `-`.
@@ -376,6 +455,11 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
             bytes_out = ending.bytes_out,
             stream = ending.outcome.as_str(),
             trace_id = trace_id.as_deref().unwrap_or("-"),
+            client = client.as_deref().unwrap_or("-"),
+            model = model.map_or("-", bounded),
+            input_tokens = %Absent(input_tokens),
+            output_tokens = %Absent(output_tokens),
+            ttft_ms = %Ms(ttft),
         ),
         LogFormat::Json => tracing::info!(
             target: "portcullis::access",
@@ -400,6 +484,11 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
             bytes_out = ending.bytes_out,
             stream = ending.outcome.as_str(),
             trace_id = trace_id.as_deref(),
+            client = client.as_deref(),
+            model = model.map(bounded),
+            input_tokens,
+            output_tokens,
+            ttft_ms = ttft.map(rounded_ms),
         ),
     }
 }

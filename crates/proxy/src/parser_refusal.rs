@@ -192,6 +192,8 @@ impl Refuser {
             started,
             head: started.elapsed(),
             body_expected: true,
+            usage_reader: None,
+            usage: None,
         };
         let ending = Ending {
             outcome: StreamOutcome::Complete,

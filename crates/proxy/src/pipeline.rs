@@ -198,6 +198,19 @@ pub async fn handle(
         && !status.is_informational()
         && status != http::StatusCode::NO_CONTENT
         && status != http::StatusCode::NOT_MODIFIED;
+    // An AI upstream's successful answer: its token usage is read as it passes.
+    let usage_reader = trace
+        .route
+        .as_ref()
+        .and_then(|r| r.upstream.config().provider)
+        .filter(|_| body_expected && status.is_success() && trace.upstream_status.is_some())
+        .and_then(|provider| {
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            crate::usage::UsageReader::for_response(provider.dialect(), content_type)
+        });
     let account = Account {
         gw: Arc::clone(gw),
         runtime,
@@ -207,6 +220,8 @@ pub async fn handle(
         started,
         head: started.elapsed(),
         body_expected,
+        usage_reader,
+        usage: None,
     };
     response.map(|body| ExchangeBody::new(body, account))
 }

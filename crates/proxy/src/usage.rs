@@ -273,15 +273,33 @@ mod tests {
     #[test]
     fn json_answers_of_each_dialect() {
         let openai = br#"{"id":"x","model":"gpt-4o-2024","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#;
-        assert_eq!(from_json(UsageDialect::OpenAi, openai), usage("gpt-4o-2024", 12, 34));
+        assert_eq!(
+            from_json(UsageDialect::OpenAi, openai),
+            usage("gpt-4o-2024", 12, 34)
+        );
         let responses = br#"{"model":"gpt-5","usage":{"input_tokens":3,"output_tokens":4}}"#;
-        assert_eq!(from_json(UsageDialect::OpenAi, responses), usage("gpt-5", 3, 4));
+        assert_eq!(
+            from_json(UsageDialect::OpenAi, responses),
+            usage("gpt-5", 3, 4)
+        );
         let anthropic = br#"{"type":"message","model":"claude-haiku","content":[],"usage":{"input_tokens":7,"output_tokens":9}}"#;
-        assert_eq!(from_json(UsageDialect::Anthropic, anthropic), usage("claude-haiku", 7, 9));
+        assert_eq!(
+            from_json(UsageDialect::Anthropic, anthropic),
+            usage("claude-haiku", 7, 9)
+        );
         let gemini = br#"{"candidates":[],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":6,"totalTokenCount":11},"modelVersion":"gemini-2.0-flash"}"#;
-        assert_eq!(from_json(UsageDialect::Gemini, gemini), usage("gemini-2.0-flash", 5, 6));
+        assert_eq!(
+            from_json(UsageDialect::Gemini, gemini),
+            usage("gemini-2.0-flash", 5, 6)
+        );
         // Nothing readable: nothing counted, no panic.
-        for bad in [&b"not json"[..], b"{}", b"[]", br#"{"usage":"many"}"#, br#"{"usage":{"prompt_tokens":-1}}"#] {
+        for bad in [
+            &b"not json"[..],
+            b"{}",
+            b"[]",
+            br#"{"usage":"many"}"#,
+            br#"{"usage":{"prompt_tokens":-1}}"#,
+        ] {
             let u = from_json(UsageDialect::OpenAi, bad);
             assert_eq!((u.input_tokens, u.output_tokens), (None, None));
         }
@@ -298,7 +316,11 @@ mod tests {
         let gemini = "data: {\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":1},\"modelVersion\":\"gemini-2.0-flash\"}\n\n\
             data: {\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":8},\"modelVersion\":\"gemini-2.0-flash\"}\n\n";
         for chunk in [1, 3, 7, 64, 10_000] {
-            assert_eq!(stream(UsageDialect::OpenAi, openai, chunk), usage("gpt-4o", 10, 2), "{chunk}");
+            assert_eq!(
+                stream(UsageDialect::OpenAi, openai, chunk),
+                usage("gpt-4o", 10, 2),
+                "{chunk}"
+            );
             assert_eq!(
                 stream(UsageDialect::Anthropic, anthropic, chunk),
                 usage("claude-sonnet", 25, 15),
@@ -315,15 +337,26 @@ mod tests {
     #[test]
     fn malformed_streams_count_what_they_can() {
         // No usage at all (the client did not ask for it): the model only.
-        let u = stream(UsageDialect::OpenAi, "data: {\"model\":\"m\",\"choices\":[]}\n\ndata: [DONE]\n\n", 5);
+        let u = stream(
+            UsageDialect::OpenAi,
+            "data: {\"model\":\"m\",\"choices\":[]}\n\ndata: [DONE]\n\n",
+            5,
+        );
         assert_eq!((u.model.as_deref(), u.input_tokens), (Some("m"), None));
         // Broken JSON, a huge line, garbage bytes: no panic, later lines still read.
-        let huge = format!("data: {{\"usage\":\"{}\"}}\n", "x".repeat(MAX_LINE_BYTES + 10));
+        let huge = format!(
+            "data: {{\"usage\":\"{}\"}}\n",
+            "x".repeat(MAX_LINE_BYTES + 10)
+        );
         let text = format!(
             "data: {{\"usage\": {{\n{huge}\u{1}\u{2}\n\ndata: {{\"model\":\"m\",\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":2}}}}\n\n"
         );
         for chunk in [1, 100, 1 << 20] {
-            assert_eq!(stream(UsageDialect::OpenAi, &text, chunk), usage("m", 1, 2), "{chunk}");
+            assert_eq!(
+                stream(UsageDialect::OpenAi, &text, chunk),
+                usage("m", 1, 2),
+                "{chunk}"
+            );
         }
     }
 
@@ -331,11 +364,14 @@ mod tests {
     fn readers_follow_the_content_type() {
         let d = UsageDialect::OpenAi;
         assert!(UsageReader::for_response(d, Some("application/json; charset=utf-8")).is_some());
-        assert!(UsageReader::for_response(d, Some("text/event-stream")).is_some_and(|r| r.is_stream()));
+        assert!(
+            UsageReader::for_response(d, Some("text/event-stream")).is_some_and(|r| r.is_stream())
+        );
         assert!(UsageReader::for_response(d, Some("text/html")).is_none());
         assert!(UsageReader::for_response(d, None).is_none());
         let mut r = UsageReader::for_response(d, Some("application/json")).unwrap();
-        for piece in br#"{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":2}}"#.chunks(5) {
+        for piece in br#"{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":2}}"#.chunks(5)
+        {
             r.feed(&Bytes::copy_from_slice(piece));
         }
         assert_eq!(r.finish(), usage("m", 1, 2));

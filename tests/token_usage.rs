@@ -1,0 +1,131 @@
+//! Token usage accounting: the input and output tokens an AI upstream counted,
+//! read from its JSON answers and its event streams as they pass (nothing
+//! held back), exported under the OpenTelemetry GenAI metric names with the
+//! model label bounded by the upstream's `models` list.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
+use http::Method;
+use portcullis_tests::{ISSUER_AND_UPSTREAM, TestEnv};
+
+fn config() -> String {
+    format!(
+        r#"{ISSUER_AND_UPSTREAM}  ai:
+    provider: openai_compatible
+    targets: ["{{UPSTREAM}}"]
+    models: [demo-small]
+routes:
+  - name: chat
+    match: {{ path_prefix: /v1/ }}
+    upstream: ai
+    auth: {{ issuers: [dev], audiences: [portcullis-demo], scopes: {{ all_of: [chat:write] }} }}
+  - name: plain
+    match: {{ path_prefix: /plain/ }}
+    upstream: llm
+    rewrite: {{ strip_prefix: /plain }}
+    auth: {{ issuers: [dev], audiences: [portcullis-demo] }}
+"#
+    )
+}
+
+/// The count and sum of `gen_ai_client_token_usage` for one series.
+fn tokens(env: &TestEnv, kind: &str, model: &str) -> (f64, f64) {
+    let labels = format!(
+        "{{gen_ai_token_type=\"{kind}\",provider=\"openai_compatible\",response_model=\"{model}\",route=\"chat\"}}"
+    );
+    (
+        env.metric(&format!("gen_ai_client_token_usage_count{labels}")),
+        env.metric(&format!("gen_ai_client_token_usage_sum{labels}")),
+    )
+}
+
+async fn chat(env: &TestEnv, path: &str, token: &str, body: serde_json::Value) -> String {
+    let r = env
+        .send(
+            Method::POST,
+            path,
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "application/json"),
+            ],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_read_from_answers_and_streams_without_changing_them() {
+    let env = TestEnv::start(&config()).await;
+    let token = env.token("chat:write", serde_json::json!({}));
+    let prompt = serde_json::json!([{"role": "user", "content": "three words here"}]);
+
+    // A JSON answer: 3 prompt words, 11 reply words (the demo counts words).
+    let answer = chat(
+        &env,
+        "/v1/chat/completions",
+        &token,
+        serde_json::json!({"model": "demo-small", "messages": prompt}),
+    )
+    .await;
+    assert!(
+        answer.contains("\"completion_tokens\":11"),
+        "unchanged: {answer}"
+    );
+    assert_eq!(tokens(&env, "input", "demo-small"), (1.0, 3.0));
+    assert_eq!(tokens(&env, "output", "demo-small"), (1.0, 11.0));
+
+    // A stream with stream_options.include_usage: the last chunk's usage.
+    let streamed = chat(
+        &env,
+        "/v1/chat/completions",
+        &token,
+        serde_json::json!({"model": "demo-small", "messages": prompt, "stream": true,
+                           "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert!(
+        streamed.ends_with("data: [DONE]\n\n"),
+        "unchanged: {streamed}"
+    );
+    assert_eq!(tokens(&env, "input", "demo-small"), (2.0, 6.0));
+    assert_eq!(tokens(&env, "output", "demo-small"), (2.0, 22.0));
+    let ttft = "gen_ai_server_time_to_first_token_seconds_count{provider=\"openai_compatible\",response_model=\"demo-small\",route=\"chat\"}";
+    assert_eq!(env.metric(ttft), 1.0, "time to first token of the stream");
+    let per_token = "gen_ai_server_time_per_output_token_seconds_count{provider=\"openai_compatible\",response_model=\"demo-small\",route=\"chat\"}";
+    assert_eq!(env.metric(per_token), 1.0);
+
+    // A model not listed counts as `other`: the label set stays bounded.
+    chat(
+        &env,
+        "/v1/chat/completions",
+        &token,
+        serde_json::json!({"model": "some-new-model-2027", "messages": prompt}),
+    )
+    .await;
+    assert_eq!(tokens(&env, "output", "other"), (1.0, 11.0));
+    assert!(!env.metrics.render().contains("some-new-model-2027"));
+
+    // A stream without usage (not asked for): the duration, no token counts.
+    chat(
+        &env,
+        "/v1/chat/completions",
+        &token,
+        serde_json::json!({"model": "demo-small", "messages": prompt, "stream": true}),
+    )
+    .await;
+    assert_eq!(tokens(&env, "output", "demo-small"), (2.0, 22.0));
+    let duration = "gen_ai_server_request_duration_seconds_count{provider=\"openai_compatible\",response_model=\"demo-small\",route=\"chat\"}";
+    assert_eq!(env.metric(duration), 3.0);
+
+    // An upstream without a provider is not read at all.
+    chat(
+        &env,
+        "/plain/v1/chat/completions",
+        &token,
+        serde_json::json!({"model": "demo-small", "messages": prompt}),
+    )
+    .await;
+    assert_eq!(env.metric(duration), 3.0);
+}
