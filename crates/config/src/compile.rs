@@ -81,6 +81,16 @@ impl Ctx<'_> {
         }
     }
 
+    /// A `ca_file` setting: resolved against the configuration's folder and
+    /// checked to be readable now (an error at `path` otherwise).
+    pub(crate) fn ca_file(&mut self, path: &str, file: Option<&str>) -> Option<PathBuf> {
+        let full = resolve_path(&self.base, file?);
+        if let Err(e) = std::fs::metadata(&full) {
+            self.err(path, format!("cannot read {}: {e}", full.display()));
+        }
+        Some(full)
+    }
+
     pub(crate) fn read_file(&mut self, path: &str, file: &str) -> Option<(PathBuf, Vec<u8>)> {
         let file = self.expand(path, file)?;
         let full = resolve_path(&self.base, &file);
@@ -700,18 +710,10 @@ fn compile_issuer(name: &str, ri: RawIssuer, ctx: &mut Ctx<'_>) -> Option<Issuer
         retries: rj.retries.unwrap_or(d.retries),
         allow_http: rj.allow_http.unwrap_or(d.allow_http),
         allow_symmetric_keys: rj.allow_symmetric_keys.unwrap_or(d.allow_symmetric_keys),
-        ca_file: rj.ca_file.map(|f| resolve_path(&ctx.base, &f)),
+        ca_file: ctx.ca_file(&format!("{path}.jwks.ca_file"), rj.ca_file.as_deref()),
     };
     if jwks.min_ttl > jwks.max_ttl {
         ctx.err(format!("{path}.jwks.min_ttl"), "is larger than max_ttl");
-    }
-    if let Some(ca) = &jwks.ca_file
-        && let Err(e) = std::fs::metadata(ca)
-    {
-        ctx.err(
-            format!("{path}.jwks.ca_file"),
-            format!("cannot read {}: {e}", ca.display()),
-        );
     }
     if let Some(source) = source.as_ref().filter(|s| s.is_remote()) {
         let url = match source {

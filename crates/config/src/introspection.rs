@@ -8,7 +8,6 @@ use std::time::Duration;
 use portcullis_jwks::{ClientAuth, IntrospectionSettings};
 
 use crate::compile::Ctx;
-use crate::interpolate::resolve_path;
 use crate::model::TokenKind;
 use crate::raw::RawIntrospection;
 
@@ -130,15 +129,7 @@ pub(crate) fn compile_introspection(
     settings.negative_cache_ttl = negative_cache_ttl;
     settings.max_stale = max_stale;
     settings.max_concurrent = max_concurrent;
-    settings.ca_file = raw.ca_file.as_deref().map(|f| resolve_path(&ctx.base, f));
-    if let Some(ca) = &settings.ca_file
-        && let Err(e) = std::fs::metadata(ca)
-    {
-        ctx.err(
-            format!("{path}.ca_file"),
-            format!("cannot read {}: {e}", ca.display()),
-        );
-    }
+    settings.ca_file = ctx.ca_file(&format!("{path}.ca_file"), raw.ca_file.as_deref());
     Some(settings)
 }
 

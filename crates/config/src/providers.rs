@@ -9,7 +9,6 @@ use http::{HeaderName, HeaderValue};
 use portcullis_jwks::ClientCredentialsSettings;
 
 use crate::compile::{Ctx, check_fetch_url};
-use crate::interpolate::resolve_path;
 use crate::introspection::{ClientAuthFields, compile_client_auth};
 use crate::model::{Credential, Secret};
 use crate::raw::{RawCredential, RawUpstreamOAuth};
@@ -309,14 +308,6 @@ fn compile_oauth(
             "at least 10s: a shorter lifetime would fetch a token for nearly every request",
         );
     }
-    s.ca_file = raw.ca_file.as_deref().map(|f| resolve_path(&ctx.base, f));
-    if let Some(ca) = &s.ca_file
-        && let Err(e) = std::fs::metadata(ca)
-    {
-        ctx.err(
-            format!("{path}.ca_file"),
-            format!("cannot read {}: {e}", ca.display()),
-        );
-    }
+    s.ca_file = ctx.ca_file(&format!("{path}.ca_file"), raw.ca_file.as_deref());
     Some(s)
 }

@@ -171,34 +171,7 @@ impl Fetcher {
                 });
             }
             let max_age = cache_lifetime(response.headers(), SystemTime::now());
-            if let Some(len) = response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-                && len > limit
-            {
-                return Err(FetchError::TooLarge {
-                    url: url.to_owned(),
-                    limit,
-                });
-            }
-            let body = Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        FetchError::TooLarge {
-                            url: url.to_owned(),
-                            limit,
-                        }
-                    } else {
-                        FetchError::Connect {
-                            url: url.to_owned(),
-                            why: format!("body: {e}"),
-                        }
-                    }
-                })?
-                .to_bytes();
+            let body = read_limited(response, url, limit).await?;
             Ok(Fetched { body, max_age })
         };
         match tokio::time::timeout(self.settings.timeout, exchange).await {
@@ -208,6 +181,36 @@ impl Fetcher {
                 secs: self.settings.timeout.as_secs_f64(),
             }),
         }
+    }
+}
+
+/// A response's whole body, at most `limit` bytes: a declared
+/// `Content-Length` over it is refused before reading, a body that grows
+/// past it while read is cut off.
+pub async fn read_limited(
+    response: http::Response<hyper::body::Incoming>,
+    url: &str,
+    limit: usize,
+) -> Result<Bytes, FetchError> {
+    let too_large = || FetchError::TooLarge {
+        url: url.to_owned(),
+        limit,
+    };
+    let declared = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let collected = Limited::new(response.into_body(), limit).collect().await;
+    match collected {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(FetchError::Connect {
+            url: url.to_owned(),
+            why: format!("body: {e}"),
+        }),
     }
 }
 

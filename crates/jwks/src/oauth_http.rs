@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use http::{StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::StatusCode;
+use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_policy::verify::printable;
 
-use crate::fetch::{FetchError, error_chain};
+use crate::fetch::{FetchError, error_chain, read_limited};
 use crate::tls::client_config;
 
 /// Why a call to an authorization server gave no usable answer.
@@ -144,33 +144,7 @@ impl OAuthHttp {
                     why: error_chain(&e),
                 })?;
             let status = response.status();
-            let declared = response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-            if declared.is_some_and(|len| len > limit) {
-                return Err(FetchError::TooLarge {
-                    url: url.to_owned(),
-                    limit,
-                });
-            }
-            let body = Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        FetchError::TooLarge {
-                            url: url.to_owned(),
-                            limit,
-                        }
-                    } else {
-                        FetchError::Connect {
-                            url: url.to_owned(),
-                            why: format!("body: {e}"),
-                        }
-                    }
-                })?
-                .to_bytes();
+            let body = read_limited(response, url, limit).await?;
             Ok((status, body))
         };
         match tokio::time::timeout(timeout, exchange).await {

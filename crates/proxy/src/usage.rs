@@ -200,7 +200,7 @@ impl EventReader {
     /// Sees one frame of the stream.
     pub fn feed(&mut self, data: &[u8]) {
         let mut rest = data;
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', rest) {
             let (line, after) = rest.split_at(end);
             rest = &after[1..];
             if self.skipping {
@@ -210,9 +210,13 @@ impl EventReader {
             if self.partial.is_empty() {
                 self.line(line);
             } else {
-                let mut whole = std::mem::take(&mut self.partial);
-                whole.extend_from_slice(line);
+                // The line's start came in an earlier frame: join, read, and
+                // keep the buffer's capacity for the next split line.
+                self.partial.extend_from_slice(line);
+                let whole = std::mem::take(&mut self.partial);
                 self.line(&whole);
+                self.partial = whole;
+                self.partial.clear();
             }
         }
         if !rest.is_empty() && !self.skipping {
@@ -235,8 +239,8 @@ impl EventReader {
         let Some(payload) = line.strip_prefix(b"data:") else {
             return;
         };
-        let wanted = contains(payload, b"\"usage")
-            || (self.usage.model.is_none() && contains(payload, b"\"model"));
+        let wanted = USAGE.find(payload).is_some()
+            || (self.usage.model.is_none() && MODEL.find(payload).is_some());
         if !wanted {
             return;
         }
@@ -246,9 +250,12 @@ impl EventReader {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
+/// The words that make a stream's line worth parsing (`"usage` also finds
+/// Gemini's `"usageMetadata`).
+static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage"));
+static MODEL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"model"));
 
 #[cfg(test)]
 mod tests {
