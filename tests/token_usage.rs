@@ -129,3 +129,73 @@ async fn usage_is_read_from_answers_and_streams_without_changing_them() {
     .await;
     assert_eq!(env.metric(duration), 3.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_sdk_through_a_preset_upstream_with_its_usage_counted() {
+    let template = format!(
+        r#"{ISSUER_AND_UPSTREAM}  claude:
+    provider: anthropic
+    targets: ["{{UPSTREAM}}"]
+    credential: {{ api_key: sk-ant-demo }}
+    models: [claude-demo]
+routes:
+  - name: claude
+    match: {{ path_prefix: /anthropic/ }}
+    upstream: claude
+    rewrite: {{ strip_prefix: /anthropic }}
+    auth: {{ issuers: [dev], audiences: [portcullis-demo], scopes: {{ all_of: [chat:write] }} }}
+"#
+    );
+    let env = TestEnv::start(&template).await;
+    let token = env.token("chat:write", serde_json::json!({}));
+    let python =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
+    assert!(
+        python.exists(),
+        "the SDKs are not installed: run scripts/test.sh (target/sdk-venv)"
+    );
+    let base = env.url("/anthropic");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["anthropic_sdk.py", &base, &token])
+            .current_dir(
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/third_party"),
+            )
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let reply = "Hello from the Portcullis demo upstream! You said: hi";
+    assert!(stdout.contains(&format!("PLAIN 1 9 {reply}")), "{stdout}");
+    assert!(stdout.contains(&format!("STREAM 1 9 {reply}")), "{stdout}");
+    assert!(stdout.contains("BROKEN "), "{stdout}");
+
+    // The gateway read the same usage the SDK did: two answers, one stream.
+    let labels = |kind: &str| {
+        format!(
+            "{{gen_ai_token_type=\"{kind}\",provider=\"anthropic\",response_model=\"claude-demo\",route=\"claude\"}}"
+        )
+    };
+    assert_eq!(
+        env.metric(&format!(
+            "gen_ai_client_token_usage_count{}",
+            labels("input")
+        )),
+        2.0
+    );
+    assert_eq!(
+        env.metric(&format!(
+            "gen_ai_client_token_usage_sum{}",
+            labels("output")
+        )),
+        18.0
+    );
+    assert_eq!(
+        env.metric("gen_ai_server_time_to_first_token_seconds_count{provider=\"anthropic\",response_model=\"claude-demo\",route=\"claude\"}"),
+        1.0
+    );
+}

@@ -3,6 +3,7 @@
 //! minting. `portcullis demo` runs them beside the gateway; the tests start their
 //! own on 127.0.0.1:0.
 
+mod anthropic;
 pub mod auth_server;
 pub mod keys;
 pub mod serve;

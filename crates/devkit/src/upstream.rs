@@ -1,4 +1,5 @@
-//! The demo upstream: an OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`
+//! The demo upstream: an OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`,
+//! and Anthropic's `/v1/messages` in `anthropic.rs`,
 //! with and without `stream: true`; a model named `…breaks-mid-stream` streams three
 //! chunks and then breaks off) plus test endpoints (matched on the last path
 //! segment, so any prefix reaches them) that echo what arrived,
@@ -75,6 +76,10 @@ async fn route(req: Request<Incoming>, peer: SocketAddr) -> hyper::Response<DevB
             }),
         ),
         (Method::POST, "/v1/chat/completions") => chat(req).await,
+        (Method::POST, "/v1/messages") => match read_json(req).await {
+            Ok(request) => crate::anthropic::messages(&request),
+            Err(refusal) => refusal,
+        },
         (_, p) if p.ends_with("/sse") => {
             let chunks = query_param(&req, "chunks").unwrap_or(5);
             let interval = query_param(&req, "interval_ms").unwrap_or(100);
@@ -160,6 +165,28 @@ async fn reflect(req: Request<Incoming>) -> hyper::Response<DevBody> {
     }
 }
 
+/// A JSON request body (at most 1 MiB), or the error answer to send.
+async fn read_json(req: Request<Incoming>) -> Result<Value, hyper::Response<DevBody>> {
+    let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(json_response(
+                413,
+                &json!({"error": {"message": "body too large"}}),
+            ));
+        }
+    };
+    serde_json::from_slice::<Value>(&body).map_err(|_| {
+        json_response(
+            400,
+            &json!({"error": {"message": "body is not JSON", "type": "invalid_request_error"}}),
+        )
+    })
+}
+
 async fn chat(req: Request<Incoming>) -> hyper::Response<DevBody> {
     let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
         .collect()
@@ -240,7 +267,7 @@ fn sse(
 
 /// As [`sse`]; with `then_break`, the body fails after the last event instead
 /// of ending (the connection is cut mid-stream).
-fn sse_then(
+pub(crate) fn sse_then(
     events: Vec<String>,
     interval: Duration,
     first_immediately: bool,
