@@ -295,7 +295,14 @@ impl TokenCache {
         if max == 0 || size > max_bytes {
             return 0;
         }
-        let evicted = if self.map.len() >= max || self.bytes() + size > max_bytes {
+        let full = self.map.len() >= max || self.bytes() + size > max_bytes;
+        // An `active: false` answer never makes room for itself: anyone can
+        // send endless made-up tokens, and they must not evict the answers
+        // of real ones.
+        if full && claims.is_none() {
+            return 0;
+        }
+        let evicted = if full {
             self.evict_batch(max, max_bytes, size)
         } else {
             0
@@ -669,5 +676,42 @@ mod tests {
             cache.get(&key(4), no_keys, Some(&mine)),
             Lookup::Miss
         ));
+    }
+
+    #[test]
+    fn made_up_tokens_never_evict_real_answers() {
+        let cache = TokenCache::new(true, 100, usize::MAX, Duration::from_secs(300));
+        let mine = opaque();
+        for i in 0..100 {
+            cache.insert_introspected(
+                key(i),
+                Some(claims(FAR_FUTURE)),
+                Arc::clone(&mine),
+                Duration::from_secs(300),
+                Duration::ZERO,
+                0,
+            );
+        }
+        // A flood of inactive answers into a full cache: none is kept, none evicts.
+        for i in 1_000..11_000 {
+            let evicted = cache.insert_introspected(
+                key(i),
+                None,
+                Arc::clone(&mine),
+                Duration::from_secs(10),
+                Duration::ZERO,
+                0,
+            );
+            assert_eq!(evicted, 0);
+        }
+        let kept = (0..100)
+            .filter(|&i| {
+                matches!(
+                    cache.get(&key(i), |_| None, Some(&mine)),
+                    Lookup::Introspected(_)
+                )
+            })
+            .count();
+        assert_eq!(kept, 100);
     }
 }
