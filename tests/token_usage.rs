@@ -199,3 +199,61 @@ routes:
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_answers_and_streams_are_counted_and_get_the_key_gemini_takes() {
+    let template = format!(
+        r#"{ISSUER_AND_UPSTREAM}  gemini:
+    provider: gemini
+    targets: ["{{UPSTREAM}}"]
+    credential: {{ api_key: gm-demo-key }}
+    models: [gemini-2.0-flash]
+routes:
+  - name: gemini
+    match: {{ path_prefix: /v1beta/ }}
+    upstream: gemini
+    auth: {{ issuers: [dev], audiences: [portcullis-demo] }}
+"#
+    );
+    let env = TestEnv::start(&template).await;
+    let token = env.token("", serde_json::json!({}));
+    let body =
+        serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "two words"}]}]});
+    let answer = chat(
+        &env,
+        "/v1beta/models/gemini-2.0-flash:generateContent",
+        &token,
+        body.clone(),
+    )
+    .await;
+    assert!(answer.contains("\"candidatesTokenCount\":10"), "{answer}");
+    let streamed = chat(
+        &env,
+        "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+        &token,
+        body,
+    )
+    .await;
+    assert_eq!(streamed.matches("data: ").count(), 10, "{streamed}");
+    let labels = |kind: &str| {
+        format!(
+            "{{gen_ai_token_type=\"{kind}\",provider=\"gemini\",response_model=\"gemini-2.0-flash\",route=\"gemini\"}}"
+        )
+    };
+    // Two answers, 2 prompt and 10 output tokens each: a stream's cumulative
+    // counts are taken from its last chunk, not added up.
+    assert_eq!(
+        env.metric(&format!("gen_ai_client_token_usage_sum{}", labels("input"))),
+        4.0
+    );
+    assert_eq!(
+        env.metric(&format!(
+            "gen_ai_client_token_usage_sum{}",
+            labels("output")
+        )),
+        20.0
+    );
+    // The key went the Gemini way (the echo shows what the upstream got).
+    let echoed = env.get_with_token("/v1beta/echo", &token).await;
+    assert_eq!(echoed.json()["headers"]["x-goog-api-key"][0], "gm-demo-key");
+}

@@ -5,6 +5,7 @@
 
 mod anthropic;
 pub mod auth_server;
+mod gemini;
 pub mod keys;
 pub mod serve;
 pub mod upstream;

@@ -1,5 +1,6 @@
 //! The demo upstream: an OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`,
-//! and Anthropic's `/v1/messages` in `anthropic.rs`,
+//! Anthropic's `/v1/messages` in `anthropic.rs`, Gemini's
+//! `/v1beta/models/{model}:generateContent` in `gemini.rs`,
 //! with and without `stream: true`; a model named `…breaks-mid-stream` streams three
 //! chunks and then breaks off) plus test endpoints (matched on the last path
 //! segment, so any prefix reaches them) that echo what arrived,
@@ -80,6 +81,15 @@ async fn route(req: Request<Incoming>, peer: SocketAddr) -> hyper::Response<DevB
             Ok(request) => crate::anthropic::messages(&request),
             Err(refusal) => refusal,
         },
+        (Method::POST, p) if p.starts_with("/v1beta/models/") => {
+            let path = p.to_owned();
+            match read_json(req).await {
+                Ok(request) => crate::gemini::generate(&path, &request).unwrap_or_else(|| {
+                    json_response(404, &json!({"error": {"message": "no such method"}}))
+                }),
+                Err(refusal) => refusal,
+            }
+        }
         (_, p) if p.ends_with("/sse") => {
             let chunks = query_param(&req, "chunks").unwrap_or(5);
             let interval = query_param(&req, "interval_ms").unwrap_or(100);
