@@ -91,6 +91,7 @@ fn bench_routes(c: &mut Criterion) {
                     path: PathMatch::Prefix(format!("/svc{i}/v1")),
                     methods: None,
                     case_insensitive: false,
+                    models: None,
                 },
                 i,
             )
@@ -103,7 +104,8 @@ fn bench_routes(c: &mut Criterion) {
                     table.find(
                         black_box("api.example.com"),
                         black_box(&path),
-                        &http::Method::POST
+                        &http::Method::POST,
+                        None
                     ),
                     Lookup::Found(_)
                 )
@@ -160,7 +162,10 @@ routes:
     let runtime =
         portcullis_proxy::runtime::Runtime::build_with(config, None, &metrics, &observer, false)
             .unwrap();
-    let Lookup::Found(route) = runtime.table.find("", "/v1/chat/x", &http::Method::GET) else {
+    let Lookup::Found(route) = runtime
+        .table
+        .find("", "/v1/chat/x", &http::Method::GET, None)
+    else {
         panic!("route")
     };
     let route = std::sync::Arc::clone(route);

@@ -8,7 +8,7 @@ use http::Method;
 use portcullis_tests::{BASE_CONFIG, TestEnv};
 use serde_json::{Value, json};
 
-const ROUTE_NAMES: [&str; 23] = [
+const ROUTE_NAMES: [&str; 24] = [
     "request",
     "canonical",
     "strip_spoofed",
@@ -30,6 +30,7 @@ const ROUTE_NAMES: [&str; 23] = [
     "audience",
     "scopes",
     "claims",
+    "model",
     "rate_limit",
     "upstream",
 ];

@@ -31,7 +31,7 @@ routes:
 /// The count and sum of `gen_ai_client_token_usage` for one series.
 fn tokens(env: &TestEnv, kind: &str, model: &str) -> (f64, f64) {
     let labels = format!(
-        "{{gen_ai_token_type=\"{kind}\",provider=\"openai_compatible\",response_model=\"{model}\",route=\"chat\"}}"
+        "{{gen_ai_token_type=\"{kind}\",provider=\"openai_compatible\",request_model=\"unknown\",response_model=\"{model}\",route=\"chat\"}}"
     );
     (
         env.metric(&format!("gen_ai_client_token_usage_count{labels}")),
@@ -91,9 +91,9 @@ async fn usage_is_read_from_answers_and_streams_without_changing_them() {
     );
     assert_eq!(tokens(&env, "input", "demo-small"), (2.0, 6.0));
     assert_eq!(tokens(&env, "output", "demo-small"), (2.0, 22.0));
-    let ttft = "gen_ai_server_time_to_first_token_seconds_count{provider=\"openai_compatible\",response_model=\"demo-small\",route=\"chat\"}";
+    let ttft = "gen_ai_server_time_to_first_token_seconds_count{provider=\"openai_compatible\",request_model=\"unknown\",response_model=\"demo-small\",route=\"chat\"}";
     assert_eq!(env.metric(ttft), 1.0, "time to first token of the stream");
-    let per_token = "gen_ai_server_time_per_output_token_seconds_count{provider=\"openai_compatible\",response_model=\"demo-small\",route=\"chat\"}";
+    let per_token = "gen_ai_server_time_per_output_token_seconds_count{provider=\"openai_compatible\",request_model=\"unknown\",response_model=\"demo-small\",route=\"chat\"}";
     assert_eq!(env.metric(per_token), 1.0);
 
     // A model not listed counts as `other`: the label set stays bounded.
@@ -116,7 +116,7 @@ async fn usage_is_read_from_answers_and_streams_without_changing_them() {
     )
     .await;
     assert_eq!(tokens(&env, "output", "demo-small"), (2.0, 22.0));
-    let duration = "gen_ai_server_request_duration_seconds_count{provider=\"openai_compatible\",response_model=\"demo-small\",route=\"chat\"}";
+    let duration = "gen_ai_server_request_duration_seconds_count{provider=\"openai_compatible\",request_model=\"unknown\",response_model=\"demo-small\",route=\"chat\"}";
     assert_eq!(env.metric(duration), 3.0);
 
     // An upstream without a provider is not read at all.
@@ -177,7 +177,7 @@ routes:
     // The gateway read the same usage the SDK did: two answers, one stream.
     let labels = |kind: &str| {
         format!(
-            "{{gen_ai_token_type=\"{kind}\",provider=\"anthropic\",response_model=\"claude-demo\",route=\"claude\"}}"
+            "{{gen_ai_token_type=\"{kind}\",provider=\"anthropic\",request_model=\"unknown\",response_model=\"claude-demo\",route=\"claude\"}}"
         )
     };
     assert_eq!(
@@ -195,7 +195,7 @@ routes:
         18.0
     );
     assert_eq!(
-        env.metric("gen_ai_server_time_to_first_token_seconds_count{provider=\"anthropic\",response_model=\"claude-demo\",route=\"claude\"}"),
+        env.metric("gen_ai_server_time_to_first_token_seconds_count{provider=\"anthropic\",request_model=\"unknown\",response_model=\"claude-demo\",route=\"claude\"}"),
         1.0
     );
 }
@@ -237,7 +237,7 @@ routes:
     assert_eq!(streamed.matches("data: ").count(), 10, "{streamed}");
     let labels = |kind: &str| {
         format!(
-            "{{gen_ai_token_type=\"{kind}\",provider=\"gemini\",response_model=\"gemini-2.0-flash\",route=\"gemini\"}}"
+            "{{gen_ai_token_type=\"{kind}\",provider=\"gemini\",request_model=\"unknown\",response_model=\"gemini-2.0-flash\",route=\"gemini\"}}"
         )
     };
     // Two answers, 2 prompt and 10 output tokens each: a stream's cumulative

@@ -19,6 +19,7 @@ fn table() -> &'static RouteTable<(bool, &'static str)> {
                         path,
                         methods: None,
                         case_insensitive: ci,
+                        models: None,
                     },
                     v,
                 )
@@ -63,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let host = normalise_host(host);
     if let Lookup::Found((case_insensitive, prefix)) =
-        table().find(&host, &path, &http::Method::GET)
+        table().find(&host, &path, &http::Method::GET, None)
     {
         let p = if *case_insensitive {
             path.to_ascii_lowercase()

@@ -851,6 +851,13 @@ fn compile_upstream(name: &str, ru: RawUpstream, ctx: &mut Ctx<'_>) -> Option<Up
     };
     let health = ru.health.unwrap_or_default();
     let retry = ru.retry.unwrap_or_default();
+    let (model_map, stream_usage) = crate::ai_routes::compile_model_rewrites(
+        &path,
+        ru.model_map,
+        ru.stream_usage,
+        provider,
+        ctx,
+    );
     Some(UpstreamConfig {
         name: name.to_owned(),
         targets,
@@ -873,6 +880,8 @@ fn compile_upstream(name: &str, ru: RawUpstream, ctx: &mut Ctx<'_>) -> Option<Up
             .health_path
             .or_else(|| provider.map(|p| p.health_path().to_owned())),
         models: ru.models,
+        model_map,
+        stream_usage,
     })
 }
 
@@ -1038,6 +1047,14 @@ fn compile_route(
         rate_limits,
         ctx,
     );
+    let fallback = crate::ai_routes::compile_fallback(
+        path,
+        &rr.upstream,
+        rr.fallback,
+        &upgrades,
+        upstreams,
+        ctx,
+    );
     Some(RouteConfig {
         name: rr.name,
         matcher: matcher?,
@@ -1052,6 +1069,7 @@ fn compile_route(
         upgrades,
         cors,
         rate_limits,
+        fallback,
     })
 }
 
@@ -1223,7 +1241,7 @@ fn compile_match(
             ),
         }
     }
-    let methods = rm.methods.map(|list| {
+    let mut methods = rm.methods.map(|list| {
         list.iter()
             .enumerate()
             .filter_map(
@@ -1240,11 +1258,13 @@ fn compile_match(
             )
             .collect()
     });
+    let models = crate::ai_routes::compile_models(path, rm.models, &mut methods, ctx);
     Some(RouteMatch {
         host,
         path: path_match,
         methods,
         case_insensitive,
+        models,
     })
 }
 
@@ -1362,6 +1382,7 @@ fn compile_auth(
             }
         }
     });
+    let models = crate::ai_routes::compile_grant(&format!("{path}.models"), ra.models, ctx);
     Some(ProtectedRoute {
         resource,
         issuers: by_iss,
@@ -1375,6 +1396,7 @@ fn compile_auth(
         forward_token: ra.forward_token.unwrap_or(false),
         query_token: ra.query_token.unwrap_or(false),
         claim_headers,
+        models,
     })
 }
 

@@ -5,6 +5,7 @@
 //! parsed, secrets interpolated, files read. Every problem is reported at once as
 //! `file:line:column: field.path: message`.
 
+mod ai_routes;
 pub mod compile;
 pub mod error;
 pub mod interpolate;

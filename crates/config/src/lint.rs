@@ -32,11 +32,12 @@ pub fn warnings(config: &GatewayConfig) -> Vec<String> {
                 "routes[{j}] ({}) is public: requests pass without a token",
                 later.name
             ));
-            if config
-                .upstreams
-                .get(&later.upstream)
-                .is_some_and(|u| u.credential.is_some())
-            {
+            if later.upstream_chain().any(|name| {
+                config
+                    .upstreams
+                    .get(name)
+                    .is_some_and(|u| u.credential.is_some() || u.oauth.is_some())
+            }) {
                 out.push(format!(
                     "routes[{j}] ({}) is public but its upstream {:?} injects a credential: anonymous callers spend it",
                     later.name, later.upstream
@@ -65,7 +66,11 @@ pub fn warnings(config: &GatewayConfig) -> Vec<String> {
             "network: the deny list covers the whole allow list; no client can pass".to_owned(),
         );
     }
-    let used: HashSet<&str> = config.routes.iter().map(|r| r.upstream.as_str()).collect();
+    let used: HashSet<&str> = config
+        .routes
+        .iter()
+        .flat_map(|r| r.upstream_chain())
+        .collect();
     for name in config.upstreams.keys() {
         if !used.contains(name.as_str()) {
             out.push(format!("upstreams.{name} is not used by any route"));
@@ -83,6 +88,13 @@ fn covers(a: &RouteMatch, b: &RouteMatch) -> bool {
             (None, _) => true,
             (Some(_), None) => false,
             (Some(am), Some(bm)) => bm.iter().all(|m| am.contains(m)),
+        }
+        && match (&a.models, &b.models) {
+            // A route matched by model takes only its models: it covers a
+            // later one only when that one lists nothing it does not.
+            (Some(am), Some(bm)) => bm.iter().all(|m| am.contains(m)),
+            (Some(_), None) => false,
+            (None, _) => true,
         }
 }
 

@@ -14,7 +14,7 @@ use portcullis_jwks::{ClientCredentialsSettings, IntrospectionSettings, JwksSett
 
 pub use crate::providers::{Provider, UsageDialect};
 use portcullis_policy::path::PathRules;
-use portcullis_policy::{AccessRules, CidrSet, IpRules, IssuerRules};
+use portcullis_policy::{AccessRules, CidrSet, IpRules, IssuerRules, ModelGrant, ModelPattern};
 
 /// A value that must never be printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -396,9 +396,21 @@ pub struct UpstreamConfig {
     /// is counted under the first entry it equals (or, for an entry ending in
     /// `*`, starts with, labelled without the `*`); any other as `other`.
     pub models: Vec<String>,
+    /// Model names rewritten in request bodies sent to this upstream
+    /// (`model_map`: an alias such as `fast` to the provider's name).
+    pub model_map: BTreeMap<String, String>,
+    /// Ask an OpenAI-dialect upstream for the usage of streamed answers
+    /// (`stream_options.include_usage`) when the client did not.
+    pub stream_usage: bool,
 }
 
 impl UpstreamConfig {
+    /// Whether requests to this upstream have their body rewritten (a model
+    /// alias, usage asked for), so must be read whole first.
+    pub fn rewrites_body(&self) -> bool {
+        !self.model_map.is_empty() || self.stream_usage
+    }
+
     /// The bounded metric label of a response's model.
     pub fn model_label(&self, model: Option<&str>) -> &str {
         let Some(model) = model else { return "unknown" };
@@ -472,6 +484,16 @@ pub struct RouteConfig {
     /// The rate-limit policies that apply to the route (its own
     /// `rate_limits`, else `rate_limits.default`), all of which must pass.
     pub rate_limits: Vec<Arc<RateLimitPolicy>>,
+    /// Upstreams tried in order after `upstream` when it cannot be connected
+    /// or answers 429 or 5xx, before any byte of its answer reaches the client.
+    pub fallback: Vec<String>,
+}
+
+impl RouteConfig {
+    /// Every upstream of the route in the order they are tried.
+    pub fn upstream_chain(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.upstream.as_str()).chain(self.fallback.iter().map(String::as_str))
+    }
 }
 
 /// `rate_limits`: named request-rate policies and how they are kept.
@@ -663,6 +685,9 @@ pub struct RouteMatch {
     /// Match the path without regard to ASCII case (for upstreams that serve
     /// `/ADMIN` as `/admin`).
     pub case_insensitive: bool,
+    /// Match only POST requests whose JSON body's `model` matches one of
+    /// these (`match.models`); `None`: any request, the body unread.
+    pub models: Option<Vec<ModelPattern>>,
 }
 
 /// A host match (lower-case, port ignored).
@@ -719,6 +744,8 @@ pub struct ProtectedRoute {
     /// The protected resource the route is (`auth.resource`, RFC 9728): its
     /// metadata is served and named in every Bearer challenge.
     pub resource: Option<ProtectedResource>,
+    /// The models a token must be granted to ask for (`auth.models`).
+    pub models: Option<ModelGrant>,
 }
 
 /// A protected resource (RFC 9728) and where its metadata is served.

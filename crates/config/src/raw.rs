@@ -266,6 +266,9 @@ pub struct RawUpstream {
     pub provider: Option<String>,
     #[serde(default)]
     pub models: Vec<String>,
+    #[serde(default)]
+    pub model_map: BTreeMap<String, String>,
+    pub stream_usage: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -333,6 +336,8 @@ pub struct RawRoute {
     pub cors: Option<RawCors>,
     pub rate_limits: Option<Vec<String>>,
     pub sse_keepalive: Option<HumanDuration>,
+    #[serde(default)]
+    pub fallback: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -384,6 +389,7 @@ pub struct RawMatch {
     pub path_prefix: Option<String>,
     pub methods: Option<Vec<String>>,
     pub case_insensitive: Option<bool>,
+    pub models: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -418,6 +424,14 @@ pub struct RawAuth {
     #[serde(default)]
     pub claim_headers: BTreeMap<String, String>,
     pub resource: Option<String>,
+    pub models: Option<RawModelGrant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelGrant {
+    pub scope_prefix: Option<String>,
+    pub claim: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

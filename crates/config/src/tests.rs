@@ -841,3 +841,93 @@ fn bad_provider_and_credential_settings_are_errors_at_their_paths() {
     let err = load(&text).unwrap_err().to_string();
     assert!(err.contains("routes[0].auth.forward_token"), "{err}");
 }
+
+const AI: &str = r#"
+listen:
+  address: 127.0.0.1:0
+issuers:
+  dev:
+    issuer: http://127.0.0.1:9000/
+upstreams:
+  a: { provider: openai_compatible, targets: [http://127.0.0.1:9001], model_map: { fast: demo-small }, stream_usage: true }
+  b: { provider: openai_compatible, targets: [http://127.0.0.1:9002] }
+routes:
+  - name: chat
+    match: { path: /v1/chat/completions, models: [fast, "demo-*"] }
+    upstream: a
+    fallback: [b]
+    auth: { issuers: [dev], audiences: [api], models: { scope_prefix: "model:" } }
+"#;
+
+#[test]
+fn ai_routing_settings_compile() {
+    let c = load(AI).unwrap();
+    let route = &c.routes[0];
+    assert_eq!(route.matcher.methods, Some(vec![http::Method::POST]));
+    assert_eq!(route.matcher.models.as_ref().map(Vec::len), Some(2));
+    assert_eq!(route.upstream_chain().collect::<Vec<_>>(), ["a", "b"]);
+    let RouteAuth::Protected(p) = &route.auth else {
+        panic!("protected")
+    };
+    assert_eq!(
+        p.models.as_ref().and_then(|m| m.scope_prefix.as_deref()),
+        Some("model:")
+    );
+    assert!(c.upstreams["a"].rewrites_body());
+    assert!(!c.upstreams["b"].rewrites_body());
+}
+
+#[test]
+fn ai_routing_mistakes_are_named() {
+    for (from, to, says) in [
+        (
+            "models: [fast, \"demo-*\"] }",
+            "models: [fast], methods: [GET] }",
+            "POST requests only",
+        ),
+        (
+            "models: [fast, \"demo-*\"] }",
+            "models: [] }",
+            "at least one model",
+        ),
+        (
+            "models: [fast, \"demo-*\"] }",
+            "models: [\"fast \"] }",
+            "not a model name",
+        ),
+        ("fallback: [b]", "fallback: [c]", "unknown upstream \"c\""),
+        ("fallback: [b]", "fallback: [a]", "already in the chain"),
+        ("fallback: [b]", "fallback: [b, b]", "already in the chain"),
+        (
+            "fallback: [b]",
+            "fallback: [b]\n    upgrades: [websocket]",
+            "cannot fall back",
+        ),
+        (
+            "models: { scope_prefix: \"model:\" }",
+            "models: {}",
+            "set scope_prefix",
+        ),
+        (
+            "models: { scope_prefix: \"model:\" }",
+            "models: { scope_prefix: \"\" }",
+            "empty prefix",
+        ),
+        (
+            "model_map: { fast: demo-small }",
+            "model_map: { fast: \"demo-*\" }",
+            "not a model name",
+        ),
+        (
+            "targets: [http://127.0.0.1:9002] }",
+            "targets: [http://127.0.0.1:9002], stream_usage: true, provider: anthropic }",
+            "OpenAI",
+        ),
+    ] {
+        let text = AI.replace(from, to);
+        assert_ne!(text, AI, "{from}");
+        let text = text.replace("provider: openai_compatible, targets: [http://127.0.0.1:9002], stream_usage: true, provider: anthropic", "targets: [http://127.0.0.1:9002], stream_usage: true, provider: anthropic");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains(says), "{to}: {e}");
+    }
+}

@@ -2,7 +2,8 @@
 //! Anthropic's `/v1/messages` in `anthropic.rs`, Gemini's
 //! `/v1beta/models/{model}:generateContent` in `gemini.rs`,
 //! with and without `stream: true`; a model named `…breaks-mid-stream` streams three
-//! chunks and then breaks off) plus test endpoints (matched on the last path
+//! chunks and then breaks off, one named `…overloaded` is answered 429 and one named
+//! `…unavailable` 503) plus test endpoints (matched on the last path
 //! segment, so any prefix reaches them) that echo what arrived,
 //! stream slowly, stall, abort mid-body, count uploads, reflect a body and upgrade connections.
 
@@ -221,6 +222,24 @@ async fn chat(req: Request<Incoming>) -> hyper::Response<DevBody> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
+    // Models named to fail, before any byte of an answer (for fallback tests
+    // and the demo): `…overloaded` is rate limited, `…unavailable` down.
+    if model.contains("overloaded") {
+        let mut refused = json_response(
+            429,
+            &json!({"error": {"message": format!("{model} is overloaded: retry later"), "type": "rate_limit_exceeded", "code": "rate_limit_exceeded"}}),
+        );
+        refused
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return refused;
+    }
+    if model.contains("unavailable") {
+        return json_response(
+            503,
+            &json!({"error": {"message": format!("{model} is unavailable"), "type": "server_error"}}),
+        );
+    }
     let reply = format!("Hello from the Portcullis demo upstream! You said: {prompt}");
     // Tokens counted as words, as a stand-in for a tokenizer.
     let usage = json!({

@@ -95,14 +95,17 @@ pub struct Families {
     pub upstream_token_fetches: IntCounterVec,
     /// `portcullis_upstream_token_age_seconds{upstream}`, refreshed at scrape time.
     pub upstream_token_age: GaugeVec,
-    /// `gen_ai_client_token_usage{route,provider,gen_ai_token_type,response_model}`
+    /// `portcullis_upstream_attempts_total{route,upstream,outcome}`: each
+    /// upstream a route with fallback upstreams tried, and what came of it.
+    pub upstream_attempts: IntCounterVec,
+    /// `gen_ai_client_token_usage{route,provider,gen_ai_token_type,request_model,response_model}`
     /// (OpenTelemetry GenAI semantic conventions, in Prometheus form).
     pub gen_ai_token_usage: HistogramVec,
-    /// `gen_ai_server_request_duration_seconds{route,provider,response_model}`.
+    /// `gen_ai_server_request_duration_seconds{route,provider,request_model,response_model}`.
     pub gen_ai_request_duration: HistogramVec,
-    /// `gen_ai_server_time_to_first_token_seconds{route,provider,response_model}`.
+    /// `gen_ai_server_time_to_first_token_seconds{route,provider,request_model,response_model}`.
     pub gen_ai_time_to_first_token: HistogramVec,
-    /// `gen_ai_server_time_per_output_token_seconds{route,provider,response_model}`.
+    /// `gen_ai_server_time_per_output_token_seconds{route,provider,request_model,response_model}`.
     pub gen_ai_time_per_output_token: HistogramVec,
     /// `portcullis_config_reloads_total{outcome}`.
     pub config_reloads: IntCounterVec,
@@ -406,32 +409,44 @@ impl Families {
                 "Age of the OAuth token the gateway sends to each upstream that takes one.",
                 &["upstream"],
             )?,
+            upstream_attempts: counter(
+                &r,
+                "portcullis_upstream_attempts_total",
+                "Upstreams tried by routes with fallback upstreams, by outcome: the status it answered (200, 429, 503, ...) or why it could not (unreachable, credential, timeout, ...). A 429 or 5xx, unreachable or credential before the chain's last upstream means the next one was tried.",
+                &["route", "upstream", "outcome"],
+            )?,
             gen_ai_token_usage: histogram(
                 &r,
                 "gen_ai_client_token_usage",
                 "Tokens per AI request by type (input, output), as the upstream counted them (OpenTelemetry GenAI semantic conventions).",
-                &["route", "provider", "gen_ai_token_type", "response_model"],
+                &[
+                    "route",
+                    "provider",
+                    "gen_ai_token_type",
+                    "request_model",
+                    "response_model",
+                ],
                 TOKEN_BUCKETS,
             )?,
             gen_ai_request_duration: histogram(
                 &r,
                 "gen_ai_server_request_duration_seconds",
                 "Time from the request to the last byte of an AI upstream's answer.",
-                &["route", "provider", "response_model"],
+                &["route", "provider", "request_model", "response_model"],
                 EXCHANGE_BUCKETS,
             )?,
             gen_ai_time_to_first_token: histogram(
                 &r,
                 "gen_ai_server_time_to_first_token_seconds",
                 "Time from the request to the first byte of a streamed AI answer.",
-                &["route", "provider", "response_model"],
+                &["route", "provider", "request_model", "response_model"],
                 LATENCY_BUCKETS,
             )?,
             gen_ai_time_per_output_token: histogram(
                 &r,
                 "gen_ai_server_time_per_output_token_seconds",
                 "Time per output token after the first, of streamed AI answers.",
-                &["route", "provider", "response_model"],
+                &["route", "provider", "request_model", "response_model"],
                 PER_TOKEN_BUCKETS,
             )?,
             config_reloads: counter(
@@ -541,6 +556,7 @@ impl Families {
             &fams.introspection_last_success,
             &fams.upstream_token_fetches,
             &fams.upstream_token_age,
+            &fams.upstream_attempts,
             &fams.gen_ai_token_usage,
             &fams.gen_ai_request_duration,
             &fams.gen_ai_time_to_first_token,

@@ -344,6 +344,16 @@ impl RouteMetrics {
         }
     }
 
+    /// One upstream of a route's fallback chain tried: its status or why it
+    /// could not answer (a few bounded labels; off the cached path).
+    pub fn upstream_attempt(&self, upstream: &str, outcome: &str) {
+        self.families
+            .families
+            .upstream_attempts
+            .with_label_values(&[&self.route, upstream, outcome])
+            .inc();
+    }
+
     /// The upstream itself answered 401 or 403.
     pub fn upstream_refused(&self, status: u16) {
         let (i, label) = if status == 401 {

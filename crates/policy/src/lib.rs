@@ -13,6 +13,7 @@ pub mod introspected;
 pub mod ip;
 pub mod jws;
 pub mod keys;
+pub mod models;
 pub mod path;
 pub mod reason;
 pub mod time;
@@ -26,5 +27,6 @@ pub use ip::{
 pub use jsonwebtoken::Algorithm;
 pub use jws::{JoseHeader, UnverifiedToken};
 pub use keys::{Curve, KeyError, KeySnapshot, VerifyingKey};
+pub use models::{ModelGrant, ModelPattern, RequestedModel, read_requested_model};
 pub use reason::{Challenge, Reason, Rejection};
 pub use verify::{DEFAULT_ALGORITHMS, IssuerRules, VerifiedClaims};

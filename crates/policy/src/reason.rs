@@ -96,6 +96,10 @@ pub enum Reason {
     /// mid-way): the client's stream was ended without its last chunk, so its
     /// SDK raises. Logged and counted; the status already sent stays.
     UpstreamStreamAborted,
+    /// An AI request names a model this route does not serve (no route of
+    /// its path matches the body's `model`), or one the token is not granted
+    /// (`auth.models`).
+    ModelNotAllowed,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -115,7 +119,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 35] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -150,6 +154,7 @@ impl Reason {
         Reason::TokenInactive,
         Reason::UpstreamCredentialUnavailable,
         Reason::UpstreamStreamAborted,
+        Reason::ModelNotAllowed,
     ];
 
     /// The stable snake_case code.
@@ -189,6 +194,7 @@ impl Reason {
             Reason::TokenInactive => "token_inactive",
             Reason::UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             Reason::UpstreamStreamAborted => "upstream_stream_aborted",
+            Reason::ModelNotAllowed => "model_not_allowed",
         }
     }
 
@@ -211,7 +217,8 @@ impl Reason {
             | Reason::ClaimMismatch
             | Reason::IpDenied
             | Reason::UpgradeNotAllowed
-            | Reason::CorsNotAllowed => 403,
+            | Reason::CorsNotAllowed
+            | Reason::ModelNotAllowed => 403,
             Reason::BodyTimeout => 408,
             Reason::IdpUnavailable | Reason::Overloaded | Reason::RateLimitUnavailable => 503,
             Reason::RouteNotFound => 404,
@@ -263,7 +270,8 @@ impl Reason {
             | Reason::RateLimited
             | Reason::RateLimitUnavailable
             | Reason::UpstreamCredentialUnavailable
-            | Reason::UpstreamStreamAborted => Challenge::None,
+            | Reason::UpstreamStreamAborted
+            | Reason::ModelNotAllowed => Challenge::None,
         }
     }
 
@@ -304,6 +312,7 @@ impl Reason {
             Reason::TokenInactive => "Token not active",
             Reason::UpstreamCredentialUnavailable => "Upstream credential unavailable",
             Reason::UpstreamStreamAborted => "Upstream stream aborted",
+            Reason::ModelNotAllowed => "Model not allowed",
         }
     }
 
@@ -411,6 +420,9 @@ impl Reason {
             }
             Reason::UpstreamStreamAborted => {
                 "the upstream broke off its response mid-way (crash, timeout, a reset between it and the gateway): check the upstream's logs at the request's time; the client's SDK saw an error, not a truncated answer"
+            }
+            Reason::ModelNotAllowed => {
+                "ask for a model the route serves (the detail lists them: the routes' match.models), or get a token granting it (the route's auth.models: a scope such as model:<name>, or the claim it names)"
             }
             Reason::UpstreamCredentialUnavailable => {
                 "the gateway cannot get the upstream's token: check the token endpoint (the detail and /readyz name the failing layer: DNS, TCP, TLS, HTTP status, the AS's error such as invalid_client) and upstreams.<name>.credential.oauth"

@@ -87,6 +87,10 @@ pub struct DiagnoseArgs {
     /// The request body size, to check against the route's limit.
     #[arg(long)]
     pub content_length: Option<u64>,
+    /// The JSON body's model, for routes matched or authorized by model
+    /// (`match.models`, `auth.models`); the body is otherwise not described.
+    #[arg(long)]
+    pub model: Option<String>,
     /// Do not probe the upstream.
     #[arg(long)]
     pub no_upstream: bool,

@@ -32,11 +32,11 @@ fn the_repository_gateway_yaml_validates() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("OK (4 routes, 1 issuers, 1 upstreams)"),
+        stdout.contains("OK (5 routes, 1 issuers, 2 upstreams)"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("warning: routes[3] (health) is public"),
+        stdout.contains("warning: routes[4] (health) is public"),
         "{stdout}"
     );
 }
@@ -638,7 +638,7 @@ routes:
             "3:3: limits.header_read_timeout: duration 30 needs a unit: ms, s, m, h or d (e.g. 30s)",
             "4:3: limits.max_body: unknown size unit \"parsecs\" in \"10 parsecs\"; use B, KiB, MiB, GiB, KB, MB or GB",
             "11:5: routes[0].timeout: duration 5 needs a unit: ms, s, m, h or d (e.g. 5s)",
-            "14:14: routes[1].match.pathprefix: unknown key `pathprefix` (did you mean \"path_prefix\"?); known keys: host, path, path_prefix, methods, case_insensitive",
+            "14:14: routes[1].match.pathprefix: unknown key `pathprefix` (did you mean \"path_prefix\"?); known keys: host, path, path_prefix, methods, case_insensitive, models",
         ]
     );
 

@@ -1,12 +1,14 @@
 //! The first README command: `portcullis demo` on the repository's gateway.yaml
 //! serves a token from its development authorization server and a streamed chat
-//! completion through the gateway, and refuses without a token.
+//! completion through the gateway, refuses without a token, prints a curl for a
+//! model-routed call, routes by model (an alias, a fallback past a 429) and
+//! logs each call's token usage.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 struct Demo(Child);
@@ -39,12 +41,14 @@ fn exchange(port: u16, request: &str) -> String {
 #[test]
 fn demo_serves_a_streamed_chat_completion() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = std::env::temp_dir().join(format!("portcullis-demo-{}.log", std::process::id()));
+    let log = std::fs::File::create(&output).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .arg("demo")
         .current_dir(&repo)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .unwrap();
     let _demo = Demo(child);
@@ -93,4 +97,54 @@ fn demo_serves_a_streamed_chat_completion() {
     );
     assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
     assert!(reply.contains("\"reason\":\"token_missing\""), "{reply}");
+
+    // Model routing: an alias, a fallback past the busy upstream's 429, and
+    // a model no route serves.
+    let call = |model: &str| {
+        let chat =
+            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+        exchange(
+            8080,
+            &format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{chat}",
+                chat.len()
+            ),
+        )
+    };
+    let reply = call("fast");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"model\":\"demo-small\""), "{reply}");
+    let reply = call("smart");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"model\":\"portcullis-demo-1\""), "{reply}");
+    let reply = call("gpt-4o");
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    assert!(
+        reply.contains("\"reason\":\"model_not_allowed\""),
+        "{reply}"
+    );
+
+    // The banner's curl for a model-routed call, and the usage in the log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&output).unwrap();
+        let logged = text.lines().any(|l| {
+            l.contains("request_model=\"fast\"")
+                && l.contains("model=\"demo-small\"")
+                && l.contains("input_tokens=1")
+                && l.contains("output_tokens=9")
+        }) && text.lines().any(|l| {
+            l.contains("request_model=\"smart\"") && l.contains("attempts=\"llm-busy:429 llm:200\"")
+        });
+        if logged {
+            assert!(text.contains(r#"-d '{"model":"fast","#), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no usage in the access log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_file(&output);
 }

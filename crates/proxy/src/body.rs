@@ -172,6 +172,14 @@ pub enum BodyFaultKind {
 }
 
 impl BodyFault {
+    /// The record of a body read whole beforehand: `bytes` long, no fault.
+    pub fn read_whole(bytes: u64) -> Self {
+        BodyFault {
+            fault: AtomicU8::new(0),
+            bytes: AtomicU64::new(bytes),
+        }
+    }
+
     fn set(&self, kind: BodyFaultKind) {
         let code = match kind {
             BodyFaultKind::TooLarge => 1,
@@ -205,6 +213,8 @@ impl BodyFault {
 /// than the read timeout; every failure is recorded in its [`BodyFault`].
 pub struct ForwardBody {
     inner: Option<Incoming>,
+    /// A body read whole beforehand (a model-aware route), sent as one frame.
+    whole: Option<Bytes>,
     limit: u64,
     seen: u64,
     fault: Option<Arc<BodyFault>>,
@@ -223,6 +233,7 @@ impl ForwardBody {
     ) -> Self {
         ForwardBody {
             inner: Some(inner),
+            whole: None,
             limit,
             seen: 0,
             fault,
@@ -235,6 +246,7 @@ impl ForwardBody {
     pub fn empty() -> Self {
         ForwardBody {
             inner: None,
+            whole: None,
             limit: 0,
             seen: 0,
             fault: None,
@@ -243,9 +255,16 @@ impl ForwardBody {
         }
     }
 
+    /// A body already read whole, sent as one frame.
+    pub fn whole(bytes: Bytes) -> Self {
+        let mut body = ForwardBody::empty();
+        body.whole = (!bytes.is_empty()).then_some(bytes);
+        body
+    }
+
     /// Whether the body is known to be empty, so the request can be replayed.
     pub fn is_end_stream_hint(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.whole.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     /// The fault record shared with the forward step.
@@ -278,6 +297,9 @@ impl Body for ForwardBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(whole) = this.whole.take() {
+            return Poll::Ready(Some(Ok(Frame::data(whole))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -322,6 +344,9 @@ impl Body for ForwardBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(whole) = &self.whole {
+            return SizeHint::with_exact(whole.len() as u64);
+        }
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)

@@ -62,6 +62,9 @@ pub enum Step {
     Scopes,
     /// The route's claim rules hold.
     Claims,
+    /// The JSON body's model: read (a model-aware route), served by the
+    /// route, and granted to the token (`auth.models`).
+    Model,
     /// The route's other rate-limit policies (per client, route or header).
     RateLimit,
     /// The upstream exchange.
@@ -72,7 +75,7 @@ impl Step {
     /// Every step, in the order the pipeline takes them (the head-size part of
     /// `request` is checked before `canonical`, its body part after `upgrade`;
     /// it is listed once, first).
-    pub const ALL: [Step; 23] = [
+    pub const ALL: [Step; 24] = [
         Step::Request,
         Step::Canonical,
         Step::StripSpoofed,
@@ -94,6 +97,7 @@ impl Step {
         Step::Audience,
         Step::Scopes,
         Step::Claims,
+        Step::Model,
         Step::RateLimit,
         Step::Upstream,
     ];
@@ -122,6 +126,7 @@ impl Step {
             Step::Audience => "audience",
             Step::Scopes => "scopes",
             Step::Claims => "claims",
+            Step::Model => "model",
             Step::RateLimit => "rate_limit",
             Step::Upstream => "upstream",
         }

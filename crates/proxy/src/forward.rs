@@ -1,17 +1,24 @@
 //! The forward step: rewrite the path, remove hop-by-hop fields, set
 //! `X-Forwarded-*`, inject the upstream credential and claim headers, send through
 //! the pooled client, check the response's framing and status, and stream it back
-//! (allowed upgrades passed through as tunnels).
+//! (allowed upgrades passed through as tunnels). A body read whole beforehand
+//! (model-aware routes) goes to each upstream of the route's chain in turn
+//! while the one before falls back (connect failure, 429, 5xx), rewritten per
+//! upstream when its `model_map` or `stream_usage` asks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portcullis_config::Rewrite;
-use portcullis_policy::{Reason, Rejection, VerifiedClaims};
+use portcullis_policy::{Reason, Rejection, RequestedModel, VerifiedClaims};
 use serde_json::Value;
+
+use crate::ai_request::{Attempt, AttemptOutcome};
+use crate::upstream::UpstreamPool;
 
 use crate::body::{BodyFault, BodyFaultKind, ForwardBody, ProxyBody, UpstreamBody, streamed};
 use crate::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded, upgrade_protocols};
@@ -36,6 +43,8 @@ pub struct ForwardContext<'a> {
     pub body_read_timeout: Duration,
     /// The request's W3C trace, when the gateway takes part in traces.
     pub trace: Option<&'a crate::tracecontext::TraceContext>,
+    /// The body's model, when the route read it (a model-aware route).
+    pub requested: Option<&'a RequestedModel>,
 }
 
 /// What the forward step brings back.
@@ -46,6 +55,10 @@ pub struct Forwarded {
     pub latency: Duration,
     /// The request body's record (bytes forwarded, a fault), when it had one.
     pub request_body: Option<Arc<BodyFault>>,
+    /// Every upstream tried (only when the route has fallback upstreams).
+    pub attempts: Vec<Attempt>,
+    /// The upstream that answered, when not the route's first.
+    pub answered_by: Option<Arc<UpstreamPool>>,
 }
 
 /// A request body the forward step can stream upstream: a client's, or none
@@ -53,6 +66,10 @@ pub struct Forwarded {
 pub trait OutgoingBody: Sized {
     /// Whether it is known to be empty.
     fn is_empty_body(&self) -> bool;
+    /// The body, when it was read whole beforehand.
+    fn whole_bytes(&self) -> Option<&Bytes> {
+        None
+    }
     /// The body as streamed to the upstream, with its limits and fault record.
     fn into_forward_body(
         self,
@@ -87,7 +104,8 @@ impl OutgoingBody for () {
     }
 }
 
-/// Sends the request upstream; returns the response and the upstream latency.
+/// Sends the request upstream (to each upstream of the route's chain in turn
+/// while the one before falls back); returns the response and the latency.
 pub async fn forward<B: OutgoingBody>(
     mut req: Request<B>,
     ctx: ForwardContext<'_>,
@@ -145,27 +163,6 @@ pub async fn forward<B: OutgoingBody>(
             }
         }
     }
-    let upstream_config = route.upstream.config();
-    if let Some(cred) = &upstream_config.credential {
-        parts
-            .headers
-            .insert(cred.header.clone(), cred.value.0.clone());
-    }
-    for (name, value) in &upstream_config.default_headers {
-        if !parts.headers.contains_key(name) {
-            parts.headers.insert(name.clone(), value.clone());
-        }
-    }
-    // The upstream's own OAuth token: held, or fetched now when none is usable.
-    let token = route.upstream.token();
-    let sent_token = match token {
-        Some(token) => {
-            let value = token.header().await?;
-            parts.headers.insert(header::AUTHORIZATION, value.clone());
-            Some(value)
-        }
-        None => None,
-    };
     let preserve_host = route.config.preserve_host;
     if preserve_host && let Some(h) = &original_host {
         parts.headers.insert(header::HOST, h.clone());
@@ -200,75 +197,46 @@ pub async fn forward<B: OutgoingBody>(
                 )
             })?
     };
-    parts.version = if upstream_config.http2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
 
-    // A body known to be empty cannot fail: no fault record to allocate.
-    let fault = (!body.is_empty_body()).then(|| Arc::new(BodyFault::default()));
-    let body = body.into_forward_body(
-        route.config.max_body_bytes,
-        fault.clone(),
-        ctx.body_read_timeout,
-    );
-    let request = Request::from_parts(parts, body);
-    let retry_after_send = upstream_config.retry_idempotent && is_idempotent(request.method());
-    let timeout = route
-        .config
-        .timeout
-        .unwrap_or(upstream_config.response_header_timeout);
-    // A bodiless request sent with the upstream's OAuth token can be sent again
-    // if the upstream refuses the token (revoked, rotated): keep its head.
-    let replay = (sent_token.is_some() && fault.is_none() && !upgrade).then(|| {
-        (
-            request.method().clone(),
-            request.uri().clone(),
-            request.version(),
-            request.headers().clone(),
-        )
-    });
-    let mut sent = route
-        .upstream
-        .send(request, timeout, retry_after_send, !preserve_host)
-        .await;
-    if let (
-        Ok((response, _)),
-        Some((method, uri, version, mut headers)),
-        Some(token),
-        Some(refused),
-    ) = (&sent, replay, token, &sent_token)
-        && response.status() == StatusCode::UNAUTHORIZED
-    {
-        let fresh = token.after_refusal(refused).await?;
-        headers.insert(header::AUTHORIZATION, fresh);
-        let mut again = Request::new(().into_forward_body(0, None, ctx.body_read_timeout));
-        *again.method_mut() = method;
-        *again.uri_mut() = uri;
-        *again.version_mut() = version;
-        *again.headers_mut() = headers;
-        sent = route
-            .upstream
-            .send(again, timeout, retry_after_send, !preserve_host)
-            .await;
-    }
-    let (mut response, latency) = match sent {
-        Ok(r) => r,
-        Err(f) => {
-            return Err(match fault.as_ref().and_then(|f| f.get()) {
-                Some(kind) => {
-                    body_rejection(kind, route.config.max_body_bytes, ctx.body_read_timeout)
-                }
-                None => f.rejection,
-            });
+    let whole = body
+        .whole_bytes()
+        .cloned()
+        .or_else(|| body.is_empty_body().then(Bytes::new));
+    let sent = match (whole, ctx.requested) {
+        // Read whole (a model-aware route, fallback upstreams): each upstream
+        // of the chain in turn, each with its own body rewrite.
+        (Some(whole), requested) if route.upstreams.len() > 1 || requested.is_some() => {
+            send_along_chain(parts, &whole, requested, &ctx).await?
+        }
+        // Streamed: the route's one upstream.
+        (_, _) => {
+            // A body known to be empty cannot fail: no fault record to allocate.
+            let fault = (!body.is_empty_body()).then(|| Arc::new(BodyFault::default()));
+            let forward_body = body.into_forward_body(
+                route.config.max_body_bytes,
+                fault.clone(),
+                ctx.body_read_timeout,
+            );
+            let (response, latency) =
+                send_to(&route.upstream, parts, forward_body, None, &ctx).await?;
+            Sent {
+                response,
+                latency,
+                fault,
+                upstream: Arc::clone(&route.upstream),
+                attempts: Vec::new(),
+            }
         }
     };
-    check_response(
-        &response,
-        &requested_protocols,
-        &route.upstream.config().name,
-    )?;
+    let Sent {
+        mut response,
+        latency,
+        fault,
+        upstream,
+        attempts,
+    } = sent;
+    check_response(&response, &requested_protocols, &upstream.config().name)?;
+    let answered_by = (!Arc::ptr_eq(&upstream, &route.upstream)).then_some(upstream);
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -288,6 +256,8 @@ pub async fn forward<B: OutgoingBody>(
             response: Response::from_parts(parts, streamed(body)),
             latency,
             request_body: fault,
+            attempts,
+            answered_by,
         });
     }
     remove_hop_by_hop(response.headers_mut(), false);
@@ -306,11 +276,192 @@ pub async fn forward<B: OutgoingBody>(
         response: Response::from_parts(parts, body),
         latency,
         request_body: fault,
+        attempts,
+        answered_by,
+    })
+}
+
+/// What sending brought back, before the response is checked.
+struct Sent {
+    response: Response<UpstreamBody>,
+    latency: Duration,
+    fault: Option<Arc<BodyFault>>,
+    upstream: Arc<UpstreamPool>,
+    attempts: Vec<Attempt>,
+}
+
+/// A body read whole, to each upstream of the route's chain in turn until one
+/// answers with something other than 429/5xx or the chain ends (the last
+/// upstream's answer, whatever it is, goes to the client). Nothing has reached
+/// the client before the answer chosen here.
+async fn send_along_chain(
+    parts: http::request::Parts,
+    whole: &Bytes,
+    requested: Option<&RequestedModel>,
+    ctx: &ForwardContext<'_>,
+) -> Result<Sent, Rejection> {
+    let chain = &ctx.route.upstreams;
+    let mut attempts = Vec::with_capacity(chain.len());
+    for (i, upstream) in chain.iter().enumerate() {
+        let last = i + 1 == chain.len();
+        let body = match requested {
+            Some(requested) => crate::ai_request::rewrite_for(upstream.config(), whole, requested)?
+                .unwrap_or_else(|| whole.clone()),
+            None => whole.clone(),
+        };
+        let mut attempt_parts = clone_parts(&parts);
+        attempt_parts.headers.remove(header::TRANSFER_ENCODING);
+        if !body.is_empty() || attempt_parts.headers.contains_key(header::CONTENT_LENGTH) {
+            attempt_parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let replay = Some(body.clone());
+        let result = send_to(
+            upstream,
+            attempt_parts,
+            ForwardBody::whole(body),
+            replay,
+            ctx,
+        )
+        .await;
+        let outcome = match &result {
+            Ok((response, _)) => AttemptOutcome::Status(response.status().as_u16()),
+            Err(rejection) => AttemptOutcome::Failed(rejection.reason),
+        };
+        if chain.len() > 1 {
+            attempts.push(Attempt {
+                upstream: Arc::clone(upstream),
+                outcome,
+            });
+            ctx.route
+                .metrics
+                .upstream_attempt(&upstream.config().name, &outcome.label());
+        }
+        if !last && outcome.falls_back() {
+            if let Ok((response, _)) = result {
+                // Its body is dropped unread: the connection is not reused.
+                drop(response);
+            }
+            continue;
+        }
+        let (response, latency) = result?;
+        return Ok(Sent {
+            response,
+            latency,
+            fault: (!whole.is_empty()).then(|| Arc::new(BodyFault::read_whole(whole.len() as u64))),
+            upstream: Arc::clone(upstream),
+            attempts,
+        });
+    }
+    Err(Rejection::new(
+        Reason::UpstreamUnreachable,
+        "the route has no upstream to send to",
+    ))
+}
+
+/// A copy of a request head (for one attempt of a chain).
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut copy = Request::new(()).into_parts().0;
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
+
+/// One upstream: its credential, default headers and OAuth token, then the
+/// exchange; a request refused with 401 after being sent with the upstream's
+/// OAuth token is sent once more with a fresh token when it can be replayed
+/// (no body, or `replay`: a body read whole).
+async fn send_to(
+    upstream: &Arc<UpstreamPool>,
+    mut parts: http::request::Parts,
+    body: ForwardBody,
+    replay_body: Option<Bytes>,
+    ctx: &ForwardContext<'_>,
+) -> Result<(Response<UpstreamBody>, Duration), Rejection> {
+    let route = ctx.route;
+    let upstream_config = upstream.config();
+    if let Some(cred) = &upstream_config.credential {
+        parts
+            .headers
+            .insert(cred.header.clone(), cred.value.0.clone());
+    }
+    for (name, value) in &upstream_config.default_headers {
+        if !parts.headers.contains_key(name) {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
+    // The upstream's own OAuth token: held, or fetched now when none is usable.
+    let token = upstream.token();
+    let sent_token = match token {
+        Some(token) => {
+            let value = token.header().await?;
+            parts.headers.insert(header::AUTHORIZATION, value.clone());
+            Some(value)
+        }
+        None => None,
+    };
+    parts.version = if upstream_config.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let fault = body.fault();
+    let request = Request::from_parts(parts, body);
+    let retry_after_send = upstream_config.retry_idempotent && is_idempotent(request.method());
+    let timeout = route
+        .config
+        .timeout
+        .unwrap_or(upstream_config.response_header_timeout);
+    let preserve_host = route.config.preserve_host;
+    // A request sent with the upstream's OAuth token can be sent again if the
+    // upstream refuses the token (revoked, rotated): keep its head, when its
+    // body can be sent again.
+    let replayable = fault.is_none() || replay_body.is_some();
+    let replay = (sent_token.is_some() && replayable && !ctx.upgrade).then(|| {
+        (
+            request.method().clone(),
+            request.uri().clone(),
+            request.version(),
+            request.headers().clone(),
+        )
+    });
+    let mut sent = upstream
+        .send(request, timeout, retry_after_send, !preserve_host)
+        .await;
+    if let (
+        Ok((response, _)),
+        Some((method, uri, version, mut headers)),
+        Some(token),
+        Some(refused),
+    ) = (&sent, replay, token, &sent_token)
+        && response.status() == StatusCode::UNAUTHORIZED
+    {
+        let fresh = token.after_refusal(refused).await?;
+        headers.insert(header::AUTHORIZATION, fresh);
+        let body = match replay_body {
+            Some(bytes) => ForwardBody::whole(bytes),
+            None => ForwardBody::empty(),
+        };
+        let mut again = Request::new(body);
+        *again.method_mut() = method;
+        *again.uri_mut() = uri;
+        *again.version_mut() = version;
+        *again.headers_mut() = headers;
+        sent = upstream
+            .send(again, timeout, retry_after_send, !preserve_host)
+            .await;
+    }
+    sent.map_err(|f| match fault.as_ref().and_then(|f| f.get()) {
+        Some(kind) => body_rejection(kind, route.config.max_body_bytes, ctx.body_read_timeout),
+        None => f.rejection,
     })
 }
 
 /// The client's own body fault, named as such (never blamed on the upstream).
-fn body_rejection(kind: BodyFaultKind, limit: u64, read_timeout: Duration) -> Rejection {
+pub fn body_rejection(kind: BodyFaultKind, limit: u64, read_timeout: Duration) -> Rejection {
     match kind {
         BodyFaultKind::TooLarge => Rejection::new(
             Reason::BodyTooLarge,

@@ -2,6 +2,7 @@
 //! of steps in `pipeline.rs`), the route table, upstream pools and forwarding, and
 //! the one mapping of rejections to responses (`reject.rs`).
 
+pub mod ai_request;
 pub mod authn;
 pub mod body;
 pub mod connect;

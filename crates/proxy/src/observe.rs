@@ -66,6 +66,8 @@ pub struct Trace {
     pub timings: Option<Box<crate::otel::Timings>>,
     /// What the rate-limit steps leave for the response and the log.
     pub rate_limit: Option<Box<crate::rate_limit::LimitNote>>,
+    /// A model-aware route's model and the upstreams it tried.
+    pub routing: Option<Box<crate::ai_request::RoutingNote>>,
 }
 
 impl Trace {
@@ -87,6 +89,7 @@ impl Trace {
             trace_context: None,
             timings: None,
             rate_limit: None,
+            routing: None,
         }
     }
 
@@ -98,6 +101,15 @@ impl Trace {
                 .rejection
                 .as_ref()
                 .is_some_and(|r| r.reason == Reason::RateLimited)
+    }
+
+    /// The upstream whose answer the client gets: a fallback upstream that
+    /// answered, else the route's own.
+    pub fn answering_upstream(&self) -> Option<&Arc<crate::upstream::UpstreamPool>> {
+        self.routing
+            .as_ref()
+            .and_then(|n| n.answered_by.as_ref())
+            .or_else(|| self.route.as_ref().map(|r| &r.upstream))
     }
 
     /// The upstream's own refusal (401 or 403) of a request the gateway let
@@ -146,7 +158,7 @@ pub fn record(mut account: Box<Account>, ending: &Ending) {
         route_metrics.upstream_refused(s);
     }
     if let (Some((streamed, usage)), Some(route)) = (&account.usage, &trace.route) {
-        record_usage(account.gw.metrics(), route, *streamed, usage, ending);
+        record_usage(account.gw.metrics(), route, trace, *streamed, usage, ending);
     }
     let config = &runtime.config;
     if config.logging.access_log {
@@ -177,28 +189,39 @@ pub fn record(mut account: Box<Account>, ending: &Ending) {
 }
 
 /// An AI answer's token usage and timings, under the OpenTelemetry GenAI
-/// metric names; the model label bounded by the upstream's `models` list.
+/// metric names; the model labels bounded by the configuration (the
+/// upstream's `models` list, the route's `match.models`, `model_map` names).
 fn record_usage(
     metrics: &portcullis_metrics::Metrics,
     route: &CompiledRoute,
+    trace: &Trace,
     streamed: bool,
     usage: &crate::usage::Usage,
     ending: &Ending,
 ) {
-    let upstream = route.upstream.config();
+    let Some(answering) = trace.answering_upstream() else {
+        return;
+    };
+    let upstream = answering.config();
     let Some(provider) = upstream.provider else {
         return;
     };
     let f = metrics.families();
     let model = upstream.model_label(usage.model.as_deref());
-    let labels = [route.config.name.as_str(), provider.as_str(), model];
+    let requested = request_model_label(route, upstream, trace);
+    let labels = [
+        route.config.name.as_str(),
+        provider.as_str(),
+        requested,
+        model,
+    ];
     for (kind, count) in [
         ("input", usage.input_tokens),
         ("output", usage.output_tokens),
     ] {
         if let Some(n) = count {
             f.gen_ai_token_usage
-                .with_label_values(&[labels[0], labels[1], kind, labels[2]])
+                .with_label_values(&[labels[0], labels[1], kind, labels[2], labels[3]])
                 .observe(n as f64);
         }
     }
@@ -216,6 +239,38 @@ fn record_usage(
                 .observe(generating.as_secs_f64() / (out - 1) as f64);
         }
     }
+}
+
+/// The `request_model` label: the route's `match.models` pattern the model
+/// matched, a `model_map` alias of the upstream, or the upstream's `models`
+/// label; `unknown` when the body was not read.
+fn request_model_label<'a>(
+    route: &'a CompiledRoute,
+    upstream: &'a portcullis_config::UpstreamConfig,
+    trace: &Trace,
+) -> &'a str {
+    let Some(model) = trace
+        .routing
+        .as_ref()
+        .and_then(|n| n.requested.as_ref())
+        .map(|r| r.model.as_str())
+    else {
+        return "unknown";
+    };
+    if let Some(pattern) = route
+        .config
+        .matcher
+        .models
+        .iter()
+        .flatten()
+        .find(|p| p.matches(model))
+    {
+        return pattern.as_str();
+    }
+    if let Some((alias, _)) = upstream.model_map.get_key_value(model) {
+        return alias.as_str();
+    }
+    upstream.model_label(Some(model))
 }
 
 /// What the explain ring keeps of a refused (or report-only would-be refused)
@@ -384,10 +439,14 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
         .as_ref()
         .map_or("unmatched", |r| r.config.name.as_str());
     let upstream = trace
-        .route
-        .as_ref()
+        .answering_upstream()
         .filter(|_| trace.upstream_latency.is_some())
-        .map_or("-", |r| r.config.upstream.as_str());
+        .map_or("-", |u| u.config().name.as_str());
+    let routing = trace.routing.as_deref();
+    let attempts = routing.and_then(crate::ai_request::RoutingNote::attempts_text);
+    let request_model = routing
+        .and_then(|n| n.requested.as_ref())
+        .map(|r| r.model.as_str());
     let outcome = match (trace.decision, &trace.rejection) {
         _ if trace.refused_after_authorization() => "deny",
         (Decision::Allowed, _) => "allow",
@@ -457,6 +516,8 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
             trace_id = trace_id.as_deref().unwrap_or("-"),
             client = client.as_deref().unwrap_or("-"),
             model = model.map_or("-", bounded),
+            request_model = request_model.map_or("-", bounded),
+            attempts = attempts.as_deref().unwrap_or("-"),
             input_tokens = %Absent(input_tokens),
             output_tokens = %Absent(output_tokens),
             ttft_ms = %Ms(ttft),
@@ -486,6 +547,8 @@ fn access_log(config: &GatewayConfig, account: &Account, ending: &Ending) {
             trace_id = trace_id.as_deref(),
             client = client.as_deref(),
             model = model.map(bounded),
+            request_model = request_model.map(bounded),
+            attempts = attempts.as_deref(),
             input_tokens,
             output_tokens,
             ttft_ms = ttft.map(rounded_ms),

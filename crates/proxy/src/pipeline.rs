@@ -41,6 +41,7 @@ use portcullis_policy::ip::IpSource;
 use portcullis_policy::path::PathRules;
 use portcullis_policy::{Reason, Rejection, VerifiedClaims, resolve_client_ip};
 
+use crate::ai_request::{BodyNeed, ClientBody, ReadableBody};
 use crate::authn::authenticate;
 use crate::body::ProxyBody;
 use crate::decision::Step;
@@ -200,9 +201,8 @@ pub async fn handle(
         && status != http::StatusCode::NOT_MODIFIED;
     // An AI upstream's successful answer: its token usage is read as it passes.
     let usage_reader = trace
-        .route
-        .as_ref()
-        .and_then(|r| r.upstream.config().provider)
+        .answering_upstream()
+        .and_then(|u| u.config().provider)
         .filter(|_| body_expected && status.is_success() && trace.upstream_status.is_some())
         .and_then(|provider| {
             let content_type = response
@@ -231,10 +231,11 @@ async fn decide_and_forward(
     gw: &Arc<Gateway>,
     runtime: &Runtime,
     conn: ConnInfo,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     request_id: &HeaderValue,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, Rejection> {
+    let mut req = req.map(ClientBody::Streaming);
     let context = DecideContext {
         runtime,
         token_cache: gw.token_cache(),
@@ -261,6 +262,7 @@ async fn decide_and_forward(
         upgrade,
         body_read_timeout: runtime.config.limits.body_read_timeout,
         trace: trace.trace_context.as_ref(),
+        requested: trace.routing.as_ref().and_then(|n| n.requested.as_ref()),
     };
     let began = trace.timings.is_some().then(Instant::now);
     let forwarded = forward(req, ctx).await;
@@ -274,10 +276,22 @@ async fn decide_and_forward(
             trace.upstream_latency = Some(latency);
             trace.upstream_status = Some(status);
             trace.request_body = forwarded.request_body;
+            let answered_by = forwarded.answered_by.clone();
+            let mut tried = String::new();
+            if !forwarded.attempts.is_empty() || forwarded.answered_by.is_some() {
+                let note = trace.routing.get_or_insert_with(Box::default);
+                note.attempts = forwarded.attempts;
+                note.answered_by = forwarded.answered_by;
+                if let Some(t) = note.attempts_text() {
+                    tried = format!(" (tried {t})");
+                }
+            }
+            let answered = answered_by
+                .as_ref()
+                .map_or(route.config.upstream.as_str(), |u| u.config().name.as_str());
             let evidence = || {
                 format!(
-                    "upstream {} answered {status} in {:.1} ms",
-                    route.config.upstream,
+                    "upstream {answered} answered {status} in {:.1} ms{tried}",
                     millis(latency)
                 )
             };
@@ -347,9 +361,10 @@ pub enum Decided {
 }
 
 /// Every step before forwarding, in order, each recording itself in `trace`.
-/// Generic over the body, which it never reads: the gateway runs it on live
-/// requests, `portcullis diagnose` on a described one (a dry run).
-pub async fn decide<B>(
+/// Generic over the body, which only a model-aware route reads (whole, once):
+/// the gateway runs it on live requests, `portcullis diagnose` on a described
+/// one (a dry run).
+pub async fn decide<B: ReadableBody>(
     ctx: &DecideContext<'_>,
     req: &mut Request<B>,
     trace: &mut Trace,
@@ -458,7 +473,36 @@ pub async fn decide<B>(
     } else {
         req.method().clone()
     };
-    let route = match runtime.table.find(&host, req.uri().path(), &lookup_method) {
+    let mut lookup = runtime
+        .table
+        .find(&host, req.uri().path(), &lookup_method, None);
+    if let Lookup::NeedsModel(candidates) = &lookup {
+        // Routes matched by the body's model: the body is read (within the
+        // largest limit of the candidates), after the global network rules.
+        let limit = candidates
+            .iter()
+            .map(|r| r.config.max_body_bytes)
+            .max()
+            .unwrap_or(config.limits.max_body_bytes);
+        trace.steps.check(
+            Step::ClientIp,
+            network.rules.check_client(&client, "global"),
+        )?;
+        let requested = read_model(req, limit, config.limits.body_read_timeout, trace).await?;
+        lookup = match requested {
+            Some(model) => runtime
+                .table
+                .find(&host, req.uri().path(), &lookup_method, Some(model)),
+            None => {
+                trace.steps.fail(Step::Route, Reason::RequestMalformed);
+                return Err(Rejection::new(
+                    Reason::RequestMalformed,
+                    "the route is chosen by the JSON body's model, and the request describes none (diagnose: pass --model)",
+                ));
+            }
+        };
+    }
+    let route = match lookup {
         Lookup::Found(route) => Arc::clone(route),
         Lookup::MethodNotAllowed(methods) => {
             let list: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
@@ -481,6 +525,25 @@ pub async fn decide<B>(
             return Err(Rejection::new(
                 Reason::RouteNotFound,
                 format!("no route for {} {}", req.method(), req.uri().path()),
+            ));
+        }
+        Lookup::ModelNotServed(patterns) => {
+            trace.steps.fail(Step::Route, Reason::ModelNotAllowed);
+            let model = requested_model(trace).unwrap_or("-");
+            return Err(Rejection::new(
+                Reason::ModelNotAllowed,
+                format!(
+                    "model {model:?} is not served at {}: its routes serve {}",
+                    req.uri().path(),
+                    patterns.join(", ")
+                ),
+            ));
+        }
+        Lookup::NeedsModel(_) => {
+            trace.steps.fail(Step::Route, Reason::RequestMalformed);
+            return Err(Rejection::new(
+                Reason::RequestMalformed,
+                "the route is chosen by the JSON body's model, which could not be read",
             ));
         }
     };
@@ -627,6 +690,10 @@ pub async fn decide<B>(
             }
         }
     };
+    // model: the body read for a model-aware route (after authorization, so
+    // only an authorized client makes the gateway hold a body, unless the
+    // route itself is chosen by model), and the model granted to the token.
+    model_step(ctx, &route, req, claims.as_deref(), trace).await?;
     // rate_limit: the other policies, now that the client is known.
     rate_limits(
         ctx,
@@ -643,6 +710,119 @@ pub async fn decide<B>(
         claims,
         upgrade,
     })
+}
+
+/// The body's model (read whole, strictly) for a route that needs it, noted
+/// in the trace; `None` when the request describes no body (a dry run).
+async fn read_model<'t, B: ReadableBody>(
+    req: &mut Request<B>,
+    limit: u64,
+    read_timeout: Duration,
+    trace: &'t mut Trace,
+) -> Result<Option<&'t str>, Rejection> {
+    let body = match req.body_mut().read_whole(limit, read_timeout).await {
+        Ok(body) => body,
+        Err(rejection) => {
+            trace.steps.fail(Step::Request, rejection.reason);
+            return Err(rejection);
+        }
+    };
+    let Some(body) = body else {
+        return Ok(None);
+    };
+    let requested = trace
+        .steps
+        .check(Step::Model, portcullis_policy::read_requested_model(&body))?;
+    let note = trace.routing.get_or_insert_with(Box::default);
+    note.requested = Some(requested);
+    Ok(note.requested.as_ref().map(|r| r.model.as_str()))
+}
+
+/// The model a request's body named, once read.
+fn requested_model(trace: &Trace) -> Option<&str> {
+    trace
+        .routing
+        .as_ref()
+        .and_then(|n| n.requested.as_ref())
+        .map(|r| r.model.as_str())
+}
+
+/// model: a route that needs its body has it read whole (and its model read
+/// strictly when it is model-aware), within the route's `max_body`; the model
+/// must then be granted to the token (`auth.models`).
+async fn model_step<B: ReadableBody>(
+    ctx: &DecideContext<'_>,
+    route: &CompiledRoute,
+    req: &mut Request<B>,
+    claims: Option<&VerifiedClaims>,
+    trace: &mut Trace,
+) -> Result<(), Rejection> {
+    let limits = &ctx.runtime.config.limits;
+    let max = route.config.max_body_bytes;
+    match route.body_need {
+        BodyNeed::Stream => return Ok(()),
+        BodyNeed::Whole => {
+            match req
+                .body_mut()
+                .read_whole(max, limits.body_read_timeout)
+                .await
+            {
+                Ok(_) => {}
+                Err(rejection) => {
+                    trace.steps.fail(Step::Request, rejection.reason);
+                    return Err(rejection);
+                }
+            }
+            trace.steps.skip(Step::Model, || {
+                "the body is read whole to be sent again to a fallback upstream; its model is not looked at".to_owned()
+            });
+            return Ok(());
+        }
+        BodyNeed::Model => {}
+    }
+    if requested_model(trace).is_none()
+        && read_model(req, max, limits.body_read_timeout, trace)
+            .await?
+            .is_none()
+    {
+        trace.steps.skip(Step::Model, || {
+            "the route reads the JSON body's model; the request describes none (diagnose: pass --model)".to_owned()
+        });
+        return Ok(());
+    }
+    // A body read for the route choice within the candidates' largest limit
+    // is held to the chosen route's own.
+    let held = req
+        .body_mut()
+        .read_whole(max, limits.body_read_timeout)
+        .await?;
+    if let Some(body) = held
+        && body.len() as u64 > max
+    {
+        trace.steps.fail(Step::Request, Reason::BodyTooLarge);
+        return Err(Rejection::new(
+            Reason::BodyTooLarge,
+            format!(
+                "request body of {} bytes exceeds the route's limit of {max}",
+                body.len()
+            ),
+        ));
+    }
+    let model = requested_model(trace).unwrap_or_default().to_owned();
+    match (route.protected().and_then(|p| p.models.as_ref()), claims) {
+        (Some(grant), Some(claims)) => {
+            trace
+                .steps
+                .check(Step::Model, grant.check(claims, &model))?;
+            trace.steps.note(Step::Model, || {
+                format!("model {model:?} is served by the route and granted to the token")
+            });
+        }
+        _ => trace.steps.pass_with(Step::Model, || {
+            format!("model {model:?} is served by the route")
+        }),
+    }
+    Ok(())
 }
 
 /// The route's rate-limit policies of one step (nothing at all for a route

@@ -10,6 +10,14 @@
 //! the lower-cased path, at the same precedence as the others (a case-sensitive
 //! route wins a tie at the same length).
 //!
+//! A route matched by model (`match.models`) sits in its bucket like any other;
+//! the first lookup of a request, without a model, stops at such a bucket and
+//! asks for the body's model ([`Lookup::NeedsModel`]); the second, with it,
+//! takes the bucket's first route whose patterns match (or a route of the same
+//! bucket without models). A model no route of the bucket serves is refused
+//! there ([`Lookup::ModelNotServed`]), never passed on to a shorter prefix:
+//! `gpt-4o ` must not slip from a guarded route to a catch-all.
+//!
 //! A lookup is a hash lookup per host group and per `/` boundary of the path: no
 //! allocation, and no scan over all routes, so 10 and 10,000 routes cost the same.
 
@@ -18,6 +26,7 @@ use foldhash::HashMapExt;
 
 use http::Method;
 use portcullis_config::{HostMatch, PathMatch, RouteMatch};
+use portcullis_policy::ModelPattern;
 
 /// The outcome of a lookup.
 #[derive(Debug)]
@@ -28,12 +37,34 @@ pub enum Lookup<'a, T> {
     MethodNotAllowed(Vec<Method>),
     /// Nothing matches.
     NotFound,
+    /// The routes here are matched by the JSON body's model: look again with
+    /// it. These are the candidates (for the body's size limit).
+    NeedsModel(Vec<&'a T>),
+    /// Routes here are matched by model and none serves this one: the
+    /// patterns they serve.
+    ModelNotServed(Vec<&'a str>),
 }
 
 struct Entry<T> {
     methods: Option<Vec<Method>>,
+    models: Option<Vec<ModelPattern>>,
     order: usize,
     value: T,
+}
+
+impl<T> Entry<T> {
+    fn takes(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|ms| ms.contains(method))
+    }
+}
+
+/// What one bucket says of a request.
+enum Picked<'a, T> {
+    Found(&'a T),
+    /// No route here takes the method.
+    Continue,
+    NeedsModel(&'a [Entry<T>]),
+    ModelNotServed(&'a [Entry<T>]),
 }
 
 struct PathIndex<T> {
@@ -93,6 +124,7 @@ impl<T> RouteTable<T> {
             };
             let entry = Entry {
                 methods: m.methods.clone(),
+                models: m.models.clone(),
                 order,
                 value,
             };
@@ -128,8 +160,15 @@ impl<T> RouteTable<T> {
         self.len == 0
     }
 
-    /// Finds the route for a request. `host` is lower-case without port.
-    pub fn find(&self, host: &str, path: &str, method: &Method) -> Lookup<'_, T> {
+    /// Finds the route for a request. `host` is lower-case without port;
+    /// `model` is the JSON body's model once read (see [`Lookup::NeedsModel`]).
+    pub fn find(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        model: Option<&str>,
+    ) -> Lookup<'_, T> {
         let mut allowed: Vec<Method> = Vec::new();
         let lower = (self.any_case_insensitive && path.bytes().any(|b| b.is_ascii_uppercase()))
             .then(|| path.to_ascii_lowercase());
@@ -146,8 +185,27 @@ impl<T> RouteTable<T> {
             )
             .chain(std::iter::once(&self.any_host));
         for index in groups {
-            if let Some(found) = index.find(path, lower, method, &mut allowed) {
-                return Lookup::Found(found);
+            match index.find(path, lower, method, model, &mut allowed) {
+                Picked::Found(found) => return Lookup::Found(found),
+                Picked::Continue => {}
+                Picked::NeedsModel(bucket) => {
+                    return Lookup::NeedsModel(
+                        bucket
+                            .iter()
+                            .filter(|e| e.takes(method))
+                            .map(|e| &e.value)
+                            .collect(),
+                    );
+                }
+                Picked::ModelNotServed(bucket) => {
+                    return Lookup::ModelNotServed(
+                        bucket
+                            .iter()
+                            .filter(|e| e.takes(method))
+                            .flat_map(|e| e.models.iter().flatten().map(ModelPattern::as_str))
+                            .collect(),
+                    );
+                }
             }
         }
         if allowed.is_empty() {
@@ -162,73 +220,96 @@ impl<T> RouteTable<T> {
 impl<T> PathIndex<T> {
     /// `lower` is `path` lower-cased (the same length: ASCII only), for the
     /// case-insensitive routes.
-    fn find(
-        &self,
+    fn find<'a>(
+        &'a self,
         path: &str,
         lower: &str,
         method: &Method,
+        model: Option<&str>,
         allowed: &mut Vec<Method>,
-    ) -> Option<&T> {
+    ) -> Picked<'a, T> {
         // One candidate length: the case-sensitive routes, then the others.
-        let at = |exact: bool, len: usize, allowed: &mut Vec<Method>| -> Option<&T> {
+        let at = |exact: bool, len: usize, allowed: &mut Vec<Method>| -> Picked<'a, T> {
             let (cs, ci) = if exact {
                 (&self.exact, &self.exact_ci)
             } else {
                 (&self.prefix, &self.prefix_ci)
             };
-            cs.get(&path[..len])
-                .and_then(|b| pick(b, method, allowed))
-                .or_else(|| {
-                    if ci.is_empty() {
-                        return None;
-                    }
-                    ci.get(&lower[..len]).and_then(|b| pick(b, method, allowed))
-                })
+            let picked = cs
+                .get(&path[..len])
+                .map_or(Picked::Continue, |b| pick(b, method, model, allowed));
+            if !matches!(picked, Picked::Continue) || ci.is_empty() {
+                return picked;
+            }
+            ci.get(&lower[..len])
+                .map_or(Picked::Continue, |b| pick(b, method, model, allowed))
         };
-        if let Some(found) = at(true, path.len(), allowed) {
-            return Some(found);
+        let picked = at(true, path.len(), allowed);
+        if !matches!(picked, Picked::Continue) {
+            return picked;
         }
         if self.prefix.is_empty() && self.prefix_ci.is_empty() {
-            return None;
+            return Picked::Continue;
         }
         // Candidate prefixes, longest first: the whole path, then at each '/'
         // boundary both "/a/" and "/a".
-        if let Some(found) = at(false, path.len(), allowed) {
-            return Some(found);
+        let picked = at(false, path.len(), allowed);
+        if !matches!(picked, Picked::Continue) {
+            return picked;
         }
         let bytes = path.as_bytes();
         for i in (0..bytes.len()).rev() {
             if bytes[i] != b'/' {
                 continue;
             }
-            if i + 1 < path.len()
-                && let Some(found) = at(false, i + 1, allowed)
-            {
-                return Some(found);
+            if i + 1 < path.len() {
+                let picked = at(false, i + 1, allowed);
+                if !matches!(picked, Picked::Continue) {
+                    return picked;
+                }
             }
-            if i > 0
-                && let Some(found) = at(false, i, allowed)
-            {
-                return Some(found);
+            if i > 0 {
+                let picked = at(false, i, allowed);
+                if !matches!(picked, Picked::Continue) {
+                    return picked;
+                }
             }
         }
-        None
+        Picked::Continue
     }
 }
 
+/// The bucket's first route taking the method (and, for a route matched by
+/// model, the model); a bucket with model routes that takes the method
+/// decides: it never lets the lookup go on to a shorter prefix.
 fn pick<'a, T>(
     bucket: &'a [Entry<T>],
     method: &Method,
+    model: Option<&str>,
     allowed: &mut Vec<Method>,
-) -> Option<&'a T> {
+) -> Picked<'a, T> {
+    let mut skipped_by_model = false;
     for e in bucket {
-        match &e.methods {
-            None => return Some(&e.value),
-            Some(ms) if ms.contains(method) => return Some(&e.value),
-            Some(ms) => allowed.extend(ms.iter().cloned()),
+        if !e.takes(method) {
+            allowed.extend(e.methods.iter().flatten().cloned());
+            continue;
+        }
+        match (&e.models, model) {
+            (None, _) => return Picked::Found(&e.value),
+            (Some(_), None) => return Picked::NeedsModel(bucket),
+            (Some(patterns), Some(m)) => {
+                if portcullis_policy::models::any_matches(patterns, m) {
+                    return Picked::Found(&e.value);
+                }
+                skipped_by_model = true;
+            }
         }
     }
-    None
+    if skipped_by_model {
+        Picked::ModelNotServed(bucket)
+    } else {
+        Picked::Continue
+    }
 }
 
 /// The host of a request, lower-cased, without port.
@@ -265,6 +346,7 @@ mod tests {
             path,
             methods: methods.map(|ms| ms.iter().map(|s| s.parse().unwrap()).collect()),
             case_insensitive: false,
+            models: None,
         }
     }
     fn prefix(p: &str) -> PathMatch {
@@ -289,10 +371,11 @@ mod tests {
         ]);
         let get = Method::GET;
         let post = Method::POST;
-        let f = |h: &str, p: &str, me: &Method| match table.find(h, p, me) {
+        let f = |h: &str, p: &str, me: &Method| match table.find(h, p, me, None) {
             Lookup::Found(v) => *v,
             Lookup::MethodNotAllowed(_) => "405",
             Lookup::NotFound => "404",
+            Lookup::NeedsModel(_) | Lookup::ModelNotServed(_) => "model",
         };
         assert_eq!(f("x", "/v1/chat/completions", &get), "exact");
         assert_eq!(f("x", "/v1/chat/other", &post), "chat-post");
@@ -310,12 +393,12 @@ mod tests {
     #[test]
     fn method_not_allowed_and_not_found() {
         let table = RouteTable::new(vec![(m(None, exact("/only"), Some(&["POST", "PUT"])), 1)]);
-        match table.find("h", "/only", &Method::GET) {
+        match table.find("h", "/only", &Method::GET, None) {
             Lookup::MethodNotAllowed(ms) => assert_eq!(ms, vec![Method::POST, Method::PUT]),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            table.find("h", "/nope", &Method::GET),
+            table.find("h", "/nope", &Method::GET, None),
             Lookup::NotFound
         ));
     }
@@ -329,7 +412,7 @@ mod tests {
             (admin, "admin"),
             (m(None, prefix("/Admin/exact-case"), None), "cased"),
         ]);
-        let f = |p: &str| match table.find("h", p, &Method::GET) {
+        let f = |p: &str| match table.find("h", p, &Method::GET, None) {
             Lookup::Found(v) => *v,
             _ => "none",
         };
@@ -340,6 +423,57 @@ mod tests {
         assert_eq!(f("/ADMIN/EXACT-CASE/x"), "admin");
         assert_eq!(f("/adminx"), "root");
         assert_eq!(f("/other"), "root");
+    }
+
+    #[test]
+    fn model_routes_decide_their_bucket() {
+        let by_model = |models: &[&str]| {
+            let mut r = m(None, exact("/v1/chat/completions"), Some(&["POST"]));
+            r.models = Some(models.iter().map(|p| ModelPattern::new(*p)).collect());
+            r
+        };
+        let table = RouteTable::new(vec![
+            (m(None, prefix("/"), None), "catch-all"),
+            (by_model(&["gpt-4o*", "fast"]), "openai"),
+            (by_model(&["claude-*"]), "anthropic"),
+            (
+                m(None, exact("/v1/chat/completions"), Some(&["GET"])),
+                "get",
+            ),
+            (m(None, exact("/v1/embeddings"), Some(&["POST"])), "plain"),
+        ]);
+        let f = |p: &str, me: &Method, model: Option<&str>| match table.find("h", p, me, model) {
+            Lookup::Found(v) => (*v).to_owned(),
+            Lookup::NeedsModel(c) => format!("needs {c:?}"),
+            Lookup::ModelNotServed(p) => format!("not served {p:?}"),
+            Lookup::MethodNotAllowed(_) => "405".into(),
+            Lookup::NotFound => "404".into(),
+        };
+        let post = Method::POST;
+        assert_eq!(
+            f("/v1/chat/completions", &post, None),
+            r#"needs ["openai", "anthropic"]"#
+        );
+        assert_eq!(
+            f("/v1/chat/completions", &post, Some("gpt-4o-mini")),
+            "openai"
+        );
+        assert_eq!(f("/v1/chat/completions", &post, Some("fast")), "openai");
+        assert_eq!(
+            f("/v1/chat/completions", &post, Some("claude-haiku")),
+            "anthropic"
+        );
+        // Never on to the catch-all: the bucket decides.
+        assert_eq!(
+            f("/v1/chat/completions", &post, Some("gpt-3.5")),
+            r#"not served ["gpt-4o*", "fast", "claude-*"]"#
+        );
+        assert!(f("/v1/chat/completions", &post, Some("GPT-4O")).starts_with("not served"));
+        // Other methods and paths are routed without a model.
+        assert_eq!(f("/v1/chat/completions", &Method::GET, None), "get");
+        assert_eq!(f("/v1/chat/completions", &Method::PUT, None), "catch-all");
+        assert_eq!(f("/v1/embeddings", &post, None), "plain");
+        assert_eq!(f("/other", &post, None), "catch-all");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use portcullis_config::{
 use portcullis_jwks::{Introspector, JwksObserver, KeyCache};
 use portcullis_metrics::{IssuerMetrics, Metrics, RouteMetrics};
 
+use crate::ai_request::BodyNeed;
 use crate::introspect::OpaqueTokens;
 use crate::rate_limit::{PolicyLimiter, RouteLimit};
 use crate::rate_store::SharedStore;
@@ -41,6 +42,11 @@ pub struct CompiledRoute {
     pub metrics: Arc<RouteMetrics>,
     /// Its upstream.
     pub upstream: Arc<UpstreamPool>,
+    /// Its upstream and `fallback` upstreams, in the order they are tried
+    /// (the first is `upstream`).
+    pub upstreams: Vec<Arc<UpstreamPool>>,
+    /// How much of the request body it reads before forwarding.
+    pub body_need: BodyNeed,
     /// Accepted issuers by `iss`.
     pub issuers: HashMap<String, Arc<IssuerRuntime>>,
     /// The largest token any accepted issuer takes.
@@ -191,10 +197,17 @@ impl Runtime {
         let mut compiled = Vec::with_capacity(config.routes.len());
         let mut owned_headers: Vec<HeaderName> = Vec::new();
         for rc in &config.routes {
-            let upstream = upstreams
-                .get(&rc.upstream)
-                .cloned()
-                .ok_or_else(|| format!("route {}: unknown upstream {}", rc.name, rc.upstream))?;
+            let chain = rc
+                .upstream_chain()
+                .map(|name| {
+                    upstreams
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| format!("route {}: unknown upstream {name}", rc.name))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let upstream = Arc::clone(&chain[0]);
+            let body_need = body_need(rc, &chain);
             let (route_issuers, max_token_bytes) = match &rc.auth {
                 RouteAuth::Public => (HashMap::new(), 8 << 10),
                 RouteAuth::Protected(p) => {
@@ -230,6 +243,8 @@ impl Runtime {
                 config: Arc::clone(rc),
                 metrics: metrics.route(&rc.name),
                 upstream,
+                upstreams: chain,
+                body_need,
                 max_token_bytes,
                 introspecting: route_issuers.values().find(|i| i.opaque.is_some()).cloned(),
                 issuers: route_issuers,
@@ -248,6 +263,26 @@ impl Runtime {
             issuers,
             upstreams,
         })
+    }
+}
+
+/// What a route reads of its request bodies: the model when it routes or
+/// authorizes by it or an upstream rewrites it; the bytes when it may send
+/// them twice (fallback); else nothing (streamed).
+fn body_need(rc: &RouteConfig, chain: &[Arc<UpstreamPool>]) -> BodyNeed {
+    let grants_models = match &rc.auth {
+        RouteAuth::Protected(p) => p.models.is_some(),
+        RouteAuth::Public => false,
+    };
+    if rc.matcher.models.is_some()
+        || grants_models
+        || chain.iter().any(|u| u.config().rewrites_body())
+    {
+        BodyNeed::Model
+    } else if chain.len() > 1 {
+        BodyNeed::Whole
+    } else {
+        BodyNeed::Stream
     }
 }
 

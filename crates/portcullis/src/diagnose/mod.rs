@@ -20,6 +20,7 @@ use portcullis_config::GatewayConfig;
 use portcullis_jwks::{JwksObserver, NoopObserver};
 use portcullis_metrics::Metrics;
 use portcullis_policy::Rejection;
+use portcullis_proxy::ai_request::DescribedBody;
 use portcullis_proxy::decision::Step;
 use portcullis_proxy::forward::{ForwardContext, forward};
 use portcullis_proxy::observe::Trace;
@@ -166,7 +167,7 @@ async fn diagnose(
                 &route,
                 claims.as_deref(),
                 context.peer,
-                request,
+                request.map(|_| ()),
                 &mut trace,
             )
             .await;
@@ -264,6 +265,7 @@ async fn send_step(
         upgrade: false,
         body_read_timeout: runtime.config.limits.body_read_timeout,
         trace: None,
+        requested: None,
     };
     let started = std::time::Instant::now();
     match forward(request, ctx).await {
@@ -306,7 +308,7 @@ fn described_request(
     method: &Method,
     uri: &http::Uri,
     token: Option<&str>,
-) -> Result<Request<()>, String> {
+) -> Result<Request<DescribedBody>, String> {
     let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let target = if target.is_empty() {
         "/".to_owned()
@@ -346,6 +348,6 @@ fn described_request(
         builder = builder.header(header::CONTENT_LENGTH, len);
     }
     builder
-        .body(())
+        .body(DescribedBody::for_model(args.model.as_deref()))
         .map_err(|e| format!("cannot build the request: {e}"))
 }
