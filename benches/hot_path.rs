@@ -221,6 +221,7 @@ fn bench_rate_limit(c: &mut Criterion) {
         burst: 1_000_000,
         key: vec![RateKeyPart::ClientIp],
         mode: LimitMode::Enforce,
+        unit: portcullis_config::LimitUnit::Requests,
     });
     let limiter = Arc::new(PolicyLimiter::new(policy, 2_000_000));
     let headers = http::HeaderMap::new();
@@ -230,6 +231,7 @@ fn bench_rate_limit(c: &mut Criterion) {
             route: "chat",
             claims: None,
             headers: &headers,
+            model: None,
         })
     };
     let before = resident_bytes();

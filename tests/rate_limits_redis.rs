@@ -477,3 +477,85 @@ async fn a_reload_that_changes_the_store_uses_the_new_one() {
     assert_eq!(count(&after, 200), 10, "{after:?}");
     assert_eq!(count(&after, 429), 1, "{after:?}");
 }
+
+/// One Redis command over RESP, its raw answer (for a test to watch the store).
+fn redis_command(port: u16, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Waits until the only key in the store holds something other than `old`.
+fn stored_value_changes(port: u16, old: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = redis_command(port, &["KEYS", "portcullis:rl:*"]);
+        if let Some(key) = keys.lines().find(|l| l.starts_with("portcullis:rl:")) {
+            let value = redis_command(port, &["GET", key]);
+            if value != old {
+                return value;
+            }
+        }
+        assert!(Instant::now() < deadline, "the charge never reached Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn a_token_budget_in_redis_is_spent_across_gateways() {
+    let redis = redis_or_skip!();
+    let yaml = format!(
+        "{ISSUER_AND_UPSTREAM}  ai: {{ provider: openai_compatible, targets: [\"{{UPSTREAM}}\"] }}
+rate_limits:
+  store: \"{}\"
+  store_timeout: 200ms
+  on_store_error: deny
+  policies:
+    budget: {{ tokens: 20/hour, key: [route] }}
+routes:
+  - {{ name: chat, match: {{ path: /v1/chat/completions, models: [\"demo-*\"] }}, upstream: ai, public: true, rate_limits: [budget] }}
+",
+        redis.url()
+    );
+    let (a, b) = (TestEnv::start(&yaml).await, TestEnv::start(&yaml).await);
+    async fn call(env: &TestEnv) -> portcullis_tests::Reply {
+        let body = r#"{"model":"demo-small","messages":[{"role":"user","content":"hi"}]}"#;
+        env.send(
+            http::Method::POST,
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            body.to_owned(),
+        )
+        .await
+    }
+    // 10 tokens on each gateway, charged in the one store.
+    assert_eq!(call(&a).await.status, 200);
+    let first = tokio::task::spawn_blocking({
+        let port = redis.port;
+        move || stored_value_changes(port, "")
+    })
+    .await
+    .unwrap();
+    assert_eq!(call(&b).await.status, 200);
+    tokio::task::spawn_blocking({
+        let port = redis.port;
+        move || stored_value_changes(port, &first)
+    })
+    .await
+    .unwrap();
+    // Spent for both.
+    for env in [&a, &b] {
+        let r = call(env).await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.reason(), "token_budget_exhausted");
+    }
+    assert_eq!(a.upstream.requests() + b.upstream.requests(), 2);
+}

@@ -12,7 +12,7 @@ use portcullis_policy::models::MAX_MODEL_LEN;
 use portcullis_policy::{ModelGrant, ModelPattern};
 
 use crate::compile::{Ctx, did_you_mean};
-use crate::model::UpstreamConfig;
+use crate::model::{RateLimitPolicy, UpstreamConfig};
 use crate::providers::{Provider, UsageDialect};
 use crate::raw::RawModelGrant;
 
@@ -143,4 +143,41 @@ pub(crate) fn compile_fallback(
         );
     }
     fallback
+}
+
+/// Token budgets (`tokens:` policies) are charged with the usage an AI
+/// upstream reports, so a route naming one must reach an upstream with a
+/// `provider`; `rate_limits.default` budgets are left off routes without one.
+pub(crate) fn check_token_budgets<'a>(
+    path: &str,
+    policies: &mut Vec<Arc<RateLimitPolicy>>,
+    explicit: bool,
+    mut chain: impl Iterator<Item = &'a str>,
+    upstreams: &BTreeMap<String, Arc<UpstreamConfig>>,
+    ctx: &mut Ctx<'_>,
+) {
+    if !policies.iter().any(|p| p.counts_tokens()) {
+        return;
+    }
+    let reports_usage = chain.all(|name| upstreams.get(name).is_some_and(|u| u.provider.is_some()));
+    if reports_usage {
+        return;
+    }
+    if explicit {
+        for (i, p) in policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.counts_tokens())
+        {
+            ctx.err(
+                format!("{path}[{i}]"),
+                format!(
+                    "policy {:?} is a token budget, charged with the token usage an AI upstream reports: every upstream of the route (and its fallback) needs a provider",
+                    p.name
+                ),
+            );
+        }
+    } else {
+        policies.retain(|p| !p.counts_tokens());
+    }
 }

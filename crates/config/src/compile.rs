@@ -1040,7 +1040,8 @@ fn compile_route(
             ),
         );
     }
-    let rate_limits = crate::rate_limits::route_policies(
+    let explicit_limits = rr.rate_limits.is_some();
+    let mut rate_limits = crate::rate_limits::route_policies(
         &format!("{path}.rate_limits"),
         rr.rate_limits,
         &auth,
@@ -1052,6 +1053,14 @@ fn compile_route(
         &rr.upstream,
         rr.fallback,
         &upgrades,
+        upstreams,
+        ctx,
+    );
+    crate::ai_routes::check_token_budgets(
+        &format!("{path}.rate_limits"),
+        &mut rate_limits,
+        explicit_limits,
+        std::iter::once(rr.upstream.as_str()).chain(fallback.iter().map(String::as_str)),
         upstreams,
         ctx,
     );

@@ -586,6 +586,19 @@ pub struct RateLimitPolicy {
     pub key: Vec<RateKeyPart>,
     /// Enforce, or only count what would be limited.
     pub mode: LimitMode,
+    /// What the policy counts: requests (`rate`), or AI tokens (`tokens`).
+    pub unit: LimitUnit,
+}
+
+/// What a policy counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitUnit {
+    /// Requests (`rate: 600/min`), charged when admitted.
+    #[default]
+    Requests,
+    /// AI tokens (`tokens: 100000/h`): a request is admitted while the key
+    /// has budget left, and charged the tokens its answer used when it ends.
+    Tokens,
 }
 
 impl RateLimitPolicy {
@@ -595,7 +608,15 @@ impl RateLimitPolicy {
     /// Every other policy is checked after authorization, so requests refused
     /// for their token spend no per-route, per-header or per-client budget.
     pub fn before_authentication(&self) -> bool {
-        self.key.contains(&RateKeyPart::ClientIp) && !self.needs_client()
+        self.unit == LimitUnit::Requests
+            && self.key.contains(&RateKeyPart::ClientIp)
+            && !self.needs_client()
+            && !self.key.contains(&RateKeyPart::Model)
+    }
+
+    /// Whether the policy is a token budget.
+    pub fn counts_tokens(&self) -> bool {
+        self.unit == LimitUnit::Tokens
     }
 
     /// Whether the key includes the verified client.
@@ -629,16 +650,19 @@ pub enum RateKeyPart {
     /// A request header's value (`header:<name>`); absent, all such requests
     /// share one key.
     Header(HeaderName),
+    /// The model the JSON body asks for (`model`; the route reads it).
+    Model,
 }
 
 impl RateKeyPart {
-    /// `ip`, `route`, `client` or `header`.
+    /// `ip`, `route`, `client`, `header` or `model`.
     pub const fn kind(&self) -> &'static str {
         match self {
             RateKeyPart::ClientIp => "ip",
             RateKeyPart::Route => "route",
             RateKeyPart::Client { .. } => "client",
             RateKeyPart::Header(_) => "header",
+            RateKeyPart::Model => "model",
         }
     }
 }

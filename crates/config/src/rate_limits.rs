@@ -9,8 +9,8 @@ use http::HeaderName;
 
 use crate::compile::{Ctx, did_you_mean};
 use crate::model::{
-    Consistency, LimitMode, OnStoreError, RateKeyPart, RateLimitPolicy, RateLimits, RateStore,
-    RedisStore, RouteAuth, Secret,
+    Consistency, LimitMode, LimitUnit, OnStoreError, RateKeyPart, RateLimitPolicy, RateLimits,
+    RateStore, RedisStore, RouteAuth, Secret,
 };
 use crate::raw::{RawRateLimits, RawRatePolicy};
 use crate::units::parse_duration;
@@ -213,7 +213,30 @@ fn compile_policy(
             "a policy name must be letters, digits, '-' or '_' (it is a metric label and a header token)",
         );
     }
-    let rate = parse_rate(&rp.rate).map_err(|e| ctx.err(format!("{path}.rate"), e));
+    let (rate, unit) = match (&rp.rate, &rp.tokens) {
+        (Some(rate), None) => (
+            parse_rate(rate).map_err(|e| ctx.err(format!("{path}.rate"), e)),
+            LimitUnit::Requests,
+        ),
+        (None, Some(tokens)) => (
+            parse_rate(tokens).map_err(|e| ctx.err(format!("{path}.tokens"), e)),
+            LimitUnit::Tokens,
+        ),
+        (Some(_), Some(_)) => {
+            ctx.err(
+                path,
+                "set rate (requests per window) or tokens (AI tokens per window), not both",
+            );
+            (Err(()), LimitUnit::Requests)
+        }
+        (None, None) => {
+            ctx.err(
+                path,
+                "set rate (requests per window, e.g. 600/min) or tokens (AI tokens per window, e.g. 100000/h)",
+            );
+            (Err(()), LimitUnit::Requests)
+        }
+    };
     let burst = match rp.burst {
         None => None,
         Some(b) if b >= 1 && b <= i64::from(u32::MAX) => u32::try_from(b).ok(),
@@ -228,7 +251,7 @@ fn compile_policy(
     if rp.key.is_empty() {
         ctx.err(
             format!("{path}.key"),
-            "name what the limit is kept per: a list of ip, route, client, client:<claim> or header:<name>",
+            "name what the limit is kept per: a list of ip, route, client, client:<claim>, header:<name> or model",
         );
     }
     let mut key = Vec::new();
@@ -261,6 +284,7 @@ fn compile_policy(
         burst: burst.unwrap_or(count),
         key,
         mode,
+        unit,
     })
 }
 
@@ -299,11 +323,12 @@ pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
 }
 
 fn parse_key_part(text: &str) -> Result<RateKeyPart, String> {
-    let kinds = "use ip, route, client, client:<claim> or header:<name>";
+    let kinds = "use ip, route, client, client:<claim>, header:<name> or model";
     match text.split_once(':') {
         None => match text {
             "ip" => Ok(RateKeyPart::ClientIp),
             "route" => Ok(RateKeyPart::Route),
+            "model" => Ok(RateKeyPart::Model),
             "client" => Ok(RateKeyPart::Client {
                 claims: DEFAULT_CLIENT_CLAIMS.map(str::to_owned).to_vec(),
             }),

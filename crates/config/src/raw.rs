@@ -362,7 +362,8 @@ pub struct RawRateLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRatePolicy {
-    pub rate: String,
+    pub rate: Option<String>,
+    pub tokens: Option<String>,
     pub burst: Option<i64>,
     #[serde(default)]
     pub key: Vec<String>,

@@ -931,3 +931,40 @@ fn ai_routing_mistakes_are_named() {
         assert!(e.contains(says), "{to}: {e}");
     }
 }
+
+#[test]
+fn token_budgets_compile_and_their_mistakes_are_named() {
+    let with_budget = AI.replace(
+        "routes:",
+        "rate_limits:\n  policies:\n    budget: { tokens: 100000/h, key: [client, model] }\nroutes:",
+    ) + "    rate_limits: [budget]\n";
+    let c = load(&with_budget).unwrap();
+    let policy = &c.routes[0].rate_limits[0];
+    assert!(policy.counts_tokens());
+    assert!(!policy.before_authentication());
+    assert_eq!(policy.key_kinds(), "client+model");
+    for (from, to, says) in [
+        (
+            "{ tokens: 100000/h,",
+            "{ tokens: 100000/h, rate: 10/s,",
+            "not both",
+        ),
+        ("{ tokens: 100000/h,", "{", "set rate"),
+        ("{ tokens: 100000/h,", "{ tokens: lots,", "is not a rate"),
+        (
+            "key: [client, model]",
+            "key: [client, modle]",
+            "unknown key kind",
+        ),
+        (
+            "b: { provider: openai_compatible, targets: [http://127.0.0.1:9002] }",
+            "b: { targets: [http://127.0.0.1:9002] }",
+            "needs a provider",
+        ),
+    ] {
+        let text = with_budget.replace(from, to);
+        assert_ne!(text, with_budget, "{from}");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains(says), "{to}: {e}");
+    }
+}

@@ -95,6 +95,12 @@ pub struct Families {
     pub upstream_token_fetches: IntCounterVec,
     /// `portcullis_upstream_token_age_seconds{upstream}`, refreshed at scrape time.
     pub upstream_token_age: GaugeVec,
+    /// `portcullis_token_budget_tokens_total{route,policy}`: tokens charged
+    /// to token budgets.
+    pub token_budget_tokens: IntCounterVec,
+    /// `portcullis_token_budget_uncharged_total{route,policy}`: successful
+    /// answers whose usage could not be read, so nothing was charged.
+    pub token_budget_uncharged: IntCounterVec,
     /// `portcullis_upstream_attempts_total{route,upstream,outcome}`: each
     /// upstream a route with fallback upstreams tried, and what came of it.
     pub upstream_attempts: IntCounterVec,
@@ -409,6 +415,18 @@ impl Families {
                 "Age of the OAuth token the gateway sends to each upstream that takes one.",
                 &["upstream"],
             )?,
+            token_budget_tokens: counter(
+                &r,
+                "portcullis_token_budget_tokens_total",
+                "AI tokens (input and output) charged to token budgets (rate_limits policies with tokens:), as the upstream reported them.",
+                &["route", "policy"],
+            )?,
+            token_budget_uncharged: counter(
+                &r,
+                "portcullis_token_budget_uncharged_total",
+                "Successful answers on routes with a token budget whose usage could not be read (no usage reported, or the client left first): nothing was charged for them.",
+                &["route", "policy"],
+            )?,
             upstream_attempts: counter(
                 &r,
                 "portcullis_upstream_attempts_total",
@@ -557,6 +575,8 @@ impl Families {
             &fams.upstream_token_fetches,
             &fams.upstream_token_age,
             &fams.upstream_attempts,
+            &fams.token_budget_tokens,
+            &fams.token_budget_uncharged,
             &fams.gen_ai_token_usage,
             &fams.gen_ai_request_duration,
             &fams.gen_ai_time_to_first_token,

@@ -100,6 +100,9 @@ pub enum Reason {
     /// its path matches the body's `model`), or one the token is not granted
     /// (`auth.models`).
     ModelNotAllowed,
+    /// A token budget of the route (a `rate_limits` policy with `tokens:`)
+    /// is spent for this key: the tokens its earlier answers used.
+    TokenBudgetExhausted,
 }
 
 /// Which RFC 6750 challenge a reason calls for in `WWW-Authenticate`.
@@ -119,7 +122,7 @@ pub enum Challenge {
 
 impl Reason {
     /// Every reason, in catalogue order (used by docs, metrics pre-registration and tests).
-    pub const ALL: [Reason; 35] = [
+    pub const ALL: [Reason; 36] = [
         Reason::TokenMissing,
         Reason::RequestMalformed,
         Reason::TokenMalformed,
@@ -155,6 +158,7 @@ impl Reason {
         Reason::UpstreamCredentialUnavailable,
         Reason::UpstreamStreamAborted,
         Reason::ModelNotAllowed,
+        Reason::TokenBudgetExhausted,
     ];
 
     /// The stable snake_case code.
@@ -195,6 +199,7 @@ impl Reason {
             Reason::UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             Reason::UpstreamStreamAborted => "upstream_stream_aborted",
             Reason::ModelNotAllowed => "model_not_allowed",
+            Reason::TokenBudgetExhausted => "token_budget_exhausted",
         }
     }
 
@@ -226,7 +231,7 @@ impl Reason {
             Reason::BodyTooLarge => 413,
             Reason::HeadersTooLarge => 431,
             Reason::UriTooLong => 414,
-            Reason::RateLimited => 429,
+            Reason::RateLimited | Reason::TokenBudgetExhausted => 429,
             Reason::UpstreamUnreachable
             | Reason::UpstreamProtocolError
             | Reason::UpstreamCredentialUnavailable
@@ -271,7 +276,8 @@ impl Reason {
             | Reason::RateLimitUnavailable
             | Reason::UpstreamCredentialUnavailable
             | Reason::UpstreamStreamAborted
-            | Reason::ModelNotAllowed => Challenge::None,
+            | Reason::ModelNotAllowed
+            | Reason::TokenBudgetExhausted => Challenge::None,
         }
     }
 
@@ -313,6 +319,7 @@ impl Reason {
             Reason::UpstreamCredentialUnavailable => "Upstream credential unavailable",
             Reason::UpstreamStreamAborted => "Upstream stream aborted",
             Reason::ModelNotAllowed => "Model not allowed",
+            Reason::TokenBudgetExhausted => "Token budget exhausted",
         }
     }
 
@@ -420,6 +427,9 @@ impl Reason {
             }
             Reason::UpstreamStreamAborted => {
                 "the upstream broke off its response mid-way (crash, timeout, a reset between it and the gateway): check the upstream's logs at the request's time; the client's SDK saw an error, not a truncated answer"
+            }
+            Reason::TokenBudgetExhausted => {
+                "the key's AI token budget is spent: retry after the Retry-After seconds, or raise the policy's tokens (the detail names the policy and what it is kept per)"
             }
             Reason::ModelNotAllowed => {
                 "ask for a model the route serves (the detail lists them: the routes' match.models), or get a token granting it (the route's auth.models: a scope such as model:<name>, or the claim it names)"

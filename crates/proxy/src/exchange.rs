@@ -102,6 +102,16 @@ impl ExchangeBody {
         if let Some(reader) = account.usage_reader.take() {
             account.usage = Some((reader.is_stream(), reader.finish()));
         }
+        // Token budgets are charged what the answer used, now that it is known.
+        if let Some(note) = account.trace.rate_limit.as_mut()
+            && !note.charges.is_empty()
+        {
+            let tokens = account.usage.as_ref().and_then(|(_, u)| u.total_tokens());
+            let successful = (200..300).contains(&account.status);
+            for charge in note.charges.drain(..) {
+                charge.settle(tokens, successful);
+            }
+        }
         if outcome == StreamOutcome::UpstreamAborted {
             if let Some(route) = &account.trace.route {
                 route.upstream.metrics().error(UpstreamErrorKind::MidStream);

@@ -849,6 +849,11 @@ async fn rate_limits(
         route: &route.config.name,
         claims,
         headers,
+        model: trace
+            .routing
+            .as_ref()
+            .and_then(|n| n.requested.as_ref())
+            .map(|r| r.model.as_str()),
     };
     crate::rate_limit::check(
         step,

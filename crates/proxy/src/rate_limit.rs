@@ -216,9 +216,9 @@ impl PolicyLimiter {
     /// Notes a key checked locally, for the next sync with an approximate
     /// store: `admitted` requests to add there (0 still brings the key's
     /// shared state back). The store key is made once per key and sync.
-    pub fn note_for_sync(&self, key: u64, admitted: bool, shared_key: impl FnOnce() -> String) {
+    pub fn note_for_sync(&self, key: u64, admitted: u32, shared_key: impl FnOnce() -> String) {
         let mut entry = self.pending.entry(key).or_insert_with(|| (shared_key(), 0));
-        entry.1 += u32::from(admitted);
+        entry.1 = entry.1.saturating_add(admitted);
     }
 
     /// Puts back the counts of a sync that failed, for the next one.
@@ -251,6 +251,63 @@ impl PolicyLimiter {
             self.table.map.insert(key, shared);
             self.table.len.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A token budget's admission of one request of `key`: allowed while the
+    /// key has at least one token left (its state is read, not changed: the
+    /// request is charged when its answer's usage is known, [`Self::charge`]).
+    pub fn admit_tokens(self: &Arc<Self>, key: u64) -> Verdict {
+        let now = self.now();
+        let tat = self.table.map.get(&key).map(|t| u64::from(*t));
+        if tat.is_none() && self.keys() >= self.max_keys {
+            self.sweep_if_due(SWEEP_WHEN_FULL_EVERY);
+            return Verdict::TableFull;
+        }
+        let (period, tau) = self.period_and_tau();
+        let tat = tat.unwrap_or(now).max(now);
+        if tat.saturating_sub(tau) > now {
+            return Verdict::Limit {
+                retry_after: Duration::from_nanos(tat - tau - now),
+            };
+        }
+        let left = (now + tau + period).saturating_sub(tat) / period.max(1);
+        Verdict::Allow {
+            remaining: u32::try_from(left).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Charges `tokens` to `key` (a token budget, after the answer): its
+    /// state moves `tokens` emission intervals later, past the budget if the
+    /// answer used more than was left (the key then waits that debt off).
+    pub fn charge(self: &Arc<Self>, key: u64, tokens: u64) {
+        let (period, _) = self.period_and_tau();
+        let now = self.now();
+        let cost = period.saturating_mul(tokens);
+        match self.table.map.entry(key) {
+            Entry::Occupied(mut e) => {
+                let tat = u64::from(*e.get()).max(now);
+                *e.get_mut() = Nanos::from(tat.saturating_add(cost));
+            }
+            Entry::Vacant(v) => {
+                v.insert(Nanos::from(now.saturating_add(cost)));
+                self.table.len.fetch_add(1, Ordering::Relaxed);
+                self.sweep_if_due(SWEEP_EVERY);
+            }
+        }
+    }
+
+    /// Now, in nanoseconds since the limiter began (the table's time base).
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The emission interval and the burst tolerance, in nanoseconds.
+    fn period_and_tau(&self) -> (u64, u64) {
+        let period = u64::try_from((self.policy.window / self.policy.count.max(1)).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let tau = period.saturating_mul(u64::from(self.policy.burst.saturating_sub(1)));
+        (period, tau)
     }
 
     /// Forgets every key whose state is back to fresh, now.
@@ -333,6 +390,13 @@ fn feed_key(policy: &RateLimitPolicy, input: &LimitInput<'_>, mut write: impl Fn
                 }
                 write(&[0xfe]);
             }
+            RateKeyPart::Model => {
+                write(&[5]);
+                if let Some(model) = input.model {
+                    write(model.as_bytes());
+                }
+                write(&[0xff]);
+            }
         }
     }
 }
@@ -341,11 +405,16 @@ fn feed_key(policy: &RateLimitPolicy, input: &LimitInput<'_>, mut write: impl Fn
 fn fingerprint(policy: &RateLimitPolicy) -> String {
     use sha2::Digest;
     let text = format!(
-        "{}/{}ns/{}/{:?}",
+        "{}/{}ns/{}/{:?}{}",
         policy.count,
         policy.window.as_nanos(),
         policy.burst,
-        policy.key
+        policy.key,
+        if policy.counts_tokens() {
+            "/tokens"
+        } else {
+            ""
+        }
     );
     let digest = sha2::Sha256::digest(text.as_bytes());
     let mut hex = [0u8; 8];
@@ -373,6 +442,8 @@ pub struct LimitInput<'a> {
     pub claims: Option<&'a VerifiedClaims>,
     /// The request headers.
     pub headers: &'a HeaderMap,
+    /// The JSON body's model, when the route read it.
+    pub model: Option<&'a str>,
 }
 
 /// A route's policy with its metric handles, resolved when a configuration
@@ -387,6 +458,9 @@ pub struct RouteLimit {
     /// `portcullis_rate_limit_decisions_total{route,policy,outcome}` in the
     /// order of `RATE_LIMIT_OUTCOMES`.
     outcomes: [IntCounter; 5],
+    /// A token budget's `portcullis_token_budget_tokens_total` and
+    /// `portcullis_token_budget_uncharged_total` of the route.
+    budget_counters: Option<(IntCounter, IntCounter)>,
 }
 
 impl RouteLimit {
@@ -400,10 +474,19 @@ impl RouteLimit {
         let policy = limiter.policy.name.clone();
         let family = &metrics.families().rate_limit_decisions;
         let outcomes = RATE_LIMIT_OUTCOMES.map(|o| family.with_label_values(&[route, &policy, o]));
+        let budget_counters = limiter.policy.counts_tokens().then(|| {
+            let f = metrics.families();
+            (
+                f.token_budget_tokens.with_label_values(&[route, &policy]),
+                f.token_budget_uncharged
+                    .with_label_values(&[route, &policy]),
+            )
+        });
         RouteLimit {
             limiter,
             store,
             outcomes,
+            budget_counters,
         }
     }
 
@@ -415,22 +498,35 @@ impl RouteLimit {
         input: &LimitInput<'_>,
         dry_run: bool,
     ) -> Result<Option<Verdict>, Rejection> {
-        let local = || self.limiter.check(self.limiter.key(input));
+        let local = || {
+            let key = self.limiter.key(input);
+            if self.limiter.policy.counts_tokens() {
+                self.limiter.admit_tokens(key)
+            } else {
+                self.limiter.check(key)
+            }
+        };
         let Some(store) = &self.store else {
             return Ok(Some(local()));
         };
         if let Consistency::Approximate { .. } = store.settings.consistency {
             // Decided here; the store hears of it at the next sync.
             let hash = self.limiter.key(input);
+            if self.limiter.policy.counts_tokens() {
+                // Charged (and noted for the sync) when the answer ends.
+                return Ok(Some(self.limiter.admit_tokens(hash)));
+            }
             let verdict = self.limiter.check(hash);
             let admitted = matches!(verdict, Verdict::Allow { .. });
-            self.limiter.note_for_sync(hash, admitted, || {
+            self.limiter.note_for_sync(hash, u32::from(admitted), || {
                 self.limiter.shared_key(&store.settings.key_prefix, input)
             });
             return Ok(Some(verdict));
         }
         let key = self.limiter.shared_key(&store.settings.key_prefix, input);
-        match store.check(&key, &self.limiter.policy, dry_run).await {
+        // A token budget's admission only reads: the charge comes later.
+        let peek = dry_run || self.limiter.policy.counts_tokens();
+        match store.check(&key, &self.limiter.policy, peek).await {
             Ok(verdict) => Ok(Some(verdict)),
             Err(why) => {
                 self.outcomes[4].inc();
@@ -464,6 +560,68 @@ pub struct LimitNote {
     pub state_items: Vec<String>,
     /// `Retry-After`, in whole seconds, for a refusal.
     pub retry_after: Option<u64>,
+    /// Token budgets the request was admitted by, charged when its answer's
+    /// usage is known.
+    pub charges: Vec<Charge>,
+}
+
+/// A token budget's charge for one admitted request, settled when the
+/// answer has ended and its usage is known.
+pub struct Charge {
+    limiter: Arc<PolicyLimiter>,
+    store: Option<Arc<SharedStore>>,
+    key: u64,
+    shared_key: Option<String>,
+    tokens: IntCounter,
+    uncharged: IntCounter,
+}
+
+impl std::fmt::Debug for Charge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Charge")
+            .field("policy", &self.limiter.policy.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Charge {
+    /// Charges the answer's `tokens` (input and output together) to the
+    /// budget: locally at once, in a shared store by a task of its own (the
+    /// response is not held for it). `None` (the usage could not be read) of
+    /// a successful answer is counted as uncharged.
+    pub fn settle(self, tokens: Option<u64>, successful: bool) {
+        let Some(n) = tokens else {
+            if successful {
+                self.uncharged.inc();
+            }
+            return;
+        };
+        self.tokens.inc_by(n);
+        if n == 0 {
+            return;
+        }
+        self.limiter.charge(self.key, n);
+        let (Some(store), Some(shared_key)) = (self.store, self.shared_key) else {
+            return;
+        };
+        if let Consistency::Approximate { .. } = store.settings.consistency {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            self.limiter.note_for_sync(self.key, n, || shared_key);
+            return;
+        }
+        let policy = Arc::clone(&self.limiter.policy);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            drop(handle.spawn(async move {
+                if let Err(why) = store.charge(&shared_key, &policy, n).await {
+                    tracing::warn!(
+                        policy = policy.name.as_str(),
+                        error = why.as_str(),
+                        "token budget charge not recorded in the shared store"
+                    );
+                }
+            }));
+        }
+    }
 }
 
 impl LimitNote {
@@ -527,6 +685,23 @@ pub async fn check(
         };
         let over = !matches!(verdict, Verdict::Allow { .. });
         let report = policy.mode == LimitMode::Report;
+        if let Some((tokens, uncharged)) = &limit.budget_counters
+            && (!over || report)
+            && !dry_run
+        {
+            let n = note.get_or_insert_with(Box::default);
+            n.charges.push(Charge {
+                limiter: Arc::clone(&limit.limiter),
+                store: limit.store.clone(),
+                key: limit.limiter.key(input),
+                shared_key: limit
+                    .store
+                    .as_ref()
+                    .map(|s| limit.limiter.shared_key(&s.settings.key_prefix, input)),
+                tokens: tokens.clone(),
+                uncharged: uncharged.clone(),
+            });
+        }
         let outcome = match (verdict, report) {
             (Verdict::Allow { .. }, _) => 0,
             (_, true) => 2,
@@ -552,8 +727,13 @@ pub async fn check(
         let detail = refusal_detail(policy, verdict);
         let n = note.get_or_insert_with(Box::default);
         n.policy = Some(Arc::clone(policy));
+        let reason = if policy.counts_tokens() {
+            Reason::TokenBudgetExhausted
+        } else {
+            Reason::RateLimited
+        };
         if report {
-            steps.warn(step, Some(Reason::RateLimited), || {
+            steps.warn(step, Some(reason), || {
                 format!("report-only: would refuse: {detail}")
             });
             continue;
@@ -562,8 +742,8 @@ pub async fn check(
             Verdict::Limit { retry_after } => ceil_secs(retry_after),
             _ => 1,
         });
-        steps.fail(step, Reason::RateLimited);
-        return Err(Rejection::new(Reason::RateLimited, detail));
+        steps.fail(step, reason);
+        return Err(Rejection::new(reason, detail));
     }
     if !checked {
         steps.skip(step, || {
@@ -575,6 +755,15 @@ pub async fn check(
 
 /// `per_client (600 per 60s, burst 600, kept per client)`.
 pub fn describe(policy: &RateLimitPolicy) -> String {
+    if policy.counts_tokens() {
+        return format!(
+            "token budget {} ({} tokens per {}, kept per {})",
+            policy.name,
+            policy.count,
+            seconds(policy.window),
+            policy.key_kinds()
+        );
+    }
     format!(
         "policy {} ({} per {}, burst {}, kept per {})",
         policy.name,
@@ -653,6 +842,7 @@ mod tests {
             burst,
             key,
             mode: LimitMode::Enforce,
+            unit: portcullis_config::LimitUnit::Requests,
         })
     }
 
@@ -662,6 +852,33 @@ mod tests {
             route: "r",
             claims: None,
             headers,
+            model: None,
+        }
+    }
+
+    #[test]
+    fn a_token_budget_admits_while_a_token_is_left_and_charges_into_debt() {
+        let mut p = (*policy("10/hour", 10, vec![RateKeyPart::Route])).clone();
+        p.unit = portcullis_config::LimitUnit::Tokens;
+        let limiter = Arc::new(PolicyLimiter::new(Arc::new(p), 100));
+        let key = 7;
+        assert_eq!(limiter.admit_tokens(key), Verdict::Allow { remaining: 10 });
+        // Admission reads only: nothing is spent until the charge.
+        assert_eq!(limiter.admit_tokens(key), Verdict::Allow { remaining: 10 });
+        limiter.charge(key, 6);
+        assert!(matches!(
+            limiter.admit_tokens(key),
+            Verdict::Allow { remaining: 4 }
+        ));
+        // Beyond what is left: admitted once more, then in debt.
+        limiter.charge(key, 6);
+        match limiter.admit_tokens(key) {
+            // 2 tokens of debt and one to spend: 3 × 360 s.
+            Verdict::Limit { retry_after } => {
+                assert!(retry_after > Duration::from_secs(1070), "{retry_after:?}");
+                assert!(retry_after <= Duration::from_secs(1080), "{retry_after:?}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -201,6 +201,41 @@ impl SharedStore {
         result
     }
 
+    /// Charges `tokens` to a token budget's `key` in the store (after the
+    /// answer); one script call bounded by `store_timeout`.
+    pub async fn charge(
+        &self,
+        key: &str,
+        policy: &RateLimitPolicy,
+        tokens: u64,
+    ) -> Result<(), String> {
+        let result = async {
+            let mut conn = self.connection().await?;
+            let period_us = policy.window.as_secs_f64() * 1e6 / f64::from(policy.count.max(1));
+            let mut invocation = self.add.key(key);
+            invocation.arg(period_us).arg(tokens);
+            match tokio::time::timeout(
+                self.settings.timeout,
+                invocation.invoke_async::<i64>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("Redis error: {e}")),
+                Err(_) => Err(format!(
+                    "no answer within store_timeout ({} ms)",
+                    self.settings.timeout.as_millis()
+                )),
+            }
+        }
+        .await;
+        match &result {
+            Ok(()) => self.note_success(),
+            Err(why) => self.note_failure(why),
+        }
+        result
+    }
+
     async fn call(
         &self,
         key: &str,
@@ -508,6 +543,7 @@ mod tests {
             burst: 1,
             key: Vec::new(),
             mode: portcullis_config::LimitMode::Enforce,
+            unit: portcullis_config::LimitUnit::Requests,
         };
         let first = store.check("k", &policy, false).await.unwrap_err();
         assert!(first.contains("cannot connect"), "{first}");

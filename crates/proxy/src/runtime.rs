@@ -274,8 +274,13 @@ fn body_need(rc: &RouteConfig, chain: &[Arc<UpstreamPool>]) -> BodyNeed {
         RouteAuth::Protected(p) => p.models.is_some(),
         RouteAuth::Public => false,
     };
+    let keyed_by_model = rc
+        .rate_limits
+        .iter()
+        .any(|p| p.key.contains(&portcullis_config::RateKeyPart::Model));
     if rc.matcher.models.is_some()
         || grants_models
+        || keyed_by_model
         || chain.iter().any(|u| u.config().rewrites_body())
     {
         BodyNeed::Model

@@ -39,6 +39,15 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Input and output tokens together (what a token budget is charged);
+    /// `None` when neither was reported.
+    pub fn total_tokens(&self) -> Option<u64> {
+        match (self.input_tokens, self.output_tokens) {
+            (None, None) => None,
+            (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
+        }
+    }
+
     /// Whether anything was found.
     pub fn is_empty(&self) -> bool {
         self.model.is_none() && self.input_tokens.is_none() && self.output_tokens.is_none()
