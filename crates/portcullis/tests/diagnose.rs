@@ -76,6 +76,7 @@ routes:
   - {{ name: slow, match: {{ path_prefix: /slow/ }}, upstream: slow, public: true }}
   - {{ name: garbage, match: {{ path_prefix: /garbage/ }}, upstream: garbage, public: true }}
   - {{ name: oauth, match: {{ path_prefix: /oauth/ }}, upstream: oauth, public: true }}
+  - {{ name: ai, match: {{ path: /ai/chat, models: ["demo-*"] }}, upstream: llm, auth: {{ issuers: [dev], audiences: [portcullis-demo], models: {{ scope_prefix: "model:" }} }} }}
 "#,
         up_port = upstream.handle.addr.port(),
     );
@@ -413,6 +414,59 @@ async fn failing_layers_are_named() {
     assert_eq!(doc["reason"], "upstream_credential_unavailable", "{doc}");
     let ev = step(&doc, "upstream");
     assert!(ev.contains("TCP") && ev.contains("token endpoint"), "{ev}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_routes_are_diagnosed_with_the_described_model() {
+    let env = env().await;
+    let token = env
+        .auth
+        .mint("chat:write model:demo-small", json!({}))
+        .unwrap();
+    let run = |model: Option<&'static str>| {
+        let mut args = vec![
+            "--url".to_owned(),
+            "http://g/ai/chat".to_owned(),
+            "-X".to_owned(),
+            "POST".to_owned(),
+            "--token".to_owned(),
+            token.clone(),
+            "--no-upstream".to_owned(),
+        ];
+        if let Some(m) = model {
+            args.extend(["--model".to_owned(), m.to_owned()]);
+        }
+        args
+    };
+    let call = |args: Vec<String>| {
+        let env = &env;
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            diagnose(env, &refs).await
+        }
+    };
+    // Served by the route and granted to the token.
+    let (code, doc, _) = call(run(Some("demo-small"))).await;
+    assert_eq!(code, 0, "{doc}");
+    assert!(
+        step(&doc, "model").contains("\"demo-small\" is served by the route and granted"),
+        "{doc}"
+    );
+    // Served, not granted: the model step names the grant.
+    let (code, doc, _) = call(run(Some("demo-large"))).await;
+    assert_eq!(code, 1);
+    assert_eq!(doc["reason"], "model_not_allowed", "{doc}");
+    assert!(step(&doc, "model").contains("model:demo-small"), "{doc}");
+    // Not served by any route of the path: refused at the route step.
+    let (code, doc, _) = call(run(Some("gpt-4o"))).await;
+    assert_eq!(code, 1);
+    assert_eq!(doc["reason"], "model_not_allowed", "{doc}");
+    assert!(step(&doc, "route").contains("demo-*"), "{doc}");
+    // No model described: the route cannot be chosen, and the output says how.
+    let (code, doc, _) = call(run(None)).await;
+    assert_eq!(code, 1);
+    assert_eq!(doc["reason"], "request_malformed", "{doc}");
+    assert!(doc.to_string().contains("--model"), "{doc}");
 }
 
 fn step(doc: &Value, name: &str) -> String {

@@ -19,7 +19,9 @@
 
 use bytes::Bytes;
 use portcullis_config::UsageDialect;
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde::Deserialize;
 
 /// Largest JSON answer read for its usage; larger ones are not counted.
 pub const MAX_JSON_BYTES: usize = 4 << 20;
@@ -53,63 +55,98 @@ impl Usage {
         self.model.is_none() && self.input_tokens.is_none() && self.output_tokens.is_none()
     }
 
-    /// Takes what `v` (an answer, a stream chunk or event) says, in `dialect`.
-    fn read(&mut self, dialect: UsageDialect, v: &Value) {
-        let count = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64);
+    /// Takes what `doc` (an answer, a stream chunk or event) says, in `dialect`.
+    fn read(&mut self, dialect: UsageDialect, doc: &Doc<'_>) {
         match dialect {
             UsageDialect::OpenAi => {
                 if self.model.is_none() {
-                    self.model = string(v, "model");
+                    self.model = model_name(doc.model.as_deref());
                 }
-                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-                    self.input_tokens = count(u, "prompt_tokens")
-                        .or_else(|| count(u, "input_tokens"))
-                        .or(self.input_tokens);
-                    self.output_tokens = count(u, "completion_tokens")
-                        .or_else(|| count(u, "output_tokens"))
+                if let Some(u) = &doc.usage {
+                    self.input_tokens = u.prompt_tokens.or(u.input_tokens).or(self.input_tokens);
+                    self.output_tokens = u
+                        .completion_tokens
+                        .or(u.output_tokens)
                         .or(self.output_tokens);
                 }
                 // The Responses API streams a `response.completed` event whose
                 // `response` holds the model and usage.
-                if let Some(r) = v.get("response").filter(|r| r.is_object()) {
+                if let Some(r) = &doc.response {
                     self.read(dialect, r);
                 }
             }
             UsageDialect::Anthropic => {
                 // `message_start` carries the message; a plain answer is one.
-                let message = v.get("message").filter(|m| m.is_object()).unwrap_or(v);
+                let message = doc.message.as_deref().unwrap_or(doc);
                 if self.model.is_none() {
-                    self.model = string(message, "model");
+                    self.model = model_name(message.model.as_deref());
                 }
-                if let Some(u) = message.get("usage").or_else(|| v.get("usage")) {
-                    self.input_tokens = count(u, "input_tokens").or(self.input_tokens);
-                    self.output_tokens = count(u, "output_tokens").or(self.output_tokens);
+                if let Some(u) = message.usage.as_ref().or(doc.usage.as_ref()) {
+                    self.input_tokens = u.input_tokens.or(self.input_tokens);
+                    self.output_tokens = u.output_tokens.or(self.output_tokens);
                 }
             }
             UsageDialect::Gemini => {
-                if let Some(m) = string(v, "modelVersion") {
+                if let Some(m) = model_name(doc.model_version.as_deref()) {
                     self.model = Some(m);
                 }
-                if let Some(u) = v.get("usageMetadata") {
-                    self.input_tokens = count(u, "promptTokenCount").or(self.input_tokens);
-                    self.output_tokens = count(u, "candidatesTokenCount").or(self.output_tokens);
+                if let Some(u) = &doc.usage_metadata {
+                    self.input_tokens = u.prompt_token_count.or(self.input_tokens);
+                    self.output_tokens = u.candidates_token_count.or(self.output_tokens);
                 }
             }
         }
     }
 }
 
-fn string(v: &Value, key: &str) -> Option<String> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty() && s.len() <= 256)
+/// The members of an answer, chunk or event that carry a model or usage, in
+/// every dialect; everything else is skipped unread (no allocation for it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Doc<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(rename = "modelVersion", borrow)]
+    model_version: Option<Cow<'a, str>>,
+    usage: Option<Counts>,
+    #[serde(rename = "usageMetadata")]
+    usage_metadata: Option<GeminiCounts>,
+    /// Anthropic's `message_start`.
+    #[serde(borrow)]
+    message: Option<Box<Doc<'a>>>,
+    /// OpenAI Responses API's `response.completed`.
+    #[serde(borrow)]
+    response: Option<Box<Doc<'a>>>,
+}
+
+/// OpenAI's and Anthropic's usage object.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Counts {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+/// Gemini's `usageMetadata`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct GeminiCounts {
+    prompt_token_count: Option<u64>,
+    candidates_token_count: Option<u64>,
+}
+
+/// A model name worth a log field: not empty, at most 256 bytes.
+fn model_name(name: Option<&str>) -> Option<String> {
+    name.filter(|s| !s.is_empty() && s.len() <= 256)
         .map(str::to_owned)
 }
 
 /// Usage of a complete JSON answer.
 pub fn from_json(dialect: UsageDialect, body: &[u8]) -> Usage {
     let mut usage = Usage::default();
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+    if let Ok(v) = serde_json::from_slice::<Doc<'_>>(body) {
         usage.read(dialect, &v);
     }
     usage
@@ -180,12 +217,19 @@ impl UsageReader {
                 }
                 from_json(dialect, &frames.concat())
             }
-            UsageReader::Events(reader) => reader.usage,
+            UsageReader::Events(reader) => reader.finish(),
         }
     }
 }
 
 /// An event stream's usage, read line by line.
+///
+/// Cheap per event: once the model is known, an OpenAI or Gemini stream's
+/// frames are not searched at all. Those dialects report the usage in their
+/// last data event (OpenAI's final chunk; Gemini's cumulative counts), so the
+/// reader only keeps a handle on the last complete data line it has seen (no
+/// copy) and reads it at the end. Anthropic reports input and output at two
+/// events, so each of its frames is searched for a usage object.
 pub struct EventReader {
     dialect: UsageDialect,
     /// The start of a line split across frames.
@@ -193,6 +237,9 @@ pub struct EventReader {
     /// Whether the current line is too long to keep (skipped to its end).
     skipping: bool,
     usage: Usage,
+    /// OpenAI and Gemini: the last frame seen on the fast path that has more
+    /// than `data: [DONE]`, whose complete lines are read at the end.
+    last: Option<Bytes>,
 }
 
 impl EventReader {
@@ -203,12 +250,56 @@ impl EventReader {
             partial: Vec::new(),
             skipping: false,
             usage: Usage::default(),
+            last: None,
         }
     }
 
+    /// What was found, once the stream has ended.
+    pub fn finish(mut self) -> Usage {
+        if let Some(frame) = self.last.take() {
+            // Its complete lines (a line it ended inside of was read with the
+            // frames after it).
+            let mut rest: &[u8] = &frame;
+            while let Some(end) = memchr::memchr(b'\n', rest) {
+                let (line, after) = rest.split_at(end);
+                rest = &after[1..];
+                self.line(line);
+            }
+        }
+        self.usage
+    }
+
     /// Sees one frame of the stream.
-    pub fn feed(&mut self, data: &[u8]) {
-        let mut rest = data;
+    pub fn feed(&mut self, data: &Bytes) {
+        // The common frame: no line carried over from the last one and the
+        // model known. OpenAI and Gemini: keep the frame's last complete data
+        // line for the end. Anthropic: only a frame with a usage object (an
+        // OpenAI-style `"usage":null` is not one) is read line by line.
+        if self.partial.is_empty() && !self.skipping && self.usage.model.is_some() {
+            let fast = match self.dialect {
+                UsageDialect::Anthropic => !has_usage_object(data),
+                UsageDialect::OpenAi | UsageDialect::Gemini => {
+                    if !is_done_only(data) {
+                        self.last = Some(data.clone());
+                    }
+                    true
+                }
+            };
+            if fast {
+                // Most frames end with their event: nothing to carry over.
+                if data.last() != Some(&b'\n') {
+                    let tail = match memchr::memrchr(b'\n', data) {
+                        Some(end) => &data[end + 1..],
+                        None => &data[..],
+                    };
+                    self.keep_partial(tail);
+                }
+                return;
+            }
+        }
+        // Lines read now come after any kept one: it is superseded.
+        self.last = None;
+        let mut rest: &[u8] = data;
         while let Some(end) = memchr::memchr(b'\n', rest) {
             let (line, after) = rest.split_at(end);
             rest = &after[1..];
@@ -228,6 +319,12 @@ impl EventReader {
                 self.partial.clear();
             }
         }
+        self.keep_partial(rest);
+    }
+
+    /// Keeps the start of a line the frame ends inside of (a line too long
+    /// to keep is skipped to its end instead).
+    fn keep_partial(&mut self, rest: &[u8]) {
         if !rest.is_empty() && !self.skipping {
             if self.partial.len() + rest.len() > MAX_LINE_BYTES {
                 self.partial.clear();
@@ -248,21 +345,52 @@ impl EventReader {
         let Some(payload) = line.strip_prefix(b"data:") else {
             return;
         };
-        let wanted = USAGE.find(payload).is_some()
+        let wanted = has_usage_object(payload)
             || (self.usage.model.is_none() && MODEL.find(payload).is_some());
         if !wanted {
             return;
         }
-        if let Ok(v) = serde_json::from_slice::<Value>(payload) {
+        if let Ok(v) = serde_json::from_slice::<Doc<'_>>(payload) {
             self.usage.read(self.dialect, &v);
         }
     }
 }
 
+/// Whether a frame is only the end of an OpenAI stream, `data: [DONE]`.
+fn is_done_only(frame: &[u8]) -> bool {
+    frame.len() <= 24 && frame.trim_ascii() == b"data: [DONE]"
+}
+
+/// Whether `text` has a member named `usage…` (`usage`, Gemini's
+/// `usageMetadata`) whose value is an object: `"usage":null`, which OpenAI
+/// puts in every chunk of a stream that asked for its usage, is not.
+fn has_usage_object(text: &[u8]) -> bool {
+    // `usage` without its quote: JSON is full of quotes, and a search that
+    // verifies a candidate at each one costs several times more.
+    for at in USAGE.find_iter(text) {
+        if at == 0 || text[at - 1] != b'"' {
+            continue;
+        }
+        // The rest of the key, its closing quote, then `:` and `{`.
+        let after = &text[at + 5..];
+        let Some(quote) = memchr::memchr(b'"', after) else {
+            return false;
+        };
+        let mut value = after[quote + 1..]
+            .iter()
+            .copied()
+            .filter(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+        if value.next() == Some(b':') && value.next() == Some(b'{') {
+            return true;
+        }
+    }
+    false
+}
+
 /// The words that make a stream's line worth parsing (`"usage` also finds
 /// Gemini's `"usageMetadata`).
 static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage"));
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"usage"));
 static MODEL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"model"));
 
@@ -273,9 +401,9 @@ mod tests {
     fn stream(dialect: UsageDialect, text: &str, chunk: usize) -> Usage {
         let mut r = EventReader::new(dialect);
         for piece in text.as_bytes().chunks(chunk) {
-            r.feed(piece);
+            r.feed(&Bytes::copy_from_slice(piece));
         }
-        r.usage
+        r.finish()
     }
 
     fn usage(model: &str, input: u64, output: u64) -> Usage {
@@ -283,6 +411,40 @@ mod tests {
             model: Some(model.to_owned()),
             input_tokens: Some(input),
             output_tokens: Some(output),
+        }
+    }
+
+    #[test]
+    fn a_usage_member_counts_only_when_it_is_an_object() {
+        assert!(has_usage_object(br#"{"usage":{"prompt_tokens":1}}"#));
+        assert!(has_usage_object(br#"{"usage" : { "a":1}}"#));
+        assert!(has_usage_object(
+            br#"{"usageMetadata":{"promptTokenCount":1}}"#
+        ));
+        assert!(!has_usage_object(br#"{"usage":null,"x":1}"#));
+        assert!(!has_usage_object(br#"{"content":"the usage"}"#));
+        assert!(has_usage_object(
+            br#"{"usage":null,"then":{"usage":{"a":1}}}"#
+        ));
+        assert!(!has_usage_object(br#"{"usage"#));
+    }
+
+    #[test]
+    fn a_stream_with_usage_null_in_every_chunk_is_read_at_its_last() {
+        let mut text = String::new();
+        text.push_str("data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":null}\n\n");
+        for i in 0..50 {
+            text.push_str(&format!(
+                "data: {{\"model\":\"gpt-4o\",\"choices\":[{{\"delta\":{{\"content\":\"t{i}\"}}}}],\"usage\":null}}\n\n"
+            ));
+        }
+        text.push_str("data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":50}}\n\ndata: [DONE]\n\n");
+        for chunk in [1, 7, 64, 300, text.len()] {
+            assert_eq!(
+                stream(UsageDialect::OpenAi, &text, chunk),
+                usage("gpt-4o", 7, 50),
+                "frames of {chunk} bytes"
+            );
         }
     }
 
