@@ -224,12 +224,13 @@ impl UsageReader {
 
 /// An event stream's usage, read line by line.
 ///
-/// Cheap per event: once the model is known, an OpenAI or Gemini stream's
-/// frames are not searched at all. Those dialects report the usage in their
-/// last data event (OpenAI's final chunk; Gemini's cumulative counts), so the
-/// reader only keeps a handle on the last complete data line it has seen (no
-/// copy) and reads it at the end. Anthropic reports input and output at two
-/// events, so each of its frames is searched for a usage object.
+/// Cheap per event: an OpenAI or Gemini stream's frames are not searched at
+/// all. Those dialects report the usage in their last data event (OpenAI's
+/// final chunk; Gemini's cumulative counts), so the reader keeps a handle on
+/// the last frame with data (no copy) and reads it at the end, and on the
+/// first for the model in case the last does not name it. Anthropic reports
+/// input and output at two events, so each of its frames is searched for a
+/// usage object once the model is known.
 pub struct EventReader {
     dialect: UsageDialect,
     /// The start of a line split across frames.
@@ -240,6 +241,9 @@ pub struct EventReader {
     /// OpenAI and Gemini: the last frame seen on the fast path that has more
     /// than `data: [DONE]`, whose complete lines are read at the end.
     last: Option<Bytes>,
+    /// OpenAI and Gemini: the first such frame while the model is unknown,
+    /// read at the end for the model if the last one does not name it.
+    first: Option<Bytes>,
 }
 
 impl EventReader {
@@ -251,6 +255,7 @@ impl EventReader {
             skipping: false,
             usage: Usage::default(),
             last: None,
+            first: None,
         }
     }
 
@@ -259,11 +264,27 @@ impl EventReader {
         if let Some(frame) = self.last.take() {
             // Its complete lines (a line it ended inside of was read with the
             // frames after it).
-            let mut rest: &[u8] = &frame;
-            while let Some(end) = memchr::memchr(b'\n', rest) {
-                let (line, after) = rest.split_at(end);
-                rest = &after[1..];
+            for line in complete_lines(&frame) {
                 self.line(line);
+            }
+        }
+        if let (None, Some(frame)) = (&self.usage.model, self.first.take()) {
+            // Only the model: the counts of an earlier event are older.
+            for line in complete_lines(&frame) {
+                let Some(payload) = line.strip_prefix(b"data:") else {
+                    continue;
+                };
+                if MODEL.find(payload).is_none() {
+                    continue;
+                }
+                let mut scratch = Usage::default();
+                if let Ok(doc) = serde_json::from_slice::<Doc<'_>>(payload) {
+                    scratch.read(self.dialect, &doc);
+                }
+                if scratch.model.is_some() {
+                    self.usage.model = scratch.model;
+                    break;
+                }
             }
         }
         self.usage
@@ -275,11 +296,17 @@ impl EventReader {
         // model known. OpenAI and Gemini: keep the frame's last complete data
         // line for the end. Anthropic: only a frame with a usage object (an
         // OpenAI-style `"usage":null` is not one) is read line by line.
-        if self.partial.is_empty() && !self.skipping && self.usage.model.is_some() {
+        if self.partial.is_empty()
+            && !self.skipping
+            && (self.usage.model.is_some() || self.dialect != UsageDialect::Anthropic)
+        {
             let fast = match self.dialect {
                 UsageDialect::Anthropic => !has_usage_object(data),
                 UsageDialect::OpenAi | UsageDialect::Gemini => {
                     if !is_done_only(data) {
+                        if self.first.is_none() && self.usage.model.is_none() {
+                            self.first = Some(data.clone());
+                        }
                         self.last = Some(data.clone());
                     }
                     true
@@ -354,6 +381,17 @@ impl EventReader {
             self.usage.read(self.dialect, &v);
         }
     }
+}
+
+/// The lines of `frame` that end in it (without their `\n`).
+fn complete_lines(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = frame;
+    std::iter::from_fn(move || {
+        let end = memchr::memchr(b'\n', rest)?;
+        let (line, after) = rest.split_at(end);
+        rest = &after[1..];
+        Some(line)
+    })
 }
 
 /// Whether a frame is only the end of an OpenAI stream, `data: [DONE]`.
@@ -444,6 +482,28 @@ mod tests {
                 stream(UsageDialect::OpenAi, &text, chunk),
                 usage("gpt-4o", 7, 50),
                 "frames of {chunk} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn the_model_comes_from_the_first_event_when_the_last_does_not_name_it() {
+        let text = "data: {\"model\":\"m-1\",\"choices\":[]}\n\ndata: {\"choices\":[]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        for chunk in [1, 5, 16, 40, text.len()] {
+            assert_eq!(
+                stream(UsageDialect::OpenAi, text, chunk),
+                usage("m-1", 2, 3),
+                "{chunk}"
+            );
+        }
+        // Gemini: cumulative counts; the first event's are older, only its
+        // model is taken.
+        let gemini = "data: {\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":1},\"modelVersion\":\"g-1\"}\n\ndata: {\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":9}}\n\n";
+        for chunk in [3, 50, gemini.len()] {
+            assert_eq!(
+                stream(UsageDialect::Gemini, gemini, chunk),
+                usage("g-1", 4, 9),
+                "{chunk}"
             );
         }
     }
