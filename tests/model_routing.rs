@@ -7,9 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use http::Method;
 use portcullis_tests::{DemoUpstream, ISSUER_AND_UPSTREAM, TestEnv, dev_servers, render};
 use serde_json::json;
@@ -269,24 +266,8 @@ async fn the_openai_sdk_uses_aliases_streams_with_usage_and_is_refused_clearly()
         second: _second,
     } = setup().await;
     let token = env.token("chat:write", json!({}));
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    assert!(
-        python.exists(),
-        "the SDKs are not installed: run scripts/test.sh (target/sdk-venv)"
-    );
     let base = env.url("/v1");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["model_routing.py", &base, &token])
-            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/third_party"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = portcullis_tests::run_sdk_script("model_routing.py", &[&base, &token]).await;
     assert!(stdout.contains("ALIAS demo-small\n"), "{stdout}");
     // The gateway asked for the stream's usage (stream_usage): the SDK got it.
     assert!(stdout.contains("STREAM demo-small 9\n"), "{stdout}");

@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -83,24 +81,8 @@ async fn without_keepalive_the_stream_is_passed_byte_for_byte() {
 async fn the_openai_sdk_streams_through_and_raises_on_a_broken_stream() {
     let env = TestEnv::start(&config("0s")).await;
     let token = env.token("chat:write", serde_json::json!({}));
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    assert!(
-        python.exists(),
-        "the SDKs are not installed: run scripts/test.sh (target/sdk-venv)"
-    );
     let base = env.url("/v1");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["ai_sdks.py", &base, &token])
-            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/third_party"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = portcullis_tests::run_sdk_script("ai_sdks.py", &[&base, &token]).await;
     assert!(
         stdout.contains("PLAIN Hello from the Portcullis demo upstream! You said: hi"),
         "{stdout}"

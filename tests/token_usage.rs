@@ -148,27 +148,8 @@ routes:
     );
     let env = TestEnv::start(&template).await;
     let token = env.token("chat:write", serde_json::json!({}));
-    let python =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    assert!(
-        python.exists(),
-        "the SDKs are not installed: run scripts/test.sh (target/sdk-venv)"
-    );
     let base = env.url("/anthropic");
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args(["anthropic_sdk.py", &base, &token])
-            .current_dir(
-                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/third_party"),
-            )
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = portcullis_tests::run_sdk_script("anthropic_sdk.py", &[&base, &token]).await;
     let reply = "Hello from the Portcullis demo upstream! You said: hi";
     assert!(stdout.contains(&format!("PLAIN 1 9 {reply}")), "{stdout}");
     assert!(stdout.contains(&format!("STREAM 1 9 {reply}")), "{stdout}");

@@ -351,3 +351,28 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> 
     let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Runs `script` of `tests/third_party` with the interpreter of the SDK venv
+/// that `scripts/test.sh` creates (`target/sdk-venv`: the official openai,
+/// anthropic and mcp packages), off the runtime so the servers keep serving;
+/// asserts it succeeded and returns its standard output.
+pub async fn run_sdk_script(script: &str, args: &[&str]) -> String {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/sdk-venv/bin/python");
+    assert!(
+        python.exists(),
+        "the SDKs are not installed: run scripts/test.sh (target/sdk-venv)"
+    );
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(script)
+        .args(args)
+        .current_dir(root.join("tests/third_party"));
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run python"))
+        .await
+        .expect("python task");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{script}: {stdout}\n{stderr}");
+    stdout
+}
