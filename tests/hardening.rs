@@ -1043,6 +1043,59 @@ async fn http2_continuation_flood_ends_the_connection() {
 }
 
 #[tokio::test]
+async fn http2_header_lists_refused_by_the_h2_layer_are_counted_and_logged() {
+    // Heads over limits.max_header_bytes get the pipeline's own 431; a header
+    // list over the h2 layer's bound (16 KiB here) is refused by h2 itself
+    // with a bare 431, and must still leave a trace.
+    let config = format!("{HEAD}limits: {{ max_header_bytes: 4KiB }}\n{OPEN_ROUTE}");
+    let env = TestEnv::start(&config).await;
+    let mut s = h2raw::connect(env.addr).await;
+    let mut block = h2raw::request("/x", "gw");
+    for _ in 0..130 {
+        block.extend(h2raw::literal_new("x-f", &"a".repeat(100)));
+    }
+    s.write_all(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_STREAM | h2raw::END_HEADERS,
+        1,
+        &block,
+    ))
+    .await
+    .unwrap();
+    s.write_all(&h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_STREAM | h2raw::END_HEADERS,
+        3,
+        &h2raw::request("/y", "gw"),
+    ))
+    .await
+    .unwrap();
+    let mut answered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered.len() < 2 && Instant::now() < deadline {
+        match h2raw::read_frame(&mut s, Duration::from_secs(10)).await {
+            Some((h2raw::HEADERS, _, stream, payload)) => answered.push((stream, payload[0])),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    answered.sort_unstable();
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert_eq!(answered[1], (3, 0x88), "the next stream is served");
+    assert_ne!(answered[0].1, 0x88, "the oversized stream is refused");
+    assert_eq!(env.upstream.requests(), 1, "the oversized one went nowhere");
+    drop(s);
+    let metric = "portcullis_http2_streams_refused_total";
+    for _ in 0..200 {
+        if env.metric(metric) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(env.metric(metric), 1.0, "counted when the connection ended");
+}
+
+#[tokio::test]
 async fn idle_http2_connections_are_closed_too() {
     let config = format!("{HEAD}limits: {{ idle_timeout: 1s }}\n{}", OPEN_ROUTE);
     let env = TestEnv::start(&config).await;

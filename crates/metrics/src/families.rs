@@ -95,6 +95,9 @@ pub struct Families {
     pub upstream_token_fetches: IntCounterVec,
     /// `portcullis_upstream_token_age_seconds{upstream}`, refreshed at scrape time.
     pub upstream_token_age: GaugeVec,
+    /// `portcullis_http2_streams_refused_total`: HTTP/2 streams clients
+    /// opened that the HTTP/2 layer ended before the pipeline saw them.
+    pub http2_streams_refused: IntCounter,
     /// `portcullis_token_budget_tokens_total{route,policy}`: tokens charged
     /// to token budgets.
     pub token_budget_tokens: IntCounterVec,
@@ -415,6 +418,14 @@ impl Families {
                 "Age of the OAuth token the gateway sends to each upstream that takes one.",
                 &["upstream"],
             )?,
+            http2_streams_refused: {
+                let c = IntCounter::new(
+                    "portcullis_http2_streams_refused_total",
+                    "HTTP/2 streams clients opened that the HTTP/2 layer ended before the pipeline saw them: a header list over twice limits.max_header_bytes (answered 431 by it), streams over the concurrency limit, or streams the client reset first. Counted when the connection ends.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             token_budget_tokens: counter(
                 &r,
                 "portcullis_token_budget_tokens_total",
@@ -577,6 +588,7 @@ impl Families {
             &fams.upstream_attempts,
             &fams.token_budget_tokens,
             &fams.token_budget_uncharged,
+            &fams.http2_streams_refused,
             &fams.gen_ai_token_usage,
             &fams.gen_ai_request_duration,
             &fams.gen_ai_time_to_first_token,

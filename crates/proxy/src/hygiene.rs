@@ -36,6 +36,10 @@ pub struct Activity {
     /// hyper's parser refused a request head and the gateway answered it
     /// (`parser_refusal.rs`).
     parser_refusal_answered: AtomicBool,
+    /// Requests handed to the pipeline.
+    dispatched: AtomicU64,
+    /// HTTP/2 streams the client opened (`h2_streams.rs`).
+    h2_streams_opened: AtomicU64,
 }
 
 /// Why the watchdog closed a connection (the `cause` label of
@@ -69,6 +73,8 @@ impl Activity {
             response_unflushed: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             parser_refusal_answered: AtomicBool::new(false),
+            dispatched: AtomicU64::new(0),
+            h2_streams_opened: AtomicU64::new(0),
         })
     }
 
@@ -80,6 +86,7 @@ impl Activity {
     /// is timed: while it runs, the watchdog sees it in flight.
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
         self.response_unflushed.store(true, Ordering::Release);
         RequestGuard {
             activity: Arc::clone(self),
@@ -113,6 +120,19 @@ impl Activity {
     /// Whether the gateway answered (and logged) a head hyper's parser refused.
     pub fn parser_refusal_answered(&self) -> bool {
         self.parser_refusal_answered.load(Ordering::Acquire)
+    }
+
+    /// Notes HTTP/2 streams the client opened.
+    pub fn note_h2_streams_opened(&self, n: u64) {
+        self.h2_streams_opened.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// HTTP/2 streams the client opened that never reached the pipeline (at
+    /// the connection's end: refused or ended by the HTTP/2 layer itself).
+    pub fn h2_streams_not_dispatched(&self) -> u64 {
+        self.h2_streams_opened
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.dispatched.load(Ordering::Relaxed))
     }
 }
 

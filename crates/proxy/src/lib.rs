@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod explain;
 pub mod forward;
 pub mod gateway;
+pub mod h2_streams;
 pub mod headers;
 pub mod hygiene;
 pub mod introspect;

@@ -222,6 +222,9 @@ pub struct ParserRefusals<S> {
     refuser: Refuser,
     /// The gateway's answer, and how much of it has been written.
     pending: Option<(Vec<u8>, usize)>,
+    /// The HTTP/2 streams the client opens (`h2_streams.rs`), counted so
+    /// those the HTTP/2 layer refuses by itself are not lost.
+    streams: crate::h2_streams::StreamCounter,
 }
 
 impl<S> ParserRefusals<S> {
@@ -232,6 +235,7 @@ impl<S> ParserRefusals<S> {
             activity,
             refuser,
             pending: None,
+            streams: crate::h2_streams::StreamCounter::default(),
         }
     }
 
@@ -276,7 +280,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for ParserRefusals<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.streams.is_on() && matches!(polled, Poll::Ready(Ok(()))) {
+            let opened = this.streams.feed(&buf.filled()[before..]);
+            if opened > 0 {
+                this.activity.note_h2_streams_opened(opened);
+            }
+        }
+        polled
     }
 }
 

@@ -326,6 +326,14 @@ async fn drive<I>(
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
+    // Whatever way it ends: HTTP/2 streams the h2 layer ended before the
+    // pipeline saw them (a header list over its limit, the stream limit) are
+    // logged and counted, never lost.
+    let _report = StreamReport {
+        gw: Arc::clone(gw),
+        peer,
+        activity: Arc::clone(&activity),
+    };
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
@@ -345,6 +353,33 @@ async fn drive<I>(
                 _ = stop.wait_for(|p| *p == Phase::Cut) => {}
             }
         }
+    }
+}
+
+/// Reports, when dropped (the connection's end), the HTTP/2 streams of the
+/// connection that never reached the pipeline.
+struct StreamReport {
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+}
+
+impl Drop for StreamReport {
+    fn drop(&mut self) {
+        let refused = self.activity.h2_streams_not_dispatched();
+        if refused == 0 {
+            return;
+        }
+        self.gw
+            .metrics()
+            .families()
+            .http2_streams_refused
+            .inc_by(refused);
+        tracing::warn!(
+            peer = %self.peer,
+            streams = refused,
+            "HTTP/2 streams ended by the protocol layer before the pipeline saw them: a header list over twice limits.max_header_bytes (answered 431 by it), streams over the concurrency limit (refused), or streams the client reset first"
+        );
     }
 }
 
