@@ -38,6 +38,7 @@ for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$up_port/" && br
 config() { # provider line
   cat <<YAML
 listen: { address: 127.0.0.1:$gw_port }
+admin: { enabled: false }
 workers: 1
 logging: { level: warn, access_log: false }
 upstreams:

@@ -96,9 +96,14 @@ pub fn summarise(c: &GatewayConfig) -> String {
                 p.access.claims.len()
             ),
         };
+        let models = r.matcher.models.as_ref().map_or(String::new(), |m| {
+            let names: Vec<&str> = m.iter().map(|p| p.as_str()).collect();
+            format!(" models [{}]", names.join(", "))
+        });
+        let chain = r.upstream_chain().collect::<Vec<_>>().join(" then ");
         out.push(format!(
-            "route {}: {host} {path} [{methods}] -> {}; {auth}",
-            r.name, r.upstream
+            "route {}: {host} {path} [{methods}]{models} -> {chain}; {auth}",
+            r.name
         ));
     }
     out.join("\n")
