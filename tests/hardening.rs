@@ -865,6 +865,22 @@ mod h2raw {
         Some((head[3], head[4], stream, payload))
     }
 
+    /// The first HPACK byte of the response heads of `n` streams (`0x88` is
+    /// `:status 200` from the static table), by stream, within 10 s.
+    pub async fn response_heads(s: &mut TcpStream, n: usize) -> Vec<(u32, u8)> {
+        let mut heads = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while heads.len() < n && Instant::now() < deadline {
+            match read_frame(s, Duration::from_secs(10)).await {
+                Some((HEADERS, _, stream, payload)) => heads.push((stream, payload[0])),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        heads.sort_unstable();
+        heads
+    }
+
     /// How the server ended the connection: its GOAWAY error code, or a close.
     pub struct Outcome {
         pub goaway: Option<u32>,
@@ -929,16 +945,7 @@ async fn http2_authority_and_host_must_agree() {
     ))
     .await
     .unwrap();
-    let mut statuses = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while statuses.len() < 2 && Instant::now() < deadline {
-        match h2raw::read_frame(&mut s, Duration::from_secs(10)).await {
-            Some((h2raw::HEADERS, _, stream, payload)) => statuses.push((stream, payload[0])),
-            Some(_) => {}
-            None => break,
-        }
-    }
-    statuses.sort_unstable();
+    let statuses = h2raw::response_heads(&mut s, 2).await;
     // HPACK static table: 0x8c is `:status 400`, 0x88 is `:status 200`.
     assert_eq!(
         statuses,
@@ -1070,16 +1077,7 @@ async fn http2_header_lists_refused_by_the_h2_layer_are_counted_and_logged() {
     ))
     .await
     .unwrap();
-    let mut answered = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while answered.len() < 2 && Instant::now() < deadline {
-        match h2raw::read_frame(&mut s, Duration::from_secs(10)).await {
-            Some((h2raw::HEADERS, _, stream, payload)) => answered.push((stream, payload[0])),
-            Some(_) => {}
-            None => break,
-        }
-    }
-    answered.sort_unstable();
+    let answered = h2raw::response_heads(&mut s, 2).await;
     assert_eq!(answered.len(), 2, "{answered:?}");
     assert_eq!(answered[1], (3, 0x88), "the next stream is served");
     assert_ne!(answered[0].1, 0x88, "the oversized stream is refused");
