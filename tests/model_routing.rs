@@ -45,6 +45,7 @@ routes:
     upstream: primary
     max_body: 4KiB
     auth: {AUTH}
+    cors: {{ allowed_origins: ["https://chat.example.com"] }}
   - name: chat-large
     match: {{ path: /v1/chat/completions, models: [demo-large] }}
     upstream: second
@@ -188,6 +189,29 @@ async fn a_model_no_route_serves_is_refused_never_passed_to_the_catch_all() {
     // Other methods on the path go their usual way (no model read).
     let r = env.get("/v1/chat/completions", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(env.upstream.requests(), 1);
+    // A browser's CORS preflight has no body to route by: the group's first
+    // route answers it, and nothing is read or forwarded.
+    let r = env
+        .send(
+            Method::OPTIONS,
+            "/v1/chat/completions",
+            &[
+                ("origin", "https://chat.example.com"),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                ),
+            ],
+            String::new(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}: {}", r.status, r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("https://chat.example.com")
+    );
     assert_eq!(env.upstream.requests(), 1);
     // And the token is checked before a route that is not chosen by model
     // reads anything: a missing token on a model route is refused as such.

@@ -476,6 +476,13 @@ pub async fn decide<B: ReadableBody>(
     let mut lookup = runtime
         .table
         .find(&host, req.uri().path(), &lookup_method, None);
+    if preflight && let Lookup::NeedsModel(candidates) = &lookup {
+        // A CORS preflight has no body: the first route of the group answers
+        // it (the browser's request itself is then routed by its model).
+        if let Some(first) = candidates.first() {
+            lookup = Lookup::Found(first);
+        }
+    }
     if let Lookup::NeedsModel(candidates) = &lookup {
         // Routes matched by the body's model: the body is read (within the
         // largest limit of the candidates), after the global network rules.
