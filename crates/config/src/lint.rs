@@ -57,6 +57,22 @@ pub fn warnings(config: &GatewayConfig) -> Vec<String> {
                 later.name, rw.strip_prefix
             ));
         }
+        if later.rate_limits.iter().any(|p| p.counts_tokens()) {
+            for name in later.upstream_chain() {
+                let Some(u) = config.upstreams.get(name) else {
+                    continue;
+                };
+                if !u.stream_usage
+                    && u.provider.map(crate::providers::Provider::dialect)
+                        == Some(crate::providers::UsageDialect::OpenAi)
+                {
+                    out.push(format!(
+                        "routes[{j}] ({}) has a token budget, but its upstream {name:?} does not set stream_usage: a streamed answer whose client did not ask for stream_options.include_usage reports no usage and is not charged",
+                        later.name
+                    ));
+                }
+            }
+        }
         if deny_covers_allow(&later.ip_rules) {
             out.push(format!("routes[{j}] ({}): the ip deny list covers the whole allow list; no client can pass", later.name));
         }

@@ -968,3 +968,20 @@ fn token_budgets_compile_and_their_mistakes_are_named() {
         assert!(e.contains(says), "{to}: {e}");
     }
 }
+
+#[test]
+fn a_token_budget_on_an_openai_upstream_without_stream_usage_is_warned_about() {
+    let with_budget = AI.replace(
+        "routes:",
+        "rate_limits:\n  policies:\n    budget: { tokens: 100000/h, key: [client] }\nroutes:",
+    ) + "    rate_limits: [budget]\n";
+    let c = load(&with_budget).unwrap();
+    // a sets stream_usage; its fallback b does not.
+    let warned: Vec<&String> = c
+        .warnings
+        .iter()
+        .filter(|w| w.contains("does not set stream_usage"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", c.warnings);
+    assert!(warned[0].contains("\"b\""), "{warned:?}");
+}
