@@ -292,59 +292,72 @@ impl EventReader {
 
     /// Sees one frame of the stream.
     pub fn feed(&mut self, data: &Bytes) {
-        // The common frame: no line carried over from the last one and the
-        // model known. OpenAI and Gemini: keep the frame's last complete data
-        // line for the end. Anthropic: only a frame with a usage object (an
-        // OpenAI-style `"usage":null` is not one) is read line by line.
-        if self.partial.is_empty()
-            && !self.skipping
-            && (self.usage.model.is_some() || self.dialect != UsageDialect::Anthropic)
-        {
-            let fast = match self.dialect {
-                UsageDialect::Anthropic => !has_usage_object(data),
-                UsageDialect::OpenAi | UsageDialect::Gemini => {
-                    if !is_done_only(data) {
-                        if self.first.is_none() && self.usage.model.is_none() {
-                            self.first = Some(data.clone());
-                        }
-                        self.last = Some(data.clone());
-                    }
-                    true
-                }
-            };
-            if fast {
-                // Most frames end with their event: nothing to carry over.
-                if data.last() != Some(&b'\n') {
-                    let tail = match memchr::memrchr(b'\n', data) {
-                        Some(end) => &data[end + 1..],
-                        None => &data[..],
-                    };
-                    self.keep_partial(tail);
-                }
-                return;
+        if self.skipping || !self.partial.is_empty() {
+            // First the line an earlier frame ended inside of.
+            if let Some(rest) = self.complete_partial(data) {
+                self.feed_at_line(&rest);
             }
+            return;
         }
-        // Lines read now come after any kept one: it is superseded.
-        self.last = None;
+        self.feed_at_line(data);
+    }
+
+    /// Completes the line an earlier frame ended inside of with the start of
+    /// `data` (reading it); what follows it, if anything.
+    #[cold]
+    fn complete_partial(&mut self, data: &Bytes) -> Option<Bytes> {
+        let Some(end) = memchr::memchr(b'\n', data) else {
+            self.keep_partial(data);
+            return None;
+        };
+        if self.skipping {
+            self.skipping = false;
+        } else {
+            // Join, read, and keep the buffer's capacity for the next one.
+            self.partial.extend_from_slice(&data[..end]);
+            let whole = std::mem::take(&mut self.partial);
+            self.line(&whole);
+            self.partial = whole;
+            self.partial.clear();
+        }
+        (end + 1 < data.len()).then(|| data.slice(end + 1..))
+    }
+
+    /// A frame, or the rest of one, that starts at a line.
+    #[inline]
+    fn feed_at_line(&mut self, data: &Bytes) {
+        // A frame that starts at a line. OpenAI and Gemini: keep a handle on
+        // it for the end, nothing searched. Anthropic: once the model is
+        // known, only a frame with a usage object (an OpenAI-style
+        // `"usage":null` is not one) is read line by line.
+        let fast = match self.dialect {
+            UsageDialect::OpenAi | UsageDialect::Gemini => {
+                if has_data(data) {
+                    if self.first.is_none() && self.usage.model.is_none() {
+                        self.first = Some(data.clone());
+                    }
+                    self.last = Some(data.clone());
+                }
+                true
+            }
+            UsageDialect::Anthropic => self.usage.model.is_some() && !has_usage_object(data),
+        };
+        if fast {
+            // Most frames end with their event: nothing to carry over.
+            if data.last() != Some(&b'\n') {
+                let tail = match memchr::memrchr(b'\n', data) {
+                    Some(end) => &data[end + 1..],
+                    None => &data[..],
+                };
+                self.keep_partial(tail);
+            }
+            return;
+        }
         let mut rest: &[u8] = data;
         while let Some(end) = memchr::memchr(b'\n', rest) {
             let (line, after) = rest.split_at(end);
             rest = &after[1..];
-            if self.skipping {
-                self.skipping = false;
-                continue;
-            }
-            if self.partial.is_empty() {
-                self.line(line);
-            } else {
-                // The line's start came in an earlier frame: join, read, and
-                // keep the buffer's capacity for the next split line.
-                self.partial.extend_from_slice(line);
-                let whole = std::mem::take(&mut self.partial);
-                self.line(&whole);
-                self.partial = whole;
-                self.partial.clear();
-            }
+            self.line(line);
         }
         self.keep_partial(rest);
     }
@@ -379,6 +392,10 @@ impl EventReader {
         }
         if let Ok(v) = serde_json::from_slice::<Doc<'_>>(payload) {
             self.usage.read(self.dialect, &v);
+            // Read now, it comes after the frame kept for the end.
+            if v.usage.is_some() || v.usage_metadata.is_some() {
+                self.last = None;
+            }
         }
     }
 }
@@ -394,9 +411,20 @@ fn complete_lines(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Whether a frame is only the end of an OpenAI stream, `data: [DONE]`.
-fn is_done_only(frame: &[u8]) -> bool {
-    frame.len() <= 24 && frame.trim_ascii() == b"data: [DONE]"
+/// Whether a frame that starts at a line has data worth keeping for the end:
+/// a `data:` line first (after blank lines), and not only OpenAI's closing
+/// `data: [DONE]` (nor a comment or a blank line alone).
+fn has_data(frame: &[u8]) -> bool {
+    // The common frame: one event, longer than the closing line.
+    if frame.len() > 24 && frame.starts_with(b"data:") {
+        return true;
+    }
+    let start = frame
+        .iter()
+        .position(|b| !matches!(b, b'\n' | b'\r'))
+        .unwrap_or(frame.len());
+    let frame = &frame[start..];
+    frame.starts_with(b"data:") && !(frame.len() <= 24 && frame.trim_ascii() == b"data: [DONE]")
 }
 
 /// Whether `text` has a member named `usage…` (`usage`, Gemini's
@@ -484,6 +512,65 @@ mod tests {
                 "frames of {chunk} bytes"
             );
         }
+    }
+
+    #[test]
+    fn any_split_of_a_stream_into_frames_reads_the_same_usage() {
+        let mut openai =
+            String::from("data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":null}\n\n");
+        for i in 0..30 {
+            openai.push_str(&format!(
+                "data: {{\"model\":\"gpt-4o\",\"choices\":[{{\"delta\":{{\"content\":\"w{i} \"}}}}],\"usage\":null}}\n\n"
+            ));
+        }
+        openai.push_str("data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":30}}\n\ndata: [DONE]\n\n");
+        let anthropic = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":22}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let gemini = "data: {\"modelVersion\":\"g-2\",\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":2}}\r\n\r\ndata: {\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":7}}\r\n\r\n";
+        let cases = [
+            (
+                UsageDialect::OpenAi,
+                openai.as_str(),
+                usage("gpt-4o", 9, 30),
+            ),
+            (
+                UsageDialect::Anthropic,
+                anthropic,
+                usage("claude-x", 11, 22),
+            ),
+            (UsageDialect::Gemini, gemini, usage("g-2", 3, 7)),
+        ];
+        // A fixed pseudo-random sequence of cut points (xorshift).
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for (dialect, text, expected) in cases {
+            for _ in 0..300 {
+                let mut r = EventReader::new(dialect);
+                let bytes = text.as_bytes();
+                let mut at = 0;
+                while at < bytes.len() {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let len = 1 + (seed % 120) as usize;
+                    let end = (at + len).min(bytes.len());
+                    r.feed(&Bytes::copy_from_slice(&bytes[at..end]));
+                    at = end;
+                }
+                assert_eq!(r.finish(), expected, "{dialect:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_usage_chunk_in_a_frame_that_ends_inside_the_next_line_is_read() {
+        let mut r = EventReader::new(UsageDialect::OpenAi);
+        for frame in [
+            "data: {\"model\":\"m\",\"choices\":[{}],\"usage\":null}\n\n",
+            "data: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}\n\ndata: [DO",
+            "NE]\n\n",
+        ] {
+            r.feed(&Bytes::from(frame));
+        }
+        assert_eq!(r.finish(), usage("m", 5, 6));
     }
 
     #[test]
