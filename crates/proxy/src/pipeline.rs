@@ -12,14 +12,18 @@
 //! strip_spoofed  drop client copies of gateway-owned headers (all routes' claim
 //!                headers, x-portcullis-*, underscore forms) and, from untrusted
 //!                peers, forwarding and override headers
-//! route          match against this request's RouteTable snapshot
+//! route          match against this request's RouteTable snapshot (routes matched by
+//!                model: the JSON body read once, strictly, and its model picks the route)
 //! upgrade        an Upgrade only for a protocol the route allows; h2c never; no CONNECT
 //! ip_filter      global then route allow/deny CIDRs; deny wins; before any crypto
 //! cors           a preflight answered here, before authentication (the browser
 //!                sends no token with it); other responses decorated in `handle`
 //! authenticate   bearer -> verified-token cache -> JWT verification -> claims
 //! authorize      audience, required scopes and claim rules
-//! forward        hop-by-hop removal, credential injection, claim headers, pooled client
+//! model          a model-aware route's body read whole, its model granted to the token
+//! rate_limit     the other rate-limit policies and token budgets
+//! forward        hop-by-hop removal, credential injection, claim headers, model_map,
+//!                pooled client, fallback upstreams before the first byte
 //! ```
 //!
 //! Steps are plain functions called in sequence rather than a stack of generic
