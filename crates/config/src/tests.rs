@@ -919,25 +919,36 @@ fn ai_routing_mistakes_are_named() {
             "not a model name",
         ),
         (
-            "targets: [http://127.0.0.1:9002] }",
-            "targets: [http://127.0.0.1:9002], stream_usage: true, provider: anthropic }",
+            "b: { provider: openai_compatible, targets: [http://127.0.0.1:9002] }",
+            "b: { provider: anthropic, targets: [http://127.0.0.1:9002], stream_usage: true }",
             "OpenAI",
         ),
     ] {
-        let text = AI.replace(from, to);
-        assert_ne!(text, AI, "{from}");
-        let text = text.replace("provider: openai_compatible, targets: [http://127.0.0.1:9002], stream_usage: true, provider: anthropic", "targets: [http://127.0.0.1:9002], stream_usage: true, provider: anthropic");
-        let e = load(&text).unwrap_err().to_string();
-        assert!(e.contains(says), "{to}: {e}");
+        refused(AI, from, to, says);
     }
+}
+
+/// `base` with `from` replaced by `to` is refused with an error saying `says`.
+fn refused(base: &str, from: &str, to: &str, says: &str) {
+    let text = base.replace(from, to);
+    assert_ne!(text, base, "{from} is not in the configuration");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains(says), "{to}: {e}");
+}
+
+/// The AI configuration with a token budget kept per `key` on its route.
+fn with_budget(key: &str) -> String {
+    AI.replace(
+        "routes:",
+        &format!(
+            "rate_limits:\n  policies:\n    budget: {{ tokens: 100000/h, key: {key} }}\nroutes:"
+        ),
+    ) + "    rate_limits: [budget]\n"
 }
 
 #[test]
 fn token_budgets_compile_and_their_mistakes_are_named() {
-    let with_budget = AI.replace(
-        "routes:",
-        "rate_limits:\n  policies:\n    budget: { tokens: 100000/h, key: [client, model] }\nroutes:",
-    ) + "    rate_limits: [budget]\n";
+    let with_budget = with_budget("[client, model]");
     let c = load(&with_budget).unwrap();
     let policy = &c.routes[0].rate_limits[0];
     assert!(policy.counts_tokens());
@@ -962,20 +973,13 @@ fn token_budgets_compile_and_their_mistakes_are_named() {
             "needs a provider",
         ),
     ] {
-        let text = with_budget.replace(from, to);
-        assert_ne!(text, with_budget, "{from}");
-        let e = load(&text).unwrap_err().to_string();
-        assert!(e.contains(says), "{to}: {e}");
+        refused(&with_budget, from, to, says);
     }
 }
 
 #[test]
 fn a_token_budget_on_an_openai_upstream_without_stream_usage_is_warned_about() {
-    let with_budget = AI.replace(
-        "routes:",
-        "rate_limits:\n  policies:\n    budget: { tokens: 100000/h, key: [client] }\nroutes:",
-    ) + "    rate_limits: [budget]\n";
-    let c = load(&with_budget).unwrap();
+    let c = load(&with_budget("[client]")).unwrap();
     // a sets stream_usage; its fallback b does not.
     let warned: Vec<&String> = c
         .warnings
