@@ -487,6 +487,9 @@ pub async fn decide<B: ReadableBody>(
             lookup = Lookup::Found(first);
         }
     }
+    // The body's length, when it was read to choose among routes matched by
+    // model (within the largest limit of the group).
+    let mut group_body_len = None;
     if let Lookup::NeedsModel(candidates) = &lookup {
         // Routes matched by the body's model: the body is read (within the
         // largest limit of the candidates), after the global network rules.
@@ -501,9 +504,12 @@ pub async fn decide<B: ReadableBody>(
         )?;
         let requested = read_model(req, limit, config.limits.body_read_timeout, trace).await?;
         lookup = match requested {
-            Some(model) => runtime
-                .table
-                .find(&host, req.uri().path(), &lookup_method, Some(model)),
+            Some((len, model)) => {
+                group_body_len = Some(len);
+                runtime
+                    .table
+                    .find(&host, req.uri().path(), &lookup_method, Some(model))
+            }
             None => {
                 trace.steps.fail(Step::Route, Reason::RequestMalformed);
                 return Err(Rejection::new(
@@ -559,6 +565,18 @@ pub async fn decide<B: ReadableBody>(
         }
     };
     trace.route = Some(Arc::clone(&route));
+    // A body read within the group's largest limit is held to the chosen
+    // route's own.
+    if let Some(len) = group_body_len.filter(|len| *len > route.config.max_body_bytes) {
+        trace.steps.fail(Step::Request, Reason::BodyTooLarge);
+        return Err(Rejection::new(
+            Reason::BodyTooLarge,
+            format!(
+                "request body of {len} bytes exceeds the route's limit of {}",
+                route.config.max_body_bytes
+            ),
+        ));
+    }
     let steps = &mut trace.steps;
     steps.pass_with(Step::Route, || {
         evidence::route_found(
@@ -730,15 +748,8 @@ async fn read_model<'t, B: ReadableBody>(
     limit: u64,
     read_timeout: Duration,
     trace: &'t mut Trace,
-) -> Result<Option<&'t str>, Rejection> {
-    let body = match req.body_mut().read_whole(limit, read_timeout).await {
-        Ok(body) => body,
-        Err(rejection) => {
-            trace.steps.fail(Step::Request, rejection.reason);
-            return Err(rejection);
-        }
-    };
-    let Some(body) = body else {
+) -> Result<Option<(u64, &'t str)>, Rejection> {
+    let Some(body) = read_body(req, limit, read_timeout, trace).await? else {
         return Ok(None);
     };
     let requested = trace
@@ -746,7 +757,24 @@ async fn read_model<'t, B: ReadableBody>(
         .check(Step::Model, portcullis_policy::read_requested_model(&body))?;
     let note = trace.routing.get_or_insert_with(Box::default);
     note.requested = Some(requested);
-    Ok(note.requested.as_ref().map(|r| r.model.as_str()))
+    Ok(note
+        .requested
+        .as_ref()
+        .map(|r| (body.len() as u64, r.model.as_str())))
+}
+
+/// The request body read whole (kept for forwarding), a failure recorded at
+/// the `request` step; `None` when there is none to read (a dry run).
+async fn read_body<B: ReadableBody>(
+    req: &mut Request<B>,
+    limit: u64,
+    read_timeout: Duration,
+    trace: &mut Trace,
+) -> Result<Option<bytes::Bytes>, Rejection> {
+    req.body_mut()
+        .read_whole(limit, read_timeout)
+        .await
+        .inspect_err(|rejection| trace.steps.fail(Step::Request, rejection.reason))
 }
 
 /// The model a request's body named, once read.
@@ -773,17 +801,7 @@ async fn model_step<B: ReadableBody>(
     match route.body_need {
         BodyNeed::Stream => return Ok(()),
         BodyNeed::Whole => {
-            match req
-                .body_mut()
-                .read_whole(max, limits.body_read_timeout)
-                .await
-            {
-                Ok(_) => {}
-                Err(rejection) => {
-                    trace.steps.fail(Step::Request, rejection.reason);
-                    return Err(rejection);
-                }
-            }
+            read_body(req, max, limits.body_read_timeout, trace).await?;
             trace.steps.skip(Step::Model, || {
                 "the body is read whole to be sent again to a fallback upstream; its model is not looked at".to_owned()
             });
@@ -800,24 +818,6 @@ async fn model_step<B: ReadableBody>(
             "the route reads the JSON body's model; the request describes none (diagnose: pass --model)".to_owned()
         });
         return Ok(());
-    }
-    // A body read for the route choice within the candidates' largest limit
-    // is held to the chosen route's own.
-    let held = req
-        .body_mut()
-        .read_whole(max, limits.body_read_timeout)
-        .await?;
-    if let Some(body) = held
-        && body.len() as u64 > max
-    {
-        trace.steps.fail(Step::Request, Reason::BodyTooLarge);
-        return Err(Rejection::new(
-            Reason::BodyTooLarge,
-            format!(
-                "request body of {} bytes exceeds the route's limit of {max}",
-                body.len()
-            ),
-        ));
     }
     let model = requested_model(trace).unwrap_or_default().to_owned();
     match (route.protected().and_then(|p| p.models.as_ref()), claims) {
